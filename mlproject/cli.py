@@ -1,0 +1,201 @@
+"""The MLflow Project entry points (`python -m mlproject.cli ...`) and the `tbml` commands.
+
+`train`, `evaluate` and `promote` are thin typed CLIs over `mlproject.train.train`,
+`mlproject.evaluate.evaluate` and `mlproject.registry.apply_gate`. TensorFlow and MLflow are
+imported inside the commands, so registering them with `tbml` costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from pipelines.settings import PROJECT_ROOT, get_settings
+
+_TRUE = {"true", "1", "yes", "y", "on"}
+_FALSE = {"false", "0", "no", "n", "off"}
+DEFAULT_REPORT_DIR = PROJECT_ROOT / "reports"
+
+
+def _flag(name: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise typer.BadParameter(f"{name} must be true or false, got {value!r}")
+
+
+def _fail(exc: Exception) -> NoReturn:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=2)
+
+
+def train(
+    pair: Annotated[str, typer.Option(help="Base symbol of the pair, e.g. BTC.")],
+    model_type: Annotated[str, typer.Option(help="lstm, gru, cnn or transformer.")] = "lstm",
+    epochs: Annotated[int | None, typer.Option(help="Most epochs (early stopping).")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    sequence_length: Annotated[int | None, typer.Option(help="Candles per window.")] = None,
+    units: Annotated[int | None, typer.Option(help="Units per layer.")] = None,
+    layers: Annotated[int | None, typer.Option()] = None,
+    dropout: Annotated[float | None, typer.Option()] = None,
+    learning_rate: Annotated[float | None, typer.Option()] = None,
+    horizon: Annotated[int | None, typer.Option(help="Candles ahead the label looks.")] = None,
+    seed: Annotated[int, typer.Option()] = 42,
+    data_dir: Annotated[str, typer.Option(help="Data root of ingested candles.")] = "",
+    max_rows: Annotated[int, typer.Option(help="Newest candles used (0 = all).")] = 0,
+    register: Annotated[str, typer.Option(help="Register the model (true/false).")] = "true",
+    promote: Annotated[str, typer.Option(help="Apply the promotion gate (true/false).")] = "true",
+) -> None:
+    """Train one model, evaluate it against baselines, register it and apply the gate."""
+    from mlproject.config import TrainConfig
+    from pipelines.pairs import InvalidNameError, check_pair
+
+    settings = get_settings()
+    overrides = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "sequence_length": sequence_length,
+        "units": units,
+        "layers": layers,
+        "dropout": dropout,
+        "learning_rate": learning_rate,
+        "horizon": horizon,
+    }
+    try:
+        config = TrainConfig.from_settings(
+            settings,
+            pair=check_pair(pair, settings.pairs),
+            model_type=model_type,
+            seed=seed,
+            data_dir=Path(data_dir) if data_dir.strip() else None,
+            max_rows=max_rows,
+            register=_flag("--register", register),
+            promote=_flag("--promote", promote),
+            **{k: v for k, v in overrides.items() if v is not None},
+        )
+    except (InvalidNameError, ValueError) as exc:
+        _fail(exc)
+    from mlproject.data import NotEnoughDataError
+    from mlproject.train import train as run_training
+    from pipelines.candles.store import CandlesNotFoundError
+
+    try:
+        outcome = run_training(config, settings=settings)
+    except (InvalidNameError, NotEnoughDataError, CandlesNotFoundError) as exc:
+        _fail(exc)
+    scores = outcome.scores
+    typer.echo(f"run {outcome.run_id}")
+    for name, metrics in scores.metrics.items():
+        typer.echo(
+            f"  {name:<12} accuracy {metrics['accuracy']:.4f}  roc_auc {metrics['roc_auc']:.4f}  "
+            f"log_loss {metrics['log_loss']:.4f}"
+        )
+    if outcome.version is not None:
+        typer.echo(f"registered {outcome.registered_model} version {outcome.version}")
+    typer.echo(f"{outcome.promotion}: {outcome.reason}")
+
+
+def evaluate(
+    pair: Annotated[str | None, typer.Argument(help="A pair, or 'all'.")] = None,
+    all_pairs: Annotated[bool, typer.Option("--all", help="Every configured pair.")] = False,
+    model_type: Annotated[str, typer.Option(help="lstm, gru, cnn or transformer.")] = "lstm",
+    folds: Annotated[int | None, typer.Option(help="Expanding folds per pair.")] = None,
+    test_size: Annotated[int | None, typer.Option(help="Test samples per fold.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Most epochs per fold.")] = None,
+    seed: Annotated[int, typer.Option()] = 42,
+    max_rows: Annotated[int, typer.Option(help="Newest candles used (0 = all).")] = 0,
+    output_dir: Annotated[Path, typer.Option(help="Where the report is written.")] = (
+        DEFAULT_REPORT_DIR
+    ),
+) -> None:
+    """Walk-forward evaluation: the model against every baseline, fold by fold."""
+    from pipelines.pairs import InvalidNameError, check_model_type
+
+    settings = get_settings()
+    if all_pairs or (pair is not None and pair.strip().lower() == "all"):
+        pairs = list(settings.pairs)
+    elif pair is not None:
+        pairs = [pair]
+    else:
+        raise typer.BadParameter("name a PAIR or pass --all")
+    from mlproject.data import NotEnoughDataError
+    from mlproject.evaluate import EvaluationPlan
+    from mlproject.evaluate import evaluate as run_evaluation
+
+    try:
+        plan = EvaluationPlan.from_settings(
+            settings,
+            pairs=pairs,
+            model_type=check_model_type(model_type),
+            # 0 means "the setting" (the MLproject entry point's defaults).
+            folds=folds or None,
+            test_size=test_size or None,
+            epochs=epochs or None,
+            seed=seed,
+            max_rows=max_rows,
+        )
+        _, path = run_evaluation(plan, settings=settings, output_dir=output_dir)
+    except (InvalidNameError, NotEnoughDataError) as exc:
+        _fail(exc)
+    typer.echo(path.read_text())
+    typer.echo(f"report written to {path}")
+
+
+def promote(
+    name: Annotated[str, typer.Argument(help="Registered model name, e.g. BTC-lstm.")],
+    version: Annotated[str, typer.Argument(help="Version number.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Make it production without the gate.")
+    ] = False,
+) -> None:
+    """Apply the promotion gate to a registered version."""
+    from mlflow.exceptions import MlflowException
+
+    from mlproject.registry import apply_gate
+    from mlproject.tracking import client_for
+    from pipelines.candles.store import CandleStore
+    from pipelines.modelbundle import BundleError
+
+    settings = get_settings()
+    client = client_for(settings)
+    try:
+        model_version = client.get_model_version(name, version)
+        pair = str(model_version.tags.get("pair") or name.split("-", 1)[0])
+        candles = CandleStore.from_settings(settings).load(pair, settings.timeframe)
+        decision = apply_gate(
+            client, name=name, version=version, candles=candles, settings=settings, force=force
+        )
+    except (MlflowException, BundleError) as exc:
+        _fail(exc)
+    typer.echo(f"{name} version {version} {decision.outcome}: {decision.reason}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train`, `evaluate` and `promote` to `tbml`."""
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
+    app.command("promote")(promote)
+
+
+def _standalone() -> typer.Typer:
+    cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
+
+    @cli.callback()
+    def main() -> None:
+        """trading-bot-ml MLflow Project entry points."""
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+
+    register(cli)
+    return cli
+
+
+if __name__ == "__main__":
+    sys.exit(_standalone()())

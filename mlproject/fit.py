@@ -1,0 +1,91 @@
+"""Seeding and fitting a Keras model with early stopping, reporting each epoch to a callback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+EpochSink = Callable[[int, dict[str, float]], None]
+EPOCH_METRICS: tuple[str, ...] = ("loss", "val_loss", "accuracy", "val_accuracy")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Per-epoch history, the epoch whose weights were kept, and the time fit() took."""
+
+    history: dict[str, list[float]]
+    best_epoch: int
+    epochs_run: int
+    fit_seconds: float
+
+
+def make_deterministic(seed: int) -> None:
+    """Fresh Keras state, seeded Python/NumPy/TF generators and deterministic TF kernels.
+
+    The same seed and data then give the same weights, so the same command gives the same
+    metrics.
+    """
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+class _EpochReporter(keras.callbacks.Callback):
+    def __init__(self, sink: EpochSink) -> None:
+        super().__init__()
+        self._sink = sink
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        values = {k: float(v) for k, v in (logs or {}).items() if k in EPOCH_METRICS}
+        values["epoch_seconds"] = time.perf_counter() - self._started
+        self._sink(epoch, values)
+
+
+def fit_model(
+    model: keras.Model,
+    *,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    epochs: int,
+    batch_size: int,
+    patience: int,
+    on_epoch: EpochSink | None = None,
+) -> FitResult:
+    """Fit with early stopping on validation loss; the best epoch's weights are restored."""
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=patience, restore_best_weights=True
+    )
+    callbacks: list[keras.callbacks.Callback] = [stopper]
+    if on_epoch is not None:
+        callbacks.append(_EpochReporter(on_epoch))
+    started = time.perf_counter()
+    history = model.fit(
+        x_train,
+        y_train,
+        validation_data=(x_val, y_val),
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    fit_seconds = time.perf_counter() - started
+    values = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    epochs_run = len(values.get("loss", []))
+    val_loss = values.get("val_loss", [])
+    best = int(np.argmin(val_loss)) if val_loss else epochs_run - 1
+    return FitResult(
+        history=values, best_epoch=best, epochs_run=epochs_run, fit_seconds=fit_seconds
+    )

@@ -1,0 +1,84 @@
+"""One split, end to end: scale, window, fit, predict the test rows, score against baselines.
+
+The training run and every fold of the walk-forward evaluation go through `fit_and_score`, so
+what the evaluation reports is what a training does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from mlproject.config import TrainConfig
+from mlproject.data import Dataset, Split, fit_scaler, labels, next_returns, windows
+from mlproject.fit import EpochSink, FitResult, fit_model, make_deterministic
+from mlproject.models import build_model
+from mlproject.scoring import Scores, fit_baselines, score
+from pipelines.features.scaler import FeatureScaler
+from pipelines.settings import Settings
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """The fitted model and scaler, the fit's history and the scores on the test rows."""
+
+    split: Split
+    model: keras.Model
+    scaler: FeatureScaler
+    fit: FitResult
+    x_test: np.ndarray
+    scores: Scores
+
+
+def fit_and_score(
+    dataset: Dataset,
+    split: Split,
+    *,
+    config: TrainConfig,
+    settings: Settings,
+    on_epoch: EpochSink | None = None,
+) -> FoldResult:
+    """Fit `config`'s model on `split.train` (early stopping on `split.val`), score `split.test`."""
+    make_deterministic(config.seed)
+    scaler = fit_scaler(dataset, split)
+    x_train, y_train = windows(dataset, scaler, split.train), labels(dataset, split.train)
+    x_val, y_val = windows(dataset, scaler, split.val), labels(dataset, split.val)
+    x_test, y_test = windows(dataset, scaler, split.test), labels(dataset, split.test)
+    model = build_model(
+        model_type=config.model_type,
+        sequence_length=dataset.sequence_length,
+        n_features=len(dataset.spec.names),
+        units=config.units,
+        layers=config.layers,
+        dropout=config.dropout,
+        learning_rate=config.learning_rate,
+    )
+    fit = fit_model(
+        model,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        patience=settings.early_stopping_patience,
+        on_epoch=on_epoch,
+    )
+    proba = predict(model, x_test)
+    scores = score(
+        y=y_test.astype(np.int8),
+        model_proba=proba,
+        baseline_predictions=fit_baselines(dataset, split, scaler, seed=config.seed),
+        returns=next_returns(dataset, split.test),
+        settings=settings,
+    )
+    return FoldResult(
+        split=split, model=model, scaler=scaler, fit=fit, x_test=x_test, scores=scores
+    )
+
+
+def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """Probabilities of "up" as float64, one per window."""
+    return np.asarray(model.predict(x, batch_size=1024, verbose=0), dtype=np.float64).reshape(-1)

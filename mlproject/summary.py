@@ -1,0 +1,59 @@
+"""The run's short markdown summary: the model beside the baselines, the signals beside holding."""
+
+from __future__ import annotations
+
+import math
+
+from mlproject.metrics import METRICS
+from mlproject.scoring import MODEL, Scores
+from mlproject.trading import TRADING_METRICS
+
+
+def _fmt(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.4f}"
+
+
+def run_summary(
+    *,
+    title: str,
+    scores: Scores,
+    facts: dict[str, str],
+) -> str:
+    """A page a person reads in the MLflow UI (artifact `summary.md`)."""
+    lines = [f"# {title}", ""]
+    lines += [f"- **{key}**: {value}" for key, value in facts.items()]
+    verdict = "beats" if scores.beats_baseline else "does **not** beat"
+    lines += [
+        "",
+        f"On the test window the model {verdict} its strongest baseline "
+        f"(`{scores.strongest_baseline}`) on `{scores.metric}`.",
+        "",
+        "## Classification on the test window",
+        "",
+        "| predictor | " + " | ".join(METRICS) + " |",
+        "|---|" + "---:|" * len(METRICS),
+    ]
+    for name, values in scores.metrics.items():
+        label = f"**{name}**" if name == MODEL else name
+        lines.append(f"| {label} | " + " | ".join(_fmt(values[m]) for m in METRICS) + " |")
+    lines += [
+        "",
+        "## Trading the signals (fee per trade included)",
+        "",
+        "| strategy | " + " | ".join(TRADING_METRICS) + " |",
+        "|---|" + "---:|" * len(TRADING_METRICS),
+    ]
+    for name, result in scores.trading.items():
+        cells = []
+        for metric in TRADING_METRICS:
+            value = result.metrics[metric]
+            cells.append(str(int(value)) if metric == "n_trades" else _fmt(value))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Signals: BUY at or above the buy threshold opens a long position, SELL at or below the "
+        "sell threshold closes it; no shorting. Hourly direction is close to a coin toss: read "
+        "accuracy against the baselines, not against 50 %.",
+        "",
+    ]
+    return "\n".join(lines)

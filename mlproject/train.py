@@ -1,0 +1,389 @@
+"""A training run: fit, evaluate against baselines, log, export, register, promote.
+
+`train(config, settings=...)` is what the `train` entry point, `tbml train` and the tests call.
+It writes into the run named by MLFLOW_RUN_ID when `mlflow run` (or the queue) created one, and
+creates its own run otherwise. What the queue reads afterwards are the run's `tbml.*` tags.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import pandas as pd
+import tensorflow as tf
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+
+from mlproject import plots
+from mlproject.config import TrainConfig
+from mlproject.data import Dataset, Split, build_dataset, time_split
+from mlproject.export import export_bundle
+from mlproject.fold import FoldResult, fit_and_score
+from mlproject.registry import (
+    GateDecision,
+    apply_gate,
+    ensure_registered_model,
+    register_version,
+)
+from mlproject.scoring import MODEL, Scores
+from mlproject.summary import run_summary
+from mlproject.tracking import active_run, client_for, git_commit
+from pipelines.candles.store import CandleStore
+from pipelines.features.spec import default_spec
+from pipelines.modelbundle import (
+    BUNDLE_ARTIFACT_PATH,
+    TAG_BEATS_BASELINE,
+    TAG_PROMOTION,
+    TAG_REASON,
+    registered_model_name,
+)
+from pipelines.pairs import check_pair
+from pipelines.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+TAG_REGISTERED_MODEL = "tbml.registered_model"
+TAG_REGISTERED_VERSION = "tbml.registered_version"
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """What a training produced and what happened to it."""
+
+    run_id: str
+    scores: Scores
+    registered_model: str | None
+    version: str | None
+    promotion: str
+    reason: str
+    decision: GateDecision | None
+
+
+def load_candles(config: TrainConfig, *, settings: Settings) -> pd.DataFrame:
+    """The pair's candles: bundled files plus those ingested under `data_dir`."""
+    store = CandleStore(
+        bundled_dir=settings.bundled_data_dir,
+        data_dir=config.data_dir if config.data_dir is not None else settings.data_dir,
+        quote=settings.quote_currency,
+        exchange=settings.exchange,
+    )
+    return store.load(config.pair, settings.timeframe)
+
+
+def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
+    """Run one training end to end and return its outcome (also left as tags on the run)."""
+    check_pair(config.pair, settings.pairs)
+    candles = load_candles(config, settings=settings)
+    dataset = build_dataset(
+        candles,
+        spec=default_spec(),
+        sequence_length=config.sequence_length,
+        horizon=config.horizon,
+        max_rows=config.max_rows,
+    )
+    split = time_split(
+        dataset, val_fraction=settings.validation_fraction, test_fraction=settings.test_fraction
+    )
+    name = registered_model_name(config.pair, config.model_type)
+    with active_run(settings, experiment=settings.experiment_name, run_name=name) as run:
+        run_id = run.info.run_id
+        client = client_for(settings)
+        _log_params(client, run_id, config)
+        mlflow.set_tags(_tags(config, dataset, split))
+        result = fit_and_score(
+            dataset,
+            split,
+            config=config,
+            settings=settings,
+            on_epoch=_log_epoch,
+        )
+        scores = result.scores
+        mlflow.log_metrics(_flat_metrics(result, split))
+        mlflow.set_tags(
+            {
+                "beats_baseline": str(scores.beats_baseline).lower(),
+                "strongest_baseline": scores.strongest_baseline,
+                TAG_BEATS_BASELINE: str(scores.beats_baseline).lower(),
+            }
+        )
+        metadata = _metadata(config, dataset, split, result, settings, run_id, name)
+        model_uri, model_id = _log_artifacts(result, dataset, split, metadata, config)
+        outcome = _register_and_promote(
+            client,
+            config=config,
+            settings=settings,
+            name=name,
+            run_id=run_id,
+            model_uri=model_uri,
+            model_id=model_id,
+            scores=scores,
+            candles=candles,
+        )
+        mlflow.set_tags(
+            {
+                k: v
+                for k, v in {
+                    TAG_REGISTERED_MODEL: outcome.registered_model,
+                    TAG_REGISTERED_VERSION: outcome.version,
+                    TAG_PROMOTION: outcome.promotion,
+                    TAG_REASON: outcome.reason,
+                }.items()
+                if v is not None
+            }
+        )
+    logger.info("run %s: %s (%s)", run_id, outcome.promotion, outcome.reason)
+    return outcome
+
+
+def _log_epoch(epoch: int, values: dict[str, float]) -> None:
+    mlflow.log_metrics(values, step=epoch)
+
+
+def _log_params(client: MlflowClient, run_id: str, config: TrainConfig) -> None:
+    # `mlflow run` has logged the entry point's parameters already, as typed on the command
+    # line; MLflow refuses to change a logged parameter, so only the missing ones are added.
+    present = client.get_run(run_id).data.params
+    params = {
+        key: (str(value).lower() if isinstance(value, bool) else value)
+        for key, value in config.params().items()
+        if key not in present
+    }
+    if params:
+        mlflow.log_params(params)
+
+
+def _window(dataset: Dataset, rows: range) -> dict[str, Any]:
+    index = dataset.candles.index
+    return {
+        "start": index[rows.start].isoformat(),
+        "end": index[rows.stop - 1].isoformat(),
+        "rows": len(rows),
+    }
+
+
+def _data_range(dataset: Dataset, split: Split) -> tuple[str, str]:
+    index = dataset.candles.index
+    last = min(split.test.stop - 1 + dataset.horizon, len(index) - 1)
+    return index[dataset.first_row].isoformat(), index[last].isoformat()
+
+
+def _tags(config: TrainConfig, dataset: Dataset, split: Split) -> dict[str, str]:
+    commit, dirty = git_commit()
+    start, end = _data_range(dataset, split)
+    test = _window(dataset, split.test)
+    return {
+        "pair": config.pair,
+        "model_type": config.model_type,
+        "feature_set_version": dataset.spec.version,
+        "data_range": f"{start} .. {end}",
+        "test_window": f"{test['start']} .. {test['end']}",
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+    }
+
+
+def _flat_metrics(result: FoldResult, split: Split) -> dict[str, float]:
+    scores = result.scores
+    values: dict[str, float] = {}
+    for predictor, metrics in scores.metrics.items():
+        prefix = "test" if predictor == MODEL else f"baseline_{predictor}"
+        values.update({f"{prefix}_{k}": v for k, v in metrics.items()})
+    for strategy, backtest in scores.trading.items():
+        values.update({f"{strategy}_{k}": v for k, v in backtest.metrics.items()})
+    values.update(
+        {
+            "best_epoch": float(result.fit.best_epoch),
+            "epochs_run": float(result.fit.epochs_run),
+            "fit_seconds": result.fit.fit_seconds,
+            "train_rows": float(len(split.train)),
+            "val_rows": float(len(split.val)),
+            "test_rows": float(len(split.test)),
+        }
+    )
+    return values
+
+
+def _metadata(
+    config: TrainConfig,
+    dataset: Dataset,
+    split: Split,
+    result: FoldResult,
+    settings: Settings,
+    run_id: str,
+    name: str,
+) -> dict[str, Any]:
+    scores = result.scores
+    start, end = _data_range(dataset, split)
+    index = dataset.candles.index
+    return {
+        "pair": config.pair,
+        "model_type": config.model_type,
+        "registered_model": name,
+        "run_id": run_id,
+        "sequence_length": dataset.sequence_length,
+        "horizon": dataset.horizon,
+        "feature_set_version": dataset.spec.version,
+        "n_features": len(dataset.spec.names),
+        "data_range": {"start": start, "end": end},
+        "train_window": _window(dataset, split.train),
+        "val_window": _window(dataset, split.val),
+        "test_window": _window(dataset, split.test),
+        # The last candle whose value reached training: the validation part's last label.
+        "fit_end": index[split.val.stop - 1 + dataset.horizon].isoformat(),
+        "test_metrics": scores.metrics[MODEL],
+        "baseline_metrics": {k: v for k, v in scores.metrics.items() if k != MODEL},
+        "strongest_baseline": scores.strongest_baseline,
+        "beats_baseline": scores.beats_baseline,
+        "promotion_metric": scores.metric,
+        "trading": {k: b.metrics for k, b in scores.trading.items()},
+        "buy_threshold": settings.buy_threshold,
+        "sell_threshold": settings.sell_threshold,
+        "trading_fee": settings.trading_fee,
+        "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in config.params().items()},
+        "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
+        "keras_version": keras.__version__,
+        "tensorflow_version": tf.__version__,
+    }
+
+
+def _log_artifacts(
+    result: FoldResult,
+    dataset: Dataset,
+    split: Split,
+    metadata: dict[str, Any],
+    config: TrainConfig,
+) -> tuple[str, str]:
+    """Plots, summary, the ONNX bundle and the Keras model; returns the model's URI and id."""
+    scores = result.scores
+    test_index = pd.DatetimeIndex(dataset.candles.index[split.test.start : split.test.stop])
+    with tempfile.TemporaryDirectory(prefix="tbml-run-") as tmp:
+        root = Path(tmp)
+        plots.learning_curves(
+            result.fit.history,
+            best_epoch=result.fit.best_epoch,
+            path=root / "plots/learning_curves.png",
+        )
+        plots.confusion_matrix(
+            scores.y, scores.predictions[MODEL].pred, path=root / "plots/confusion_matrix.png"
+        )
+        plots.reliability(
+            scores.y,
+            {
+                MODEL: scores.predictions[MODEL].proba,
+                "logistic": scores.predictions["logistic"].proba,
+            },
+            path=root / "plots/reliability.png",
+        )
+        plots.equity_curves(
+            test_index,
+            {
+                # Drawn last, so it stays visible where it coincides with holding.
+                "buy and hold": scores.trading["buy_hold"].equity,
+                f"{MODEL} signals": scores.trading["signals"].equity,
+            },
+            path=root / "plots/equity.png",
+        )
+        mlflow.log_artifacts(str(root / "plots"), "plots")
+        bundle, diff = export_bundle(
+            result.model,
+            directory=root / BUNDLE_ARTIFACT_PATH,
+            scaler=result.scaler,
+            spec=dataset.spec,
+            metadata=metadata,
+            check_windows=result.x_test,
+        )
+        mlflow.log_metric("onnx_max_abs_diff", diff)
+        mlflow.log_artifacts(str(root / BUNDLE_ARTIFACT_PATH), BUNDLE_ARTIFACT_PATH)
+    title = f"{config.pair} {config.model_type}"
+    facts = {
+        "feature set": f"{dataset.spec.version} ({len(dataset.spec.names)} features)",
+        "data range": f"{metadata['data_range']['start']} .. {metadata['data_range']['end']}",
+        "test window": f"{metadata['test_window']['start']} .. {metadata['test_window']['end']} "
+        f"({len(split.test)} rows)",
+        "split": f"train {len(split.train)}, validation {len(split.val)}, test {len(split.test)} "
+        f"samples; purge gap {dataset.gap} candles between parts",
+        "epochs": f"{result.fit.epochs_run} run, weights of epoch {result.fit.best_epoch + 1} kept",
+    }
+    mlflow.log_text(run_summary(title=title, scores=scores, facts=facts), "summary.md")
+    # MLflow runs the input example through the model; Keras would draw a progress bar on stdout.
+    keras.utils.disable_interactive_logging()
+    example = result.x_test[:2]
+    signature = infer_signature(example, bundle.predict_proba(example, scaled=True).reshape(-1, 1))
+    info = mlflow.tensorflow.log_model(
+        result.model,
+        name="model",
+        signature=signature,
+        input_example=example,
+        # Given, so that MLflow does not spawn a process to infer them.
+        pip_requirements=_requirements(),
+    )
+    return str(info.model_uri), str(info.model_id)
+
+
+def _requirements() -> list[str]:
+    """Pinned requirements of the logged Keras model (TensorFlow's distribution as installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for options in (("tensorflow-cpu", "tensorflow"), ("keras",), ("numpy",), ("mlflow",)):
+        for dist in options:
+            try:
+                pins.append(f"{dist}=={version(dist)}")
+                break
+            except PackageNotFoundError:
+                continue
+    return pins
+
+
+def _register_and_promote(
+    client: MlflowClient,
+    *,
+    config: TrainConfig,
+    settings: Settings,
+    name: str,
+    run_id: str,
+    model_uri: str,
+    model_id: str,
+    scores: Scores,
+    candles: pd.DataFrame,
+) -> TrainingOutcome:
+    if not config.register:
+        return TrainingOutcome(
+            run_id, scores, None, None, "not_registered", "registration not requested", None
+        )
+    ensure_registered_model(client, name=name, pair=config.pair, model_type=config.model_type)
+    metric = scores.metric
+    model_value = scores.metrics[MODEL][metric]
+    baseline_value = scores.metrics[scores.strongest_baseline][metric]
+    version = register_version(
+        client,
+        name=name,
+        model_uri=model_uri,
+        model_id=model_id,
+        run_id=run_id,
+        tags={
+            "pair": config.pair,
+            "model_type": config.model_type,
+            TAG_BEATS_BASELINE: str(scores.beats_baseline).lower(),
+            "feature_set_version": default_spec().version,
+        },
+        description=(
+            f"{config.pair} {config.model_type}: test {metric} {model_value:.4f}, strongest "
+            f"baseline {scores.strongest_baseline} {baseline_value:.4f}, accuracy "
+            f"{scores.metrics[MODEL]['accuracy']:.4f} on {scores.y.size} rows"
+        ),
+    )
+    if not config.promote:
+        return TrainingOutcome(
+            run_id, scores, name, version, "not_requested", "promotion not requested", None
+        )
+    decision = apply_gate(client, name=name, version=version, candles=candles, settings=settings)
+    return TrainingOutcome(
+        run_id, scores, name, version, decision.outcome, decision.reason, decision
+    )

@@ -1,0 +1,160 @@
+"""The service database: engines, sessions and migrations. Alembic owns the schema.
+
+SQLite runs in WAL mode with a busy timeout, and every transaction starts with `BEGIN
+IMMEDIATE`: a writer takes the write lock when it begins, so concurrent writers queue up behind
+the busy timeout instead of failing with "database is locked" when a read turns into a write.
+Read-only sessions (`read_session`) begin deferred, so WAL readers never wait for writers.
+Nothing here is SQLite-only in what it asks of the database: the same code runs on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from pipelines.settings import PROJECT_ROOT, Settings
+
+logger = logging.getLogger(__name__)
+
+# Seconds a SQLite connection waits for the write lock before giving up.
+SQLITE_BUSY_TIMEOUT_S = 30.0
+ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
+# Modules that define tables on `Base`; a later issue appends its own (prediction history, ...).
+MODEL_MODULES: tuple[str, ...] = ("pipelines.queue.models", "service.history.models")
+_READONLY = "tbml_readonly"
+# PostgreSQL advisory lock key held while migrating (any constant unique to this application).
+MIGRATION_LOCK_KEY = 0x74626D6C  # "tbml"
+
+# Stable constraint names, so later migrations can drop or alter them on every dialect.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table in the service database."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def load_models() -> MetaData:
+    """Import every model module and return the complete metadata (for alembic and tests)."""
+    for module in MODEL_MODULES:
+        importlib.import_module(module)
+    return Base.metadata
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether `url` names a SQLite database."""
+    return url.startswith("sqlite")
+
+
+def create_db_engine(url: str) -> Engine:
+    """A new engine for `url`, with the SQLite settings described in the module docstring."""
+    if not is_sqlite(url):
+        return create_engine(url, pool_pre_ping=True)
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: object) -> None:
+    # Take transaction control away from the sqlite3 module, so `_sqlite_on_begin` decides how
+    # each transaction begins (the recipe in SQLAlchemy's pysqlite documentation).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # Safe with WAL (a power cut may lose the last commits, never corrupt the file).
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    readonly = connection.get_execution_options().get(_READONLY, False)
+    connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+@lru_cache(maxsize=64)
+def get_engine(url: str) -> Engine:
+    """The process's shared engine for `url` (one connection pool per database)."""
+    return create_db_engine(url)
+
+
+@lru_cache(maxsize=64)
+def _sessionmakers(url: str) -> tuple[sessionmaker[Session], sessionmaker[Session]]:
+    engine = get_engine(url)
+    readonly = engine.execution_options(**{_READONLY: True})
+    return (
+        sessionmaker(engine, expire_on_commit=False),
+        sessionmaker(readonly, expire_on_commit=False),
+    )
+
+
+@contextmanager
+def write_session(url: str) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on error."""
+    with _sessionmakers(url)[0].begin() as session:
+        yield session
+
+
+@contextmanager
+def read_session(url: str) -> Iterator[Session]:
+    """A session for reads only (on SQLite it never takes the write lock)."""
+    with _sessionmakers(url)[1]() as session:
+        yield session
+
+
+def migrate(settings: Settings, *, url: str | None = None) -> None:
+    """Bring the service database (or `url`) to the newest schema: `alembic upgrade head`."""
+    from alembic.command import upgrade
+    from alembic.config import Config
+
+    target = url or settings.database_url
+    config = Config(str(ALEMBIC_INI))
+    config.set_main_option("script_location", str(PROJECT_ROOT / "alembic"))
+    # The caller's logging stays as it is: env.py configures logging only from the alembic CLI.
+    config.attributes["configure_logger"] = False
+    with get_engine(target).begin() as connection:
+        _lock_migrations(connection)
+        config.attributes["connection"] = connection
+        upgrade(config, "head")
+    logger.debug("service database at head: %s", _redact(target))
+
+
+def _lock_migrations(connection: Connection) -> None:
+    """Make concurrent `migrate()` calls on one PostgreSQL database wait for each other.
+
+    API replicas and the worker all migrate on start, often at the same moment. SQLite
+    serialises them already (`BEGIN IMMEDIATE` takes the write lock). PostgreSQL would run two
+    `CREATE TABLE`s side by side and fail one of them, so the migration's transaction first
+    takes an advisory lock, released when it commits; the next one then finds the schema at
+    head and does nothing.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,7 @@
+"""The feature pipeline: candles -> named, scale-free features -> scaled LSTM windows.
+
+Modules: `spec` (the feature-set spec a model carries), `compute` (full and incremental
+features), `windows` (targets, windows, the scaler), `groups/` (every formula beside its name and
+definition), `docs` (generates docs/features.md). Pure numpy, pandas and TA-Lib: serving and
+training compute the same numbers, and nothing here imports TensorFlow or MLflow.
+"""

@@ -1,0 +1,42 @@
+"""The feature groups, in the column order of the feature matrix.
+
+Adding, removing or reordering a group changes the feature names, and so the spec version.
+"""
+
+from __future__ import annotations
+
+from pipelines.features.groups.calendar import calendar
+from pipelines.features.groups.momentum import cci, rsi, stochastic, williams_r
+from pipelines.features.groups.price import candle_shape, realised_volatility, returns
+from pipelines.features.groups.trend import (
+    adx,
+    ema_distance,
+    ichimoku,
+    macd,
+    parabolic_sar,
+    sma_distance,
+)
+from pipelines.features.groups.volatility import bollinger, natr
+from pipelines.features.groups.volume import mfi, volume_ratio
+from pipelines.features.registry import FeatureGroup
+
+GROUPS: tuple[FeatureGroup, ...] = (
+    returns,
+    realised_volatility,
+    candle_shape,
+    rsi,
+    macd,
+    bollinger,
+    sma_distance,
+    ema_distance,
+    volume_ratio,
+    mfi,
+    stochastic,
+    williams_r,
+    ichimoku,
+    adx,
+    cci,
+    parabolic_sar,
+    natr,
+    calendar,
+)

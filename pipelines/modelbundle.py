@@ -1,0 +1,213 @@
+"""The serving bundle: everything needed to predict with a registered version, and no TensorFlow.
+
+A training run writes one bundle directory and logs it as the run's artifact `bundle/`; the
+registered version points at that run, so `download_bundle(client, name=..., version=...)`
+fetches it for the service (and for the promotion gate, which scores the production version
+through its bundle). Layout:
+
+    model.onnx          the Keras model exported to ONNX (same outputs within 1e-5, tested)
+    scaler.json         the FeatureScaler fitted on the training rows
+    feature_spec.json   the FeatureSpec the model was trained on
+    metadata.json       pair, model type, sequence_length, horizon, data range, test window,
+                        test and baseline metrics, beats_baseline, feature-set version
+
+Registered model names are `registered_model_name(pair, model_type)`: `{PAIR}-{model_type}`,
+e.g. `BTC-lstm`, one registered model per pair and architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.features.scaler import FeatureScaler
+from pipelines.features.spec import FeatureSpec
+from pipelines.features.windows import make_windows
+from pipelines.pairs import check_model_type, normalize_symbol
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+BUNDLE_ARTIFACT_PATH = "bundle"
+MODEL_FILE = "model.onnx"
+SCALER_FILE = "scaler.json"
+SPEC_FILE = "feature_spec.json"
+METADATA_FILE = "metadata.json"
+PRODUCTION_ALIAS = "production"
+# What the registry answers for a model or alias that does not exist (file, SQL and REST stores).
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+# Tags the training writes on registered versions (and the same tbml.* keys on its run).
+TAG_PROMOTION = "tbml.promotion"  # promoted | rejected
+TAG_REASON = "tbml.promotion_reason"  # one sentence: why
+TAG_BEATS_BASELINE = "tbml.beats_baseline"  # true | false
+TAG_UNPROVEN = "tbml.unproven"  # true: promoted without beating its strongest baseline
+
+
+class BundleError(ValueError):
+    """A bundle directory is incomplete or inconsistent; the message names the problem."""
+
+
+def registered_model_name(pair: str, model_type: str) -> str:
+    """The registry name of a pair's model of one architecture: `BTC-lstm`."""
+    return f"{normalize_symbol(pair)}-{check_model_type(model_type)}"
+
+
+@dataclass
+class ModelBundle:
+    """An ONNX model with the scaler, feature spec and metadata it was trained with."""
+
+    onnx_path: Path
+    scaler: FeatureScaler
+    spec: FeatureSpec
+    metadata: dict[str, Any]
+    _session: Any = field(default=None, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def sequence_length(self) -> int:
+        return int(self.metadata["sequence_length"])
+
+    @property
+    def horizon(self) -> int:
+        return int(self.metadata["horizon"])
+
+    @property
+    def beats_baseline(self) -> bool:
+        return bool(self.metadata.get("beats_baseline", False))
+
+    def save(self, directory: Path) -> Path:
+        """Write the bundle's four files into `directory` (created if needed)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / MODEL_FILE
+        if self.onnx_path.resolve() != target.resolve():
+            shutil.copyfile(self.onnx_path, target)
+        self.scaler.save(directory / SCALER_FILE)
+        self.spec.save(directory / SPEC_FILE)
+        text = json.dumps(
+            _strict(self.metadata), indent=2, sort_keys=True, default=_json_default, allow_nan=False
+        )
+        (directory / METADATA_FILE).write_text(text + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelBundle:
+        """Read a bundle directory; the ONNX session is opened on the first prediction."""
+        missing = [
+            name
+            for name in (MODEL_FILE, SCALER_FILE, SPEC_FILE, METADATA_FILE)
+            if not (directory / name).is_file()
+        ]
+        if missing:
+            raise BundleError(f"bundle {directory} lacks {', '.join(missing)}")
+        scaler = FeatureScaler.load(directory / SCALER_FILE)
+        spec = FeatureSpec.load(directory / SPEC_FILE)
+        metadata = json.loads((directory / METADATA_FILE).read_text())
+        if scaler.names != spec.names:
+            raise BundleError(f"bundle {directory}: the scaler's features differ from the spec's")
+        for key in ("sequence_length", "horizon", "pair", "model_type"):
+            if key not in metadata:
+                raise BundleError(f"bundle {directory}: metadata lacks {key!r}")
+        return cls(onnx_path=directory / MODEL_FILE, scaler=scaler, spec=spec, metadata=metadata)
+
+    def windows(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Raw (unscaled) windows of every complete `sequence_length` run of feature rows.
+
+        A DataFrame is reordered to the spec's columns (missing ones are an error).
+        """
+        if isinstance(features, pd.DataFrame):
+            missing = [n for n in self.spec.names if n not in features.columns]
+            if missing:
+                raise BundleError(f"features lack {len(missing)} columns: {missing[:5]}")
+            matrix = features.loc[:, list(self.spec.names)].to_numpy(dtype=np.float64)
+        else:
+            matrix = np.asarray(features, dtype=np.float64)
+        return make_windows(matrix, sequence_length=self.sequence_length)
+
+    def predict_proba(self, windows: np.ndarray, *, scaled: bool = False) -> np.ndarray:
+        """Probability of "up" for each window.
+
+        Args:
+            windows: (n, sequence_length, n_features) feature windows, raw as
+                `compute_features` gives them (the bundle scales them), or already scaled
+                with this bundle's scaler when `scaled` is True.
+            scaled: whether `windows` are already scaled.
+
+        Returns:
+            (n,) float64 probabilities.
+        """
+        data = np.asarray(windows)
+        expected = (self.sequence_length, len(self.spec.names))
+        if data.ndim != 3 or data.shape[1:] != expected:
+            raise BundleError(
+                f"expected windows of shape (n, {expected[0]}, {expected[1]}), got {data.shape}"
+            )
+        inputs = data.astype(np.float32) if scaled else self.scaler.transform(data)
+        session = self._get_session()
+        name = session.get_inputs()[0].name
+        out = session.run(None, {name: np.ascontiguousarray(inputs, dtype=np.float32)})[0]
+        return np.asarray(out, dtype=np.float64).reshape(-1)
+
+    def _get_session(self) -> Any:
+        with self._lock:
+            if self._session is None:
+                import onnxruntime as ort
+
+                self._session = ort.InferenceSession(
+                    str(self.onnx_path), providers=["CPUExecutionProvider"]
+                )
+            return self._session
+
+
+def download_bundle(
+    client: MlflowClient, *, name: str, version: str | int, dst: Path
+) -> ModelBundle:
+    """Fetch and load the bundle of registered version `version` of `name` into `dst`."""
+    model_version = client.get_model_version(name, str(version))
+    if not model_version.run_id:
+        raise BundleError(f"{name} version {version} has no run, so no bundle")
+    dst.mkdir(parents=True, exist_ok=True)
+    local = client.download_artifacts(model_version.run_id, BUNDLE_ARTIFACT_PATH, str(dst))
+    return ModelBundle.load(Path(local))
+
+
+def production_version(client: MlflowClient, *, name: str) -> str | None:
+    """The version number behind the `production` alias of `name`, or None if there is none.
+
+    Any other failure (an unreachable tracking server, say) is raised, not taken for "no
+    production version": the service keeps serving what it has while the registry is away.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, PRODUCTION_ALIAS).version)
+    except MlflowException as exc:
+        if exc.error_code in _NOT_FOUND:
+            return None
+        raise
+
+
+def _strict(value: Any) -> Any:
+    """NaN as null, so the metadata is strict JSON that any client parses."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (pd.Timestamp, np.datetime64)):
+        return str(pd.Timestamp(value).isoformat())
+    raise TypeError(f"cannot store {type(value).__name__} in bundle metadata")

@@ -1,0 +1,57 @@
+"""Parsing of the scheduled-retraining setting (`ML_RETRAIN_INTERVAL_HOURS`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+
+def parse_retrain_intervals(value: object, *, pairs: Sequence[str] | None) -> dict[str, float]:
+    """Accept `BTC=24,ETH=12`, a JSON object or a mapping; every pair configured, every hour > 0.
+
+    Args:
+        value: The raw setting.
+        pairs: The configured pairs (None when they failed validation themselves).
+    """
+    if value is None or value == "":
+        return {}
+    raw: object = value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            raw = json.loads(text)
+        else:
+            pairs_text: dict[str, str] = {}
+            for item in text.split(","):
+                if not item.strip():
+                    continue
+                pair, sep, hours = item.partition("=")
+                if not sep:
+                    raise ValueError(
+                        f"ML_RETRAIN_INTERVAL_HOURS item {item.strip()!r} is not PAIR=HOURS "
+                        "(for example BTC=24,ETH=12)"
+                    )
+                pairs_text[pair.strip()] = hours.strip()
+            raw = pairs_text
+    if not isinstance(raw, dict):
+        raise ValueError(f"ML_RETRAIN_INTERVAL_HOURS must map pairs to hours, got {value!r}")
+    intervals: dict[str, float] = {}
+    for pair, hours in raw.items():
+        symbol = str(pair).strip().upper()
+        if pairs is not None and symbol not in pairs:
+            raise ValueError(
+                f"ML_RETRAIN_INTERVAL_HOURS names pair {pair!r}: allowed pairs are "
+                f"{', '.join(pairs)}"
+            )
+        try:
+            number = float(hours)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"ML_RETRAIN_INTERVAL_HOURS for {symbol} is {hours!r}: expected a number of hours"
+            ) from None
+        if not number > 0:
+            raise ValueError(
+                f"ML_RETRAIN_INTERVAL_HOURS for {symbol} is {hours!r}: expected hours > 0"
+            )
+        intervals[symbol] = number
+    return intervals

@@ -1,0 +1,352 @@
+"""`TrainingScheduler`: the scheduler a process runs (the API's lifespan, or `tbml worker`).
+
+A lease thread takes and renews the dispatch lease (a database row). Only while this process
+holds it does its APScheduler run: a second scheduler started by mistake waits on standby and
+never dispatches, and takes over (recovering the crashed holder's training) once the lease
+expires. APScheduler keeps the dispatcher tick, the retry triggers and the scheduled
+retrainings in its SQLAlchemy job store, so they survive a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Self
+
+from pipelines.db import get_engine, migrate, read_session
+from pipelines.queue import jobs, lease, store, tracking
+from pipelines.queue.api import TrainingQueue
+from pipelines.queue.clock import now_ms
+from pipelines.queue.dispatcher import Dispatcher
+from pipelines.queue.errors import DuplicateJobError
+from pipelines.queue.params import PRIORITY_LOWEST
+from pipelines.queue.schemas import JobView
+from pipelines.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DISPATCH_JOB_ID = "tbml-dispatch"
+RETRY_JOB_PREFIX = "tbml-retry-"
+RETRAIN_JOB_PREFIX = "tbml-retrain-"
+SCHEDULED_PRIORITY = PRIORITY_LOWEST
+
+
+def new_worker_id() -> str:
+    """`host:pid:random`: unique per scheduler instance, readable in the lease row."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class TrainingScheduler:
+    """Runs the queue: `start()` it with the process, `shutdown()` it at exit."""
+
+    def __init__(self, settings: Settings, *, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.worker_id = worker_id or new_worker_id()
+        self.jobstore_url = settings.scheduler_database_url or settings.database_url
+        self.key = jobs.deployment_key(self.jobstore_url)
+        self.queue = TrainingQueue(settings, on_change=self.wake)
+        self.dispatcher = Dispatcher(
+            settings,
+            worker_id=self.worker_id,
+            holds_lease=self._holds_now,
+            schedule_retry=self._schedule_retry,
+            on_finished=self._finished,
+            on_child_exit=self.wake,
+        )
+        self._callbacks: list[Callable[[JobView], None]] = []
+        self._holds = False
+        self._lease_until = 0
+        self._stop = threading.Event()
+        self._lease_thread: threading.Thread | None = None
+        # Held while taking over (recovery, starting APScheduler) or standing down, so the two
+        # never interleave; the lease thread itself only renews and never waits on a takeover.
+        self._transition = threading.RLock()
+        self._scheduler: Any = None
+        self._state = threading.Lock()
+        self._wake_pending = threading.Event()
+        self._in_tick = False
+
+    # --- public ----------------------------------------------------------------------------
+
+    @property
+    def holds_lease(self) -> bool:
+        """Whether this scheduler is the one that dispatches."""
+        return self._holds
+
+    def on_training_finished(self, callback: Callable[[JobView], None]) -> None:
+        """Call `callback(job)` in the scheduler's thread each time a job ends for good.
+
+        The service registers its model-cache refresh here; `job.registered_version` and
+        `job.promotion` say whether anything changed. Exceptions are logged, never raised.
+        """
+        self._callbacks.append(callback)
+
+    def start(self) -> Self:
+        """Migrate the database, try for the lease, and keep trying (or renewing) in a thread.
+
+        When the lease is free, this returns once the takeover is done (orphaned trainings
+        recovered, APScheduler running); the lease is renewed meanwhile.
+        """
+        migrate(self.settings)
+        if self.jobstore_url != self.settings.database_url:
+            get_engine(self.jobstore_url)  # creates the SQLite file's directory
+        self._stop.clear()
+        held = self._renew()
+        self._lease_thread = threading.Thread(
+            target=self._lease_loop, name="tbml-lease", daemon=True
+        )
+        self._lease_thread.start()
+        if held:
+            self._take_over()
+        else:
+            state = lease.current(self.settings.database_url)
+            logger.warning(
+                "standby: scheduler %s holds the dispatch lease (until %d); this one (%s) will "
+                "not dispatch while it does",
+                state.holder,
+                state.expires_at,
+                self.worker_id,
+            )
+        return self
+
+    def shutdown(self) -> None:
+        """Stop dispatching: interrupt (and requeue) a running training, release the lease."""
+        self._stop.set()
+        if self._lease_thread is not None:
+            self._lease_thread.join(timeout=30)
+            self._lease_thread = None
+        with self._transition:
+            if self._scheduler is not None:
+                self._scheduler.shutdown(wait=True)
+                self._scheduler = None
+            jobs.unregister(self.key, self)
+            self.dispatcher.abandon("the scheduler shut down during the training")
+            if self._holds:
+                lease.release(self.settings.database_url, holder=self.worker_id)
+                self._holds = False
+        logger.info("training scheduler %s stopped", self.worker_id)
+
+    def wake(self) -> None:
+        """Run the dispatcher now rather than at its next tick (after a change or a child exit)."""
+        self._wake_pending.set()
+        with self._state:
+            if self._in_tick:
+                return  # the running tick sees the flag and goes round again
+        scheduler = self._scheduler
+        if scheduler is None or not self._holds:
+            return
+        try:
+            scheduler.modify_job(DISPATCH_JOB_ID, next_run_time=datetime.now(UTC))
+        except Exception:
+            logger.debug("wake ignored: the scheduler is stopping", exc_info=True)
+
+    def tick(self) -> None:
+        """The dispatcher job's body: tick until no wake-up arrived during the last one."""
+        with self._state:
+            self._in_tick = True
+        try:
+            while True:
+                self._wake_pending.clear()
+                self.dispatcher.tick()
+                with self._state:
+                    if not self._wake_pending.is_set() or self._stop.is_set():
+                        self._in_tick = False
+                        return
+        except BaseException:
+            with self._state:
+                self._in_tick = False
+            raise
+
+    def enqueue_scheduled(self, *, pair: str, model_type: str) -> None:
+        """A scheduled retraining: a lowest-priority job, unless one is already active."""
+        try:
+            result = self.queue.enqueue(
+                pair=pair,
+                model_type=model_type,
+                priority=SCHEDULED_PRIORITY,
+                requested_by="schedule",
+            )
+            logger.info("scheduled retraining queued: %s", result.job_id)
+        except DuplicateJobError as error:
+            logger.info("scheduled retraining skipped: %s", error)
+
+    # --- lease -----------------------------------------------------------------------------
+
+    def _holds_now(self) -> bool:
+        """Whether we hold the lease and it has not run out (the dispatcher's guard)."""
+        return self._holds and now_ms() < self._lease_until
+
+    def _lease_loop(self) -> None:
+        period = self.settings.scheduler_lease_ms / 3 / 1000
+        while not self._stop.wait(period):
+            was_holding = self._holds
+            held = self._renew()
+            if held and not was_holding:
+                # Taking over can take long (importing MLflow, a slow tracking server, killing
+                # an orphaned training); renewal must go on meanwhile, or the lease would run
+                # out under us and a standby scheduler would take over too.
+                threading.Thread(target=self._take_over, name="tbml-takeover", daemon=True).start()
+            elif not held and was_holding:
+                self._lost()
+
+    def _renew(self) -> bool:
+        """Take or renew the lease (one UPDATE); returns whether we hold it now."""
+        now = now_ms()
+        try:
+            held = lease.acquire(
+                self.settings.database_url,
+                holder=self.worker_id,
+                ttl_ms=self.settings.scheduler_lease_ms,
+                now=now,
+            )
+            if held:
+                self._lease_until = now + self.settings.scheduler_lease_ms
+        except Exception:
+            logger.exception("could not reach the database to renew the dispatch lease")
+            # A database hiccup is not a lost lease: ours holds until it expires, and no one
+            # else can take it before then.
+            held = self._holds and now < self._lease_until
+        if held and not self._holds:
+            logger.info("scheduler %s holds the dispatch lease", self.worker_id)
+        self._holds = held
+        return held
+
+    def _take_over(self) -> None:
+        """Recover what a stopped scheduler left training, then start dispatching."""
+        with self._transition:
+            if not self._holds or self._stop.is_set():
+                return
+            if self._has_work():
+                self._warm_tracking()
+            recovered = self.dispatcher.recover()
+            if recovered:
+                logger.warning("recovered jobs left training by a stopped scheduler: %s", recovered)
+            if not self._holds or self._stop.is_set():
+                return  # lost while recovering: `_lost` has stood down already
+            if self._scheduler is None:
+                self._scheduler = self._build_scheduler()
+                self._scheduler.start(paused=True)
+                jobs.register(self.key, self)
+                self._sync_jobs()
+                self._scheduler.resume()
+            else:
+                jobs.register(self.key, self)
+                self._scheduler.resume()
+        self.wake()
+
+    def _has_work(self) -> bool:
+        with read_session(self.settings.database_url) as session:
+            return bool(store.training_jobs(session) or store.queued_in_order(session))
+
+    def _warm_tracking(self) -> None:
+        # With jobs waiting, import MLflow and open its store now rather than inside the first
+        # dispatcher tick (it takes seconds). With none, leave it to the first dispatch: an API
+        # process that runs the scheduler then stays without MLflow (about 70 MB) until it
+        # trains something.
+        try:
+            tracking.ensure_experiment(tracking.client_for(self.settings), self.settings)
+        except Exception:
+            logger.exception("the MLflow tracking store is not reachable; dispatch will retry")
+
+    def _lost(self) -> None:
+        logger.error("scheduler %s lost the dispatch lease; standing by", self.worker_id)
+        with self._transition:
+            if self._scheduler is not None:
+                self._scheduler.pause()
+            self.dispatcher.abandon("the scheduler lost its dispatch lease during the training")
+
+    # --- APScheduler -----------------------------------------------------------------------
+
+    def _build_scheduler(self) -> Any:
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        return BackgroundScheduler(
+            jobstores={"default": SQLAlchemyJobStore(engine=get_engine(self.jobstore_url))},
+            # One thread: ticks, retries and scheduled enqueues never run concurrently. The
+            # tick never waits for a training, so one thread is never held up by one.
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            timezone=UTC,
+        )
+
+    def _sync_jobs(self) -> None:
+        """Put the dispatcher and the retraining schedule in the job store, as configured."""
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        interval_s = self.settings.queue_processing_interval_ms / 1000
+        self._scheduler.add_job(
+            jobs.DISPATCH,
+            trigger=IntervalTrigger(seconds=interval_s, timezone=UTC),
+            args=[self.key],
+            id=DISPATCH_JOB_ID,
+            name="training dispatcher",
+            replace_existing=True,
+            # coalesce: ticks missed while the process was down (or busy) run once, not N
+            # times. max_instances=1: a tick never overlaps the previous one. A tick later than
+            # two intervals is dropped: the next one is as good and comes sooner.
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=max(1, int(2 * interval_s)),
+        )
+        self._sync_retraining()
+
+    def _sync_retraining(self) -> None:
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        wanted: dict[str, tuple[str, str, float]] = {}
+        for pair, hours in self.settings.retrain_interval_hours.items():
+            for kind in self.settings.enabled_models:
+                wanted[f"{RETRAIN_JOB_PREFIX}{pair}-{kind}"] = (pair, kind, hours)
+        for stored in self._scheduler.get_jobs():
+            if stored.id.startswith(RETRAIN_JOB_PREFIX) and stored.id not in wanted:
+                self._scheduler.remove_job(stored.id)
+        for job_id, (pair, model_type, hours) in wanted.items():
+            existing = self._scheduler.get_job(job_id)
+            seconds = hours * 3600
+            interval = existing.trigger.interval.total_seconds() if existing else None
+            if interval is not None and abs(interval - seconds) < 1e-3:
+                continue  # keep its next run time: a restart must not postpone a retraining
+            self._scheduler.add_job(
+                jobs.RETRAIN,
+                trigger=IntervalTrigger(seconds=seconds, timezone=UTC),
+                args=[self.key, pair, model_type],
+                id=job_id,
+                name=f"retrain {pair}:{model_type} every {hours:g} h",
+                replace_existing=True,
+                # A retraining missed while the process was down runs once at start (within one
+                # interval); coalesce so a long outage still gives one job, not many.
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=max(1, int(seconds)),
+            )
+
+    def _schedule_retry(self, job_id: str, at_ms: int) -> None:
+        """A date job that dispatches when the backoff ends (the tick would find it anyway)."""
+        from apscheduler.triggers.date import DateTrigger
+
+        if self._scheduler is None:
+            return
+        self._scheduler.add_job(
+            jobs.RETRY,
+            trigger=DateTrigger(run_date=datetime.fromtimestamp(at_ms / 1000, UTC)),
+            args=[self.key, job_id],
+            id=f"{RETRY_JOB_PREFIX}{job_id}",
+            name=f"retry {job_id}",
+            replace_existing=True,
+            # However late (the process was down at the retry time), a retry still runs.
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+
+    def _finished(self, job: JobView) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback(job)
+            except Exception:
+                logger.exception("training-finished callback %r failed", callback)

@@ -1,0 +1,256 @@
+"""State changes of a job once the dispatcher has it: claim, launch, and every way it ends.
+
+Each is one transaction and a conditional UPDATE: a job moves only from the state the caller
+believes it is in, and (while training) only by the scheduler that started it. A change that
+matches no row returns False and the caller drops its view of the job: someone else (a
+successor scheduler, an operator) already moved it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, exists, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from pipelines.db import write_session
+from pipelines.queue.models import (
+    CANCELLED,
+    DISPATCH_CONTROL,
+    DISPATCH_LEASE,
+    FAILED,
+    INTERRUPTED,
+    QUEUED,
+    SUCCEEDED,
+    TRAINING,
+    QueueControl,
+    SchedulerLease,
+    TrainingAttempt,
+    TrainingCooldown,
+    TrainingJob,
+)
+from pipelines.queue.store import rowcount
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a finished training reported through its MLflow run's tags."""
+
+    registered_model: str | None = None
+    registered_version: str | None = None
+    promotion: str | None = None
+    promotion_reason: str | None = None
+    beats_baseline: bool | None = None
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How an attempt ended, for `finish_attempt`."""
+
+    outcome: str
+    exit_code: int | None = None
+    error: str | None = None
+
+
+def claim(url: str, *, job_id: str, worker_id: str, now: int) -> int | None:
+    """Move a queued job to `training` for this worker; return its attempt number.
+
+    The UPDATE also requires that this worker holds the dispatch lease and that dispatch is
+    not paused, and the unique index on `training` refuses a second training job: so a claim
+    can only succeed for the one legitimate dispatcher, with nothing else training.
+    """
+    holds_lease = exists().where(
+        SchedulerLease.name == DISPATCH_LEASE,
+        SchedulerLease.holder == worker_id,
+        SchedulerLease.expires_at > now,
+    )
+    paused = exists().where(QueueControl.name == DISPATCH_CONTROL, QueueControl.paused.is_(True))
+    with write_session(url) as session:
+        result = session.execute(
+            update(TrainingJob)
+            .where(
+                TrainingJob.id == job_id,
+                TrainingJob.status == QUEUED,
+                TrainingJob.available_at <= now,
+                holds_lease,
+                ~paused,
+            )
+            .values(
+                status=TRAINING,
+                attempts=TrainingJob.attempts + 1,
+                started_at=now,
+                finished_at=None,
+                worker_id=worker_id,
+                run_id=None,
+                pid=None,
+                pid_started_at=None,
+                log_path=None,
+                cancel_requested_at=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if rowcount(result) != 1:
+            return None
+        number = session.scalar(select(TrainingJob.attempts).where(TrainingJob.id == job_id))
+        assert number is not None
+        session.add(
+            TrainingAttempt(
+                job_id=job_id, number=number, worker_id=worker_id, started_at=now, outcome="running"
+            )
+        )
+        return number
+
+
+def _owned(job_id: str, worker_id: str) -> tuple[ColumnElement[bool], ...]:
+    return (
+        TrainingJob.id == job_id,
+        TrainingJob.status == TRAINING,
+        TrainingJob.worker_id == worker_id,
+    )
+
+
+def record_launch(
+    url: str,
+    *,
+    job_id: str,
+    worker_id: str,
+    attempt: int,
+    run_id: str | None = None,
+    log_path: str | None = None,
+    pid: int | None = None,
+    pid_started_at: float | None = None,
+) -> bool:
+    """Record the MLflow run, log file and child process of the running attempt."""
+    job_values: dict[str, object] = {}
+    attempt_values: dict[str, object] = {}
+    if run_id is not None:
+        job_values["run_id"] = attempt_values["run_id"] = run_id
+    if log_path is not None:
+        job_values["log_path"] = attempt_values["log_path"] = log_path
+    if pid is not None:
+        job_values.update(pid=pid, pid_started_at=pid_started_at)
+    with write_session(url) as session:
+        result = session.execute(
+            update(TrainingJob)
+            .where(*_owned(job_id, worker_id))
+            .values(**job_values)
+            .execution_options(synchronize_session=False)
+        )
+        if rowcount(result) != 1:
+            return False
+        if attempt_values:
+            session.execute(
+                update(TrainingAttempt)
+                .where(TrainingAttempt.job_id == job_id, TrainingAttempt.number == attempt)
+                .values(**attempt_values)
+                .execution_options(synchronize_session=False)
+            )
+        return True
+
+
+def request_cancel(url: str, *, job_id: str, reason: str, now: int) -> bool:
+    """Ask the scheduler running this job to kill it; False if it is not training."""
+    with write_session(url) as session:
+        result = session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job_id, TrainingJob.status == TRAINING)
+            .values(cancel_requested_at=now, cancel_reason=reason)
+            .execution_options(synchronize_session=False)
+        )
+        return rowcount(result) == 1
+
+
+def finish_attempt(
+    url: str,
+    *,
+    job_id: str,
+    worker_id: str,
+    attempt: int,
+    ending: Ending,
+    now: int,
+    requeue_at: int | None = None,
+    report: RunReport | None = None,
+    cooldown_ms: int | None = None,
+) -> bool:
+    """End the running attempt; move the job to its next state in the same transaction.
+
+    Args:
+        url: Service database URL.
+        job_id: The job.
+        worker_id: The scheduler that ran the attempt (the change is refused otherwise).
+        attempt: The attempt number.
+        ending: Outcome of the attempt (succeeded, failed, cancelled, interrupted).
+        now: Epoch ms.
+        requeue_at: Put the job back in the queue, startable from this time (a retry).
+        report: The training's report, when it succeeded.
+        cooldown_ms: Start the pair's cooldown of this length (a training that finished).
+    """
+    values: dict[str, object] = {"pid": None, "pid_started_at": None}
+    if requeue_at is not None:
+        values.update(status=QUEUED, available_at=requeue_at, worker_id=None)
+    else:
+        values.update(status=_job_status(ending.outcome), finished_at=now)
+    if ending.error is not None:
+        values["error"] = ending.error
+    if ending.outcome == SUCCEEDED:
+        values["error"] = None
+        rep = report or RunReport()
+        values.update(
+            registered_model=rep.registered_model,
+            registered_version=rep.registered_version,
+            promotion=rep.promotion,
+            promotion_reason=rep.promotion_reason,
+            beats_baseline=rep.beats_baseline,
+        )
+    with write_session(url) as session:
+        job = session.get(TrainingJob, job_id)
+        result = session.execute(
+            update(TrainingJob)
+            .where(*_owned(job_id, worker_id))
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if job is None or rowcount(result) != 1:
+            return False
+        session.execute(
+            update(TrainingAttempt)
+            .where(TrainingAttempt.job_id == job_id, TrainingAttempt.number == attempt)
+            .values(
+                outcome=ending.outcome,
+                finished_at=now,
+                exit_code=ending.exit_code,
+                error=ending.error,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if cooldown_ms is not None and cooldown_ms > 0:
+            start_cooldown(
+                session,
+                pair=job.pair,
+                model_type=job.model_type,
+                job_id=job_id,
+                now=now,
+                length_ms=cooldown_ms,
+            )
+        return True
+
+
+def _job_status(outcome: str) -> str:
+    return {SUCCEEDED: SUCCEEDED, FAILED: FAILED, CANCELLED: CANCELLED}.get(outcome, INTERRUPTED)
+
+
+def start_cooldown(
+    session: Session, *, pair: str, model_type: str, job_id: str, now: int, length_ms: int
+) -> None:
+    """Replace the cooldown of a pair and model type (inside the caller's transaction)."""
+    session.execute(
+        delete(TrainingCooldown).where(
+            TrainingCooldown.pair == pair, TrainingCooldown.model_type == model_type
+        )
+    )
+    session.add(
+        TrainingCooldown(
+            pair=pair, model_type=model_type, job_id=job_id, started_at=now, ends_at=now + length_ms
+        )
+    )

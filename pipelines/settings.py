@@ -1,0 +1,237 @@
+"""Settings of every process (API, worker, training run, CLI), from the environment or `.env`.
+
+Names follow the original service where it had one (`PORT`, `ML_PREDICTION_CACHE_TTL`, ...), and
+durations it gave in milliseconds stay in milliseconds so that an original `.env` keeps working.
+Relative paths and SQLite URLs are resolved against the project root, so a child process started
+in another directory (an MLflow Project run, say) sees the same stores.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MODEL_TYPES: tuple[str, ...] = ("lstm", "gru", "cnn", "transformer")
+ModelType = Literal["lstm", "gru", "cnn", "transformer"]
+
+
+def _csv(value: object) -> object:
+    """Accept `BTC,ETH` as well as a JSON list for list settings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+def resolve_path(path: Path) -> Path:
+    """A relative path is taken relative to the project root, not the working directory."""
+    return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+
+
+def resolve_sqlite_url(url: str) -> str:
+    """Make `sqlite:///relative.db` absolute against the project root; other URLs pass through."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        return prefix + str(resolve_path(Path(url[len(prefix) :])))
+    return url
+
+
+class Settings(BaseSettings):
+    """Every default of the original service, as a setting."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # --- HTTP service -------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", validation_alias=AliasChoices("HOST", "ML_HOST"))
+    port: int = Field(3001, ge=1, le=65535, validation_alias=AliasChoices("PORT", "ML_PORT"))
+    api_key: str | None = Field(None, validation_alias="ML_API_KEY")
+
+    # --- candles ------------------------------------------------------------------------------
+    pairs: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["BTC", "ETH", "XMR", "RVN"],
+        validation_alias=AliasChoices("ML_PAIRS", "TRADING_PAIRS"),
+    )
+    quote_currency: str = Field("USDT", validation_alias="ML_QUOTE_CURRENCY")
+    timeframe: str = Field("1h", validation_alias="ML_TIMEFRAME")
+    exchange: str = Field("binance", validation_alias="ML_EXCHANGE")
+    data_dir: Path = Field(Path("data"), validation_alias="ML_DATA_DIR")
+    bundled_data_dir: Path = Field(Path("data/ohlcv"), validation_alias="ML_BUNDLED_DATA_DIR")
+
+    # --- model and features -------------------------------------------------------------------
+    sequence_length: int = Field(60, ge=2, le=1000, validation_alias="ML_SEQUENCE_LENGTH")
+    horizon: int = Field(1, ge=1, le=168, validation_alias="ML_HORIZON")
+    enabled_models: Annotated[list[ModelType], NoDecode] = Field(
+        default_factory=lambda: list[ModelType](["lstm"]), validation_alias="ML_ENABLED_MODELS"
+    )
+    lstm_units: int = Field(50, ge=1, validation_alias="ML_LSTM_UNITS")
+    lstm_layers: int = Field(2, ge=1, le=8, validation_alias="ML_LSTM_LAYERS")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, validation_alias="ML_DROPOUT")
+    batch_size: int = Field(32, ge=1, validation_alias="ML_BATCH_SIZE")
+    epochs: int = Field(100, ge=1, le=1000, validation_alias="ML_EPOCHS")
+    buy_threshold: float = Field(0.6, gt=0.5, lt=1.0, validation_alias="ML_BUY_THRESHOLD")
+    sell_threshold: float = Field(0.4, gt=0.0, lt=0.5, validation_alias="ML_SELL_THRESHOLD")
+
+    # --- MLflow -------------------------------------------------------------------------------
+    tracking_uri: str = Field(
+        "sqlite:///mlflow.db",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "ML_TRACKING_URI"),
+    )
+    artifact_root: Path = Field(Path("mlruns"), validation_alias="ML_ARTIFACT_ROOT")
+    experiment_name: str = Field("trading-bot-ml", validation_alias="ML_EXPERIMENT_NAME")
+
+    # --- training, evaluation and promotion (mlproject/; see docs/training.md) ----------------
+    evaluation_experiment_name: str = Field(
+        "trading-bot-ml-evaluation", validation_alias="ML_EVALUATION_EXPERIMENT_NAME"
+    )
+    learning_rate: float = Field(0.001, gt=0, lt=1, validation_alias="ML_LEARNING_RATE")
+    early_stopping_patience: int = Field(5, ge=1, validation_alias="ML_EARLY_STOPPING_PATIENCE")
+    # Newest samples held out for testing, and the samples before them for early stopping.
+    test_fraction: float = Field(0.15, gt=0, lt=0.5, validation_alias="ML_TEST_FRACTION")
+    validation_fraction: float = Field(
+        0.15, gt=0, lt=0.5, validation_alias="ML_VALIDATION_FRACTION"
+    )
+    # Fraction of the notional paid per position change (Binance spot taker fee: 0.1 %).
+    trading_fee: float = Field(0.001, ge=0, lt=0.1, validation_alias="ML_TRADING_FEE")
+    # Log loss by default: a strictly proper score, so it rewards the calibrated probabilities
+    # that the service turns into confidence and signals; accuracy ignores how sure a model is.
+    promotion_metric: Literal["log_loss", "brier", "roc_auc", "accuracy", "balanced_accuracy"] = (
+        Field("log_loss", validation_alias="ML_PROMOTION_METRIC")
+    )
+    # How much better than production a challenger must be (in the metric's units); 0 = at
+    # least as good. Negative tolerates a slightly worse challenger.
+    promotion_margin: float = Field(0.0, ge=-1, le=1, validation_alias="ML_PROMOTION_MARGIN")
+    # Serve the signals of a production version that does not beat its strongest baseline
+    # (otherwise the service answers HOLD for it).
+    serve_unproven: bool = Field(False, validation_alias="ML_SERVE_UNPROVEN")
+    # Walk-forward evaluation (`tbml evaluate`): sized so that all bundled pairs take tens of
+    # minutes on two CPU cores.
+    walk_forward_folds: int = Field(3, ge=1, le=20, validation_alias="ML_WALK_FORWARD_FOLDS")
+    walk_forward_test_size: int = Field(2000, ge=50, validation_alias="ML_WALK_FORWARD_TEST_SIZE")
+    walk_forward_epochs: int = Field(8, ge=1, le=1000, validation_alias="ML_WALK_FORWARD_EPOCHS")
+    walk_forward_patience: int = Field(3, ge=1, validation_alias="ML_WALK_FORWARD_PATIENCE")
+
+    # --- service database and scheduler -------------------------------------------------------
+    database_url: str = Field("sqlite:///data/service.db", validation_alias="ML_DATABASE_URL")
+    scheduler_database_url: str | None = Field(None, validation_alias="ML_SCHEDULER_DATABASE_URL")
+
+    # --- caches (milliseconds, as in the original) --------------------------------------------
+    prediction_cache_ttl_ms: int = Field(30_000, ge=0, validation_alias="ML_PREDICTION_CACHE_TTL")
+    feature_cache_ttl_ms: int = Field(300_000, ge=0, validation_alias="ML_FEATURE_CACHE_TTL")
+    model_status_cache_ttl_ms: int = Field(
+        60_000, ge=0, validation_alias="ML_MODEL_STATUS_CACHE_TTL"
+    )
+
+    # --- training queue (milliseconds, as in the original) ------------------------------------
+    # The original's setting, kept for its .env files; one training at a time is the rule here.
+    max_concurrent_training: int = Field(
+        1, ge=1, le=1, validation_alias="ML_MAX_CONCURRENT_TRAINING"
+    )
+    training_cooldown_ms: int = Field(1_800_000, ge=0, validation_alias="ML_TRAINING_COOLDOWN")
+    queue_processing_interval_ms: int = Field(
+        5_000, ge=100, validation_alias="ML_QUEUE_PROCESSING_INTERVAL"
+    )
+    training_max_attempts: int = Field(3, ge=1, le=20, validation_alias="ML_TRAINING_MAX_ATTEMPTS")
+    # --- training queue: runner, retries, lease, scheduled retraining (pipelines/queue/) -------
+    # The MLproject entry point each job runs; `smoke` is the cheap stand-in the queue tests use.
+    training_entry_point: str = Field(
+        "train", pattern=r"^[A-Za-z0-9_]+$", validation_alias="ML_TRAINING_ENTRY_POINT"
+    )
+    # A failed attempt is retried after base * 2**(attempt - 1), capped.
+    training_retry_backoff_ms: int = Field(
+        60_000, ge=0, validation_alias="ML_TRAINING_RETRY_BACKOFF"
+    )
+    training_retry_backoff_max_ms: int = Field(
+        1_800_000, ge=0, validation_alias="ML_TRAINING_RETRY_BACKOFF_MAX"
+    )
+    # How long the dispatcher's database lease lasts without renewal: a crashed scheduler's
+    # successor waits at most this long before it recovers the crashed one's training.
+    scheduler_lease_ms: int = Field(30_000, ge=500, validation_alias="ML_SCHEDULER_LEASE")
+    # Per pair, retrain every N hours at low priority: `BTC=24,ETH=12` or JSON; off when empty.
+    retrain_interval_hours: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict, validation_alias="ML_RETRAIN_INTERVAL_HOURS"
+    )
+
+    @field_validator("retrain_interval_hours", mode="before")
+    @classmethod
+    def _parse_retrain_intervals(cls, value: object, info: ValidationInfo) -> object:
+        from pipelines.queue.intervals import parse_retrain_intervals
+
+        return parse_retrain_intervals(value, pairs=info.data.get("pairs"))
+
+    # --- storage ------------------------------------------------------------------------------
+    storage_max_age_hours: float = Field(168, gt=0, validation_alias="ML_STORAGE_MAX_AGE_HOURS")
+
+    # --- prediction service (service/) --------------------------------------------------------
+    # How often each API process asks the registry where `production` points; a finished
+    # training in this process triggers a refresh at once.
+    model_refresh_interval_ms: int = Field(
+        30_000, ge=100, validation_alias="ML_MODEL_REFRESH_INTERVAL"
+    )
+    # Run the training scheduler inside the API process (`tbml serve --no-scheduler` for a
+    # replica that only enqueues while `tbml worker` dispatches).
+    run_scheduler: bool = Field(True, validation_alias="ML_RUN_SCHEDULER")
+    # How often realised outcomes are filled into the prediction history.
+    outcome_fill_interval_ms: int = Field(
+        60_000, ge=100, validation_alias="ML_OUTCOME_FILL_INTERVAL"
+    )
+    # Largest request body accepted (POST /api/predictions/{pair} with candles), in bytes.
+    max_body_bytes: int = Field(2_000_000, ge=1024, validation_alias="ML_MAX_BODY_BYTES")
+    max_request_candles: int = Field(5_000, ge=10, validation_alias="ML_MAX_REQUEST_CANDLES")
+
+    # --- first run (`tbml up`, `make run`) ----------------------------------------------------
+    # Pairs without a production model get a short "bootstrap" training, so a fresh clone
+    # serves real models within minutes on two cores; `make train PAIR=BTC` trains fully.
+    bootstrap_epochs: int = Field(3, ge=1, le=1000, validation_alias="ML_BOOTSTRAP_EPOCHS")
+    # Newest candles a bootstrap training uses (0 = all).
+    bootstrap_max_rows: int = Field(6_000, ge=0, validation_alias="ML_BOOTSTRAP_MAX_ROWS")
+
+    @field_validator("pairs", mode="before")
+    @classmethod
+    def _split_pairs(cls, value: object) -> object:
+        value = _csv(value)
+        if isinstance(value, list):
+            return [str(item).upper() for item in value]
+        return value
+
+    @field_validator("enabled_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        return _csv(value)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Settings:
+        self.data_dir = resolve_path(self.data_dir)
+        self.bundled_data_dir = resolve_path(self.bundled_data_dir)
+        self.artifact_root = resolve_path(self.artifact_root)
+        self.tracking_uri = resolve_sqlite_url(self.tracking_uri)
+        self.database_url = resolve_sqlite_url(self.database_url)
+        if self.scheduler_database_url is not None:
+            self.scheduler_database_url = resolve_sqlite_url(self.scheduler_database_url)
+        if self.sell_threshold >= self.buy_threshold:
+            raise ValueError(
+                f"ML_SELL_THRESHOLD ({self.sell_threshold}) must be below "
+                f"ML_BUY_THRESHOLD ({self.buy_threshold})"
+            )
+        return self
+
+    @property
+    def candles_dir(self) -> Path:
+        """Where ingestion writes candles; the bundled files are never written to."""
+        return self.data_dir / "candles"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests build their own `Settings(...)` instead."""
+    return Settings()

@@ -1,0 +1,54 @@
+"""`tbml serve`: the prediction API under uvicorn (port 3001, 127.0.0.1 unless told otherwise)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind; default HOST or 127.0.0.1.")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port; default PORT or 3001.")] = None,
+    scheduler: Annotated[
+        bool,
+        typer.Option(
+            "--scheduler/--no-scheduler",
+            help="Run the training scheduler in this process (--no-scheduler for an API replica "
+            "that only enqueues while `tbml worker` dispatches).",
+        ),
+    ] = True,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve predictions, features, the training queue and storage routes over HTTP."""
+    import uvicorn
+
+    from pipelines.settings import get_settings
+    from service.app import create_app
+
+    base = get_settings()
+    updates: dict[str, object] = {"run_scheduler": scheduler and base.run_scheduler}
+    if host is not None:
+        updates["host"] = host
+    if port is not None:
+        updates["port"] = port
+    settings = base.model_copy(update=updates)
+    typer.echo(
+        f"trading-bot-ml on http://{settings.host}:{settings.port}  "
+        f"(docs: /docs, metrics: /metrics; MLflow UI: `make ui`)",
+        err=True,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` to `tbml`."""
+    app.command("serve")(serve)

@@ -1,0 +1,1 @@
+"""Prediction history: every computed prediction, with its realised outcome once known."""

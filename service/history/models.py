@@ -1,0 +1,39 @@
+"""The prediction history table (migration `0002`)."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Float, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from pipelines.db import Base
+
+
+class PredictionRow(Base):
+    """One computed prediction of one model version from one candle.
+
+    Times are UTC epoch milliseconds, as in the REST answers. `outcome` (1 = the close
+    `horizon` candles later ended above the candle's close, 0 = not) and `correct` stay NULL
+    until that candle is in the store.
+    """
+
+    __tablename__ = "prediction_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pair: Mapped[str] = mapped_column(String(16))
+    model_type: Mapped[str] = mapped_column(String(16))
+    model_version: Mapped[str] = mapped_column(String(32))
+    candle_time: Mapped[int] = mapped_column(BigInteger)
+    horizon: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    probability: Mapped[float] = mapped_column(Float)
+    direction: Mapped[str] = mapped_column(String(8))
+    signal: Mapped[str] = mapped_column(String(8))
+    unproven: Mapped[bool] = mapped_column(Boolean)
+    outcome: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+    __table_args__ = (
+        Index("ix_prediction_history_pair_created_at", "pair", "created_at"),
+        Index("ix_prediction_history_pair_model_version", "pair", "model_type", "model_version"),
+        Index("ix_prediction_history_outcome_pending", "outcome", "pair"),
+    )

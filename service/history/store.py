@@ -1,0 +1,203 @@
+"""Reading and writing the prediction history; realised outcomes and live accuracy."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+
+from pipelines.candles.store import CandlesNotFoundError, CandleStore
+from pipelines.db import read_session, write_session
+from service.history.models import PredictionRow
+from service.predictor import PredictionRecord
+
+logger = logging.getLogger(__name__)
+
+_TABLE = cast(Table, PredictionRow.__table__)
+
+
+@dataclass(frozen=True)
+class LiveAccuracy:
+    """Accuracy of one version on the candles whose outcome is known (each candle counted once)."""
+
+    model_type: str
+    model_version: str
+    predictions: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.predictions if self.predictions else None
+
+
+class PredictionHistory:
+    """The `prediction_history` table of the service database at `url`."""
+
+    def __init__(self, *, url: str) -> None:
+        self.url = url
+
+    def record(self, records: Sequence[PredictionRecord]) -> None:
+        """Store computed predictions (one row each)."""
+        if not records:
+            return
+        rows = [
+            {
+                "pair": r.pair,
+                "model_type": r.model_type,
+                "model_version": r.model_version,
+                "candle_time": int(r.candle_time.value // 1_000_000),
+                "horizon": r.horizon,
+                "created_at": r.created_at,
+                "probability": r.probability,
+                "direction": r.direction,
+                "signal": r.signal,
+                "unproven": r.unproven,
+            }
+            for r in records
+        ]
+        with write_session(self.url) as session:
+            session.execute(insert(_TABLE), rows)
+
+    def recent(self, *, pair: str, limit: int, since_ms: int | None = None) -> list[dict[str, Any]]:
+        """Newest first, at most `limit`, optionally only those made at or after `since_ms`."""
+        query = select(PredictionRow).where(PredictionRow.pair == pair)
+        if since_ms is not None:
+            query = query.where(PredictionRow.created_at >= since_ms)
+        query = query.order_by(PredictionRow.created_at.desc(), PredictionRow.id.desc()).limit(
+            limit
+        )
+        with read_session(self.url) as session:
+            return [_row_json(row) for row in session.scalars(query)]
+
+    def count(self, *, pair: str | None = None) -> int:
+        query = select(func.count()).select_from(PredictionRow)
+        if pair is not None:
+            query = query.where(PredictionRow.pair == pair)
+        with read_session(self.url) as session:
+            return int(session.scalar(query) or 0)
+
+    def fill_outcomes(self, *, store: CandleStore, timeframe: str) -> int:
+        """Fill `outcome` and `correct` of every row whose horizon has passed; returns how many.
+
+        The outcome uses the same rule as the training target: the close `horizon` candles
+        (rows of the store) after the predicted-from candle ends above that candle's close.
+        Only rows older than the store's newest candle are read; a row whose candle the store
+        lacks (a prediction from a client's own candles) stays open until retention drops it.
+        """
+        with read_session(self.url) as session:
+            pairs = list(
+                session.scalars(
+                    select(PredictionRow.pair).where(PredictionRow.outcome.is_(None)).distinct()
+                )
+            )
+        updates: list[dict[str, Any]] = []
+        for pair in pairs:
+            try:
+                candles = store.load(pair, timeframe)
+            except CandlesNotFoundError:
+                continue
+            updates += _outcomes(self.url, pair=pair, candles=candles)
+        if updates:
+            statement = (
+                update(_TABLE)
+                .where(_TABLE.c.id == bindparam("row_id"))
+                .values(outcome=bindparam("outcome"), correct=bindparam("correct"))
+            )
+            with write_session(self.url) as session:
+                session.connection().execute(statement, updates)
+        return len(updates)
+
+    def live_accuracy(self, *, pair: str) -> list[LiveAccuracy]:
+        """Per model type and version: distinct candles with a known outcome, and how many hit."""
+        query = (
+            select(
+                PredictionRow.model_type,
+                PredictionRow.model_version,
+                PredictionRow.correct,
+                func.count(func.distinct(PredictionRow.candle_time)),
+            )
+            .where(PredictionRow.pair == pair, PredictionRow.correct.is_not(None))
+            .group_by(PredictionRow.model_type, PredictionRow.model_version, PredictionRow.correct)
+        )
+        totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        with read_session(self.url) as session:
+            for model_type, version, correct, n in session.execute(query):
+                entry = totals[(model_type, version)]
+                entry[0] += int(n)
+                if correct:
+                    entry[1] += int(n)
+        return [
+            LiveAccuracy(model_type=t, model_version=v, predictions=n, correct=k)
+            for (t, v), (n, k) in sorted(totals.items())
+        ]
+
+    def cleanup(self, *, max_age_hours: float) -> int:
+        """Delete rows older than `max_age_hours`; returns how many were deleted."""
+        cutoff = int((time.time() - max_age_hours * 3600) * 1000)
+        with write_session(self.url) as session:
+            result = session.execute(delete(PredictionRow).where(PredictionRow.created_at < cutoff))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _outcomes(url: str, *, pair: str, candles: pd.DataFrame) -> list[dict[str, Any]]:
+    """The updates for the open rows of `pair` that `candles` can settle."""
+    stamps = pd.DatetimeIndex(candles.index).as_unit("ms").asi8
+    if stamps.size < 2:
+        return []
+    with read_session(url) as session:
+        rows = session.execute(
+            select(
+                PredictionRow.id,
+                PredictionRow.candle_time,
+                PredictionRow.horizon,
+                PredictionRow.direction,
+            ).where(
+                PredictionRow.pair == pair,
+                PredictionRow.outcome.is_(None),
+                PredictionRow.candle_time < int(stamps[-1]),
+            )
+        ).all()
+    if not rows:
+        return []
+    closes = candles["close"].to_numpy()
+    times = np.array([r.candle_time for r in rows], dtype=np.int64)
+    positions = np.searchsorted(stamps, times)
+    updates = []
+    for row, pos in zip(rows, positions.tolist(), strict=True):
+        ahead = pos + row.horizon
+        if pos >= len(stamps) or stamps[pos] != row.candle_time or ahead >= len(stamps):
+            continue
+        outcome = int(closes[ahead] > closes[pos])
+        updates.append(
+            {
+                "row_id": row.id,
+                "outcome": outcome,
+                "correct": (row.direction == "up") == bool(outcome),
+            }
+        )
+    return updates
+
+
+def _row_json(row: PredictionRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "pair": row.pair,
+        "modelType": row.model_type,
+        "modelVersion": row.model_version,
+        "candleTime": row.candle_time,
+        "horizon": row.horizon,
+        "timestamp": row.created_at,
+        "prediction": row.probability,
+        "direction": row.direction,
+        "signal": row.signal,
+        "unproven": row.unproven,
+        "outcome": None if row.outcome is None else ("up" if row.outcome else "down"),
+        "correct": row.correct,
+    }

@@ -1,0 +1,402 @@
+"""The production models, hot in memory, swapped atomically when the registry's alias moves.
+
+For every configured pair and model type the cache resolves the registry alias `production`,
+downloads that version's bundle (ONNX export, scaler, feature spec), checks the feature-set
+version against the running code, opens the ONNX session and runs one warm-up prediction. Only a
+model that passed all of that is published, by replacing the whole mapping in one assignment, so
+a request sees either the old model or the new one, never a half-loaded one. If a new version
+fails to load, the old one keeps serving and the failure is reported in health.
+
+A background thread polls the registry (every `ML_MODEL_REFRESH_INTERVAL`) and `trigger()` wakes
+it at once (the training queue calls it when a training finishes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.features.spec import FeatureSpecMismatchError, ensure_compatible
+from pipelines.modelbundle import (
+    TAG_UNPROVEN,
+    BundleError,
+    ModelBundle,
+    registered_model_name,
+)
+from service.registry import RegistryReader, VersionInfo, reader_for
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+INDEX_FILE = "production.json"
+
+
+def _prepare(
+    bundle: ModelBundle, *, pair: str, model_type: str, name: str, version: str, unproven: bool
+) -> ServedModel:
+    """Check a bundle and open it; raises if it cannot serve."""
+    ensure_compatible(bundle.spec)
+    # One prediction before publishing: opens the ONNX session and proves the file works.
+    zeros = np.zeros((1, bundle.sequence_length, len(bundle.spec.names)), dtype=np.float32)
+    probability = bundle.predict_proba(zeros, scaled=True)
+    if probability.shape != (1,) or not np.isfinite(probability).all():
+        raise ValueError(f"warm-up prediction gave {probability!r}")
+    return ServedModel(
+        pair=pair,
+        model_type=model_type,
+        name=name,
+        version=version,
+        bundle=bundle,
+        unproven=unproven,
+        loaded_at=time.time(),
+    )
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded production version."""
+
+    pair: str
+    model_type: str
+    name: str
+    version: str
+    bundle: ModelBundle
+    unproven: bool
+    loaded_at: float
+
+    def predict_proba(self, windows: np.ndarray) -> np.ndarray:
+        return self.bundle.predict_proba(windows)
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    """What health reports for one pair and model type."""
+
+    # loaded | no_production_model | refused | load_failed | registry_unreachable | not_enabled
+    state: str
+    version: str | None  # the version served now, if any
+    message: str
+    # The production version that was refused or failed to load (state refused / load_failed).
+    failed_version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "version": self.version,
+            "failedVersion": self.failed_version,
+            "message": self.message,
+        }
+
+
+class ModelCache:
+    """Production models by (pair, model type); reads are lock-free dictionary lookups."""
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        cache_dir: Path,
+        slots: Iterable[Key],
+        reader: RegistryReader | None = None,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.cache_dir = cache_dir
+        self.slots: tuple[Key, ...] = tuple(slots)
+        self.reader = reader or reader_for(tracking_uri)
+        self._models: dict[Key, ServedModel] = {}
+        self._status: dict[Key, SlotStatus] = {
+            key: SlotStatus("no_production_model", None, "not checked yet") for key in self.slots
+        }
+        self._refresh_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Versions whose load failed, so a broken version is logged with its traceback once
+        # (it is retried at every refresh: the failure may be transient).
+        self._failed: set[tuple[str, str]] = set()
+        self.last_refresh: float | None = None
+        self.refresh_count = 0
+        self.swaps = 0
+
+    # --- reads (request path) -----------------------------------------------------------------
+
+    def get(self, pair: str, model_type: str) -> ServedModel | None:
+        return self._models.get((pair, model_type))
+
+    def models_of(self, pair: str) -> list[ServedModel]:
+        return [m for (p, _), m in sorted(self._models.items()) if p == pair]
+
+    def all(self) -> list[ServedModel]:
+        return [self._models[key] for key in sorted(self._models)]
+
+    def status(self, pair: str, model_type: str) -> SlotStatus:
+        status = self._status.get((pair, model_type))
+        if status is not None:
+            return status
+        served = sorted({m for _, m in self.slots})
+        return SlotStatus(
+            "not_enabled",
+            None,
+            f"{model_type} models are not served here (ML_ENABLED_MODELS: {', '.join(served)})",
+        )
+
+    def statuses(self) -> dict[Key, SlotStatus]:
+        return dict(self._status)
+
+    # --- refresh ------------------------------------------------------------------------------
+
+    def refresh(self) -> list[ServedModel]:
+        """Bring every slot to the registry's production version; returns the models swapped in."""
+        with self._refresh_lock:
+            swapped: list[ServedModel] = []
+            for key in self.slots:
+                loaded = self._refresh_slot(key)
+                if loaded is not None:
+                    swapped.append(loaded)
+            self.last_refresh = time.time()
+            self.refresh_count += 1
+            return swapped
+
+    def _set_status(self, key: Key, status: SlotStatus) -> None:
+        self._status = {**self._status, key: status}
+
+    def _refresh_slot(self, key: Key) -> ServedModel | None:
+        pair, model_type = key
+        name = registered_model_name(pair, model_type)
+        current = self._models.get(key)
+        try:
+            info = self.reader.production(name)
+        except Exception as exc:
+            logger.warning("model refresh: cannot resolve %s@production: %s", name, exc)
+            self._set_status(
+                key,
+                SlotStatus("registry_unreachable", current.version if current else None, str(exc)),
+            )
+            return None
+        if info is None:
+            if current is not None:
+                logger.info("%s has no production version any more; no longer served", name)
+                models = dict(self._models)
+                models.pop(key, None)
+                self._models = models
+                self._write_index()
+            self._set_status(
+                key,
+                SlotStatus(
+                    "no_production_model", None, f"{name} has no version aliased production"
+                ),
+            )
+            return None
+        version = info.version
+        if current is not None and current.version == version:
+            self._set_status(
+                key, SlotStatus("loaded", version, f"serving {name} version {version}")
+            )
+            return None
+        previous = self._status.get(key)
+        if (
+            previous is not None
+            and previous.state == "refused"
+            and previous.failed_version == version
+        ):
+            return None  # refused for good: the feature set will not change under us
+        try:
+            served = self._load(info, pair=pair, model_type=model_type)
+        except FeatureSpecMismatchError as exc:
+            logger.error("refusing %s version %s: %s", name, version, exc)
+            self._set_status(
+                key,
+                SlotStatus(
+                    "refused",
+                    current.version if current else None,
+                    f"version {version} refused: {exc}"
+                    + (f"; still serving version {current.version}" if current else ""),
+                    failed_version=version,
+                ),
+            )
+            return None
+        except Exception as exc:
+            if (name, version) in self._failed:
+                logger.warning("loading %s version %s failed again: %s", name, version, exc)
+            else:
+                logger.exception("loading %s version %s failed", name, version)
+                self._failed.add((name, version))
+            self._set_status(
+                key,
+                SlotStatus(
+                    "load_failed",
+                    current.version if current else None,
+                    f"version {version} failed to load: {exc}"
+                    + (f"; still serving version {current.version}" if current else ""),
+                    failed_version=version,
+                ),
+            )
+            return None
+        self._models = {**self._models, key: served}
+        self.swaps += 1
+        self._write_index()
+        self._set_status(key, SlotStatus("loaded", version, f"serving {name} version {version}"))
+        logger.info(
+            "serving %s version %s%s",
+            name,
+            version,
+            f" (was {current.version})" if current else "",
+        )
+        return served
+
+    def _load(self, info: VersionInfo, *, pair: str, model_type: str) -> ServedModel:
+        bundle = self._fetch(info)
+        unproven = info.tags.get(TAG_UNPROVEN, "").lower() == "true" or not bundle.beats_baseline
+        return _prepare(
+            bundle,
+            pair=pair,
+            model_type=model_type,
+            name=info.name,
+            version=info.version,
+            unproven=unproven,
+        )
+
+    def _fetch(self, info: VersionInfo) -> ModelBundle:
+        """The version's bundle in the local copy, downloaded first if it is not complete there.
+
+        A download goes to a staging folder beside its final place and is renamed into it only
+        once complete, so a crash (or a replica sharing the folder) never sees half a bundle.
+        """
+        final = self.cache_dir / info.name / info.version
+        try:
+            return ModelBundle.load(final)
+        except (BundleError, OSError, ValueError):
+            pass
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{info.version}-", dir=final.parent))
+        try:
+            files = self.reader.download_bundle(info, staging)
+            ModelBundle.load(files)  # complete and consistent before it takes the final name
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(files, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return ModelBundle.load(final)
+
+    def prune_copies(self, *, keep: set[tuple[str, str]]) -> list[str]:
+        """Delete the local copies of versions that are neither served nor in `keep`.
+
+        Holds the refresh lock, so a copy that a refresh is downloading is never removed
+        under it. Returns `name/version` of each removed copy.
+        """
+        removed: list[str] = []
+        with self._refresh_lock:
+            keep = keep | {(m.name, m.version) for m in self._models.values()}
+            if not self.cache_dir.is_dir():
+                return removed
+            for name_dir in sorted(p for p in self.cache_dir.iterdir() if p.is_dir()):
+                for version_dir in sorted(p for p in name_dir.iterdir() if p.is_dir()):
+                    if (name_dir.name, version_dir.name) not in keep:
+                        shutil.rmtree(version_dir, ignore_errors=True)
+                        removed.append(f"{name_dir.name}/{version_dir.name}")
+        return removed
+
+    # --- local copy: serve at once on start, before the registry answers ----------------------
+
+    @property
+    def index_path(self) -> Path:
+        return self.cache_dir / INDEX_FILE
+
+    def _write_index(self) -> None:
+        entries = {
+            f"{pair}/{model_type}": {
+                "name": m.name,
+                "version": m.version,
+                "dir": str(m.bundle.onnx_path.parent),
+                "unproven": m.unproven,
+            }
+            for (pair, model_type), m in self._models.items()
+        }
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.index_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, indent=2, sort_keys=True))
+        os.replace(tmp, self.index_path)
+
+    def load_local(self) -> int:
+        """Serve the versions that were production when this cache last refreshed.
+
+        The registry stays the source of truth: the next refresh (started right after) swaps
+        in whatever `production` points at now. Returns how many models were loaded.
+        """
+        try:
+            entries = json.loads(self.index_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return 0
+        loaded = 0
+        for key in self.slots:
+            entry = entries.get(f"{key[0]}/{key[1]}")
+            if not entry or key in self._models:
+                continue
+            try:
+                bundle = ModelBundle.load(Path(entry["dir"]))
+                served = _prepare(
+                    bundle,
+                    pair=key[0],
+                    model_type=key[1],
+                    name=str(entry["name"]),
+                    version=str(entry["version"]),
+                    unproven=bool(entry["unproven"]),
+                )
+            except Exception as exc:
+                logger.info("local copy of %s not usable (%s); waiting for the registry", key, exc)
+                continue
+            self._models = {**self._models, key: served}
+            self._set_status(
+                key,
+                SlotStatus(
+                    "loaded",
+                    served.version,
+                    f"serving {served.name} version {served.version} from the local copy; "
+                    "confirming with the registry",
+                ),
+            )
+            loaded += 1
+        return loaded
+
+    # --- background polling -------------------------------------------------------------------
+
+    def trigger(self) -> None:
+        """Refresh now (called when a training finishes); returns at once."""
+        self._wake.set()
+
+    def start(self, *, interval_s: float) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                self._wake.wait(interval_s)
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
+                try:
+                    self.refresh()
+                except Exception:  # the poller must outlive any one bad refresh
+                    logger.exception("model refresh failed")
+
+        self._thread = threading.Thread(target=loop, name="model-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None

@@ -1,0 +1,354 @@
+"""Predictions: newest candles -> features -> production model -> the original's JSON body.
+
+The request path does as little as possible. The candle store answers from memory after a
+`stat` of its files; a prediction is cached per (pair, model, version, newest candle) and the
+newest feature window per (pair, feature set, window length, newest candle), so a new candle or
+a new production version is never answered from an old entry. On the event loop
+(`answer_now`) a request is answered from the prediction cache, or, when only the prediction
+expired, from the cached window with one ONNX call per model; parsing a changed candle file or
+computing features happens in a worker thread (`predict`), where concurrent misses of one key
+compute once. History rows go to a background writer, never to the database on the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.candles.store import CandleStore
+from pipelines.features.compute import latest_features
+from pipelines.features.spec import FeatureSpec
+from pipelines.settings import Settings
+from service.caches import TTLCache
+from service.model_cache import ModelCache, ServedModel
+from service.signals import describe_probability, neutral_prediction
+
+logger = logging.getLogger(__name__)
+
+UNPROVEN_REASON = "production version does not beat its strongest baseline on its test window"
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """What the history keeps of one computed prediction."""
+
+    pair: str
+    model_type: str
+    model_version: str
+    candle_time: pd.Timestamp
+    horizon: int
+    probability: float
+    direction: str
+    signal: str
+    unproven: bool
+    created_at: int  # epoch ms when it was computed
+
+
+class InsufficientCandlesError(ValueError):
+    """Too few candles for one full window of features."""
+
+
+def epoch_ms(stamp: pd.Timestamp) -> int:
+    """A timestamp as UTC epoch milliseconds, as every REST answer gives times."""
+    return int(stamp.value // 1_000_000)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _newest(candles: pd.DataFrame) -> tuple[int, int]:
+    # The newest candle's open time (ns) and the row count: a new candle changes both.
+    return int(candles.index[-1].value), len(candles)
+
+
+class Predictor:
+    """Computes and caches predictions; knows nothing of HTTP."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: CandleStore,
+        models: ModelCache,
+        prediction_cache: TTLCache[dict[str, Any]],
+        feature_cache: TTLCache[np.ndarray],
+        record: Callable[[list[PredictionRecord]], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.models = models
+        self.prediction_cache = prediction_cache
+        self.feature_cache = feature_cache
+        self._record = record
+        self._flights: dict[Hashable, list[Any]] = {}
+        self._flights_lock = threading.Lock()
+
+    # --- public ---------------------------------------------------------------------------------
+
+    def answer_now(self, *, pair: str, model_type: str, ensemble: bool) -> dict[str, Any] | None:
+        """On the event loop: the cached answer, or one computed at once from cached features.
+
+        Never reads a file, takes a lock that a computation holds, or computes features: what
+        it may do costs a dictionary lookup, or an ONNX call per model when the newest
+        features are cached (a new version, or a prediction whose 30 s ran out). Returns None
+        when a worker thread must answer (`predict`), and then counts nothing.
+        """
+        candles = self.store.peek(pair, self.settings.timeframe)
+        if candles is None:
+            return None
+        served = self._served(pair, model_type, ensemble)
+        key = self._key(pair, model_type, ensemble, served, candles)
+        hit = self.prediction_cache.get(key, count_miss=False)
+        if hit is not None:
+            return {**hit.value, "cached": True, "cacheAge": hit.age_ms}
+        windows = self._cached_windows(pair, served, candles)
+        if windows is None:
+            return None
+        self.prediction_cache.note(misses=1)
+        self.feature_cache.note(hits=len(windows))
+        body = self._answer(pair, model_type, ensemble, served, candles, windows)
+        body["source"] = "store"
+        self.prediction_cache.put(key, body)
+        return {**body, "cached": False, "cacheAge": 0}
+
+    def predict(self, *, pair: str, model_type: str, ensemble: bool) -> dict[str, Any]:
+        """The body of `GET /api/predictions/{pair}` without the per-request timing fields.
+
+        Blocking (it may parse a candle file and compute features): run it in a thread.
+        """
+        candles = self.store.load(pair, self.settings.timeframe)
+        served = self._served(pair, model_type, ensemble)
+        key = self._key(pair, model_type, ensemble, served, candles)
+        hit = self.prediction_cache.get(key)
+        if hit is None:
+            with self._single_flight(key):
+                # Another request may have computed it while this one waited.
+                hit = self.prediction_cache.get(key, count_hit=False, count_miss=False)
+                if hit is None:
+                    windows = [
+                        self._window(pair=pair, served=m, candles=candles, use_cache=True)
+                        for m in served
+                    ]
+                    body = self._answer(pair, model_type, ensemble, served, candles, windows)
+                    body["source"] = "store"
+                    self.prediction_cache.put(key, body)
+                    return {**body, "cached": False, "cacheAge": 0}
+        return {**hit.value, "cached": True, "cacheAge": hit.age_ms}
+
+    def predict_candles(
+        self, *, pair: str, model_type: str, ensemble: bool, candles: pd.DataFrame
+    ) -> dict[str, Any]:
+        """Predict from candles a client sent; never cached (the client owns the data)."""
+        served = self._served(pair, model_type, ensemble)
+        windows = [
+            self._window(pair=pair, served=m, candles=candles, use_cache=False) for m in served
+        ]
+        body = self._answer(pair, model_type, ensemble, served, candles, windows)
+        return {**body, "source": "request", "cached": False, "cacheAge": 0}
+
+    def warm(self) -> int:
+        """Read each served pair's candles and compute its newest window (at start-up), so the
+        first request is answered from memory. Returns how many windows are ready."""
+        ready = 0
+        for model in self.models.all():
+            try:
+                candles = self.store.load(model.pair, self.settings.timeframe)
+                self._window(pair=model.pair, served=model, candles=candles, use_cache=True)
+            except Exception as exc:  # a request will report the problem in its own words
+                logger.warning("could not prepare %s %s: %s", model.pair, model.model_type, exc)
+                continue
+            ready += 1
+        return ready
+
+    # --- internals ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _single_flight(self, key: Hashable) -> Iterator[None]:
+        """Serialise computations of one key; different keys run in parallel."""
+        with self._flights_lock:
+            entry = self._flights.get(key)
+            if entry is None:
+                entry = self._flights[key] = [threading.Lock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._flights_lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._flights[key]
+
+    def _answer(
+        self,
+        pair: str,
+        model_type: str,
+        ensemble: bool,
+        served: list[ServedModel],
+        candles: pd.DataFrame,
+        windows: list[np.ndarray],
+    ) -> dict[str, Any]:
+        label = "ensemble" if ensemble else model_type
+        if not served:
+            return self._fallback(
+                pair=pair, model_type=label, ensemble=ensemble, newest=candles.index[-1]
+            )
+        return self._compute(
+            pair=pair, label=label, served=served, windows=windows, newest=candles.index[-1]
+        )
+
+    def _served(self, pair: str, model_type: str, ensemble: bool) -> list[ServedModel]:
+        if ensemble:
+            return self.models.models_of(pair)
+        model = self.models.get(pair, model_type)
+        return [] if model is None else [model]
+
+    @staticmethod
+    def _key(
+        pair: str, model_type: str, ensemble: bool, served: list[ServedModel], candles: pd.DataFrame
+    ) -> tuple[Any, ...]:
+        # Everything that makes an answer stale: the models' versions and the newest candle.
+        versions = tuple((m.model_type, m.version) for m in served)
+        return (pair, "ensemble" if ensemble else model_type, versions, _newest(candles))
+
+    @staticmethod
+    def _window_key(pair: str, served: ServedModel, candles: pd.DataFrame) -> tuple[Any, ...]:
+        # Models that share a feature set and window length share the window.
+        bundle = served.bundle
+        return (pair, bundle.spec.version, bundle.sequence_length, _newest(candles))
+
+    def _cached_windows(
+        self, pair: str, served: list[ServedModel], candles: pd.DataFrame
+    ) -> list[np.ndarray] | None:
+        """Every model's newest window if all are cached, else None (nothing counted)."""
+        windows = []
+        for model in served:
+            hit = self.feature_cache.get(
+                self._window_key(pair, model, candles), count_hit=False, count_miss=False
+            )
+            if hit is None:
+                return None
+            windows.append(hit.value)
+        return windows
+
+    def _window(
+        self, *, pair: str, served: ServedModel, candles: pd.DataFrame, use_cache: bool
+    ) -> np.ndarray:
+        spec: FeatureSpec = served.bundle.spec
+        length = served.bundle.sequence_length
+        key = self._window_key(pair, served, candles)
+        if use_cache:
+            hit = self.feature_cache.get(key)
+            if hit is not None:
+                return hit.value
+        rows = latest_features(candles, rows=length, spec=spec).to_numpy(dtype=np.float64)
+        if len(rows) < length or not np.isfinite(rows).all():
+            raise InsufficientCandlesError(
+                f"{len(candles)} candles give no complete window of {length} feature rows: "
+                f"at least {spec.warmup + length} candles are needed "
+                f"({spec.warmup} warm-up + {length} window)"
+            )
+        window = rows[np.newaxis, :, :]
+        if use_cache:
+            self.feature_cache.put(key, window)
+        return window
+
+    def _compute(
+        self,
+        *,
+        pair: str,
+        label: str,
+        served: list[ServedModel],
+        windows: list[np.ndarray],
+        newest: pd.Timestamp,
+    ) -> dict[str, Any]:
+        created = now_ms()
+        probabilities: list[float] = []
+        records: list[PredictionRecord] = []
+        for model, window in zip(served, windows, strict=True):
+            p = float(model.predict_proba(window)[0])
+            probabilities.append(p)
+            described = describe_probability(
+                p,
+                model_type=model.model_type,
+                buy_threshold=self.settings.buy_threshold,
+                sell_threshold=self.settings.sell_threshold,
+                hold_only=model.unproven and not self.settings.serve_unproven,
+            )
+            records.append(
+                PredictionRecord(
+                    pair=pair,
+                    model_type=model.model_type,
+                    model_version=model.version,
+                    candle_time=newest,
+                    horizon=model.bundle.horizon,
+                    probability=p,
+                    direction=described["direction"],
+                    signal=described["signal"],
+                    unproven=model.unproven,
+                    created_at=created,
+                )
+            )
+        unproven = [m for m in served if m.unproven]
+        hold = bool(unproven) and not self.settings.serve_unproven
+        ensemble = label == "ensemble"
+        body: dict[str, Any] = {
+            "pair": pair,
+            "prediction": describe_probability(
+                float(np.mean(probabilities)),
+                model_type=label,
+                buy_threshold=self.settings.buy_threshold,
+                sell_threshold=self.settings.sell_threshold,
+                hold_only=hold,
+            ),
+            "modelVersion": (
+                {m.model_type: m.version for m in served} if ensemble else served[0].version
+            ),
+            "candleTime": epoch_ms(newest),
+            "ensemble": ensemble,
+            "fallback": False,
+            "unproven": bool(unproven),
+        }
+        if ensemble:
+            body["models"] = {
+                m.model_type: {"prediction": round(p, 6), "version": m.version}
+                for m, p in zip(served, probabilities, strict=True)
+            }
+        if unproven:
+            which = ", ".join(f"{m.model_type} version {m.version}" for m in unproven)
+            body["reason"] = f"{which}: {UNPROVEN_REASON}" + (
+                "; signal held at HOLD (ML_SERVE_UNPROVEN=false)" if hold else ""
+            )
+        if self._record is not None:
+            try:
+                self._record(records)
+            except Exception:  # losing a history row must not lose the answer
+                logger.exception("could not store prediction history for %s", pair)
+        return body
+
+    def _fallback(
+        self, *, pair: str, model_type: str, ensemble: bool, newest: pd.Timestamp
+    ) -> dict[str, Any]:
+        if ensemble:
+            reason = f"no production model is loaded for {pair}"
+        else:
+            reason = self.models.status(pair, model_type).message
+        return {
+            "pair": pair,
+            "prediction": neutral_prediction(model_type),
+            "modelVersion": None,
+            "candleTime": epoch_ms(newest),
+            "ensemble": ensemble,
+            "fallback": True,
+            "unproven": False,
+            "reason": reason,
+        }

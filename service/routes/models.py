@@ -1,0 +1,105 @@
+"""`GET /api/models/{pair}/status`: served versions, their test and live accuracy, training."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from pipelines.settings import MODEL_TYPES
+from service.deps import StateDep, valid_pair
+from service.state import ServiceState
+
+router = APIRouter(prefix="/api", tags=["models"])
+
+
+def _model_info(state: ServiceState, pair: str, model_type: str) -> dict[str, Any]:
+    """What is served for one model type: version, feature set, test metrics, status."""
+    served = state.models.get(pair, model_type)
+    status = state.models.status(pair, model_type)
+    entry: dict[str, Any] = {"hasModel": served is not None, "status": status.to_dict()}
+    if served is not None:
+        meta = served.bundle.metadata
+        entry["modelInfo"] = {
+            "name": served.name,
+            "version": served.version,
+            "featureSetVersion": served.bundle.spec.version,
+            "featureCount": len(served.bundle.spec.names),
+            "sequenceLength": served.bundle.sequence_length,
+            "horizon": served.bundle.horizon,
+            "minimumCandles": served.bundle.spec.warmup + served.bundle.sequence_length,
+            "beatsBaseline": served.bundle.beats_baseline,
+            "unproven": served.unproven,
+            "dataRange": meta.get("data_range"),
+            "testMetrics": meta.get("test_metrics"),
+            "baselineMetrics": meta.get("baseline_metrics"),
+            "loadedAt": int(served.loaded_at * 1000),
+        }
+    return entry
+
+
+def _served_part(state: ServiceState, pair: str) -> tuple[dict[str, Any], bool, int]:
+    """Model info and live accuracy per model type; cached 1 min per served versions and
+    slot states (a refused or failed version shows at once)."""
+    versions = tuple((m.model_type, m.version) for m in state.models.models_of(pair))
+    slots = tuple(state.models.status(pair, m) for m in MODEL_TYPES)
+    key = (pair, versions, slots)
+    hit = state.model_status_cache.get(key)
+    if hit is not None:
+        return hit.value, True, hit.age_ms
+    live = {(a.model_type, a.model_version): a for a in state.history.live_accuracy(pair=pair)}
+    individual: dict[str, Any] = {}
+    for model_type in MODEL_TYPES:
+        enabled = model_type in state.settings.enabled_models
+        if not enabled and state.models.get(pair, model_type) is None:
+            continue
+        entry = _model_info(state, pair, model_type)
+        entry["liveAccuracy"] = {
+            version: {
+                "predictions": acc.predictions,
+                "correct": acc.correct,
+                "accuracy": acc.accuracy,
+            }
+            for (kind, version), acc in live.items()
+            if kind == model_type
+        }
+        individual[model_type] = entry
+    first = next(iter(state.models.models_of(pair)), None)
+    part = {
+        "featureCount": len(first.bundle.spec.names) if first else None,
+        "individual": individual,
+    }
+    state.model_status_cache.put(key, part)
+    return part, False, 0
+
+
+def model_status(state: ServiceState, pair: str) -> dict[str, Any]:
+    """The status body; the training fields are read fresh (a queued job shows at once)."""
+    part, cached, age = _served_part(state, pair)
+    individual = {
+        model_type: {
+            **entry,
+            "training": state.queue.can_train(pair=pair, model_type=model_type).to_json_dict(),
+        }
+        for model_type, entry in part["individual"].items()
+    }
+    return {
+        "pair": pair,
+        "featureCount": part["featureCount"],
+        "individual": individual,
+        "trainingQueue": state.queue.queue_status(history_limit=0).queue.to_json_dict(),
+        "quickMode": list(state.settings.enabled_models) == ["lstm"],
+        "cached": cached,
+        "cacheAge": age,
+    }
+
+
+@router.get("/models/{pair}/status")
+async def status(state: StateDep, pair: str) -> dict[str, Any]:
+    """Per model type: the served version, its test metrics and live accuracy, can it train."""
+    symbol = valid_pair(state, pair)
+    body = await run_in_threadpool(model_status, state, symbol)
+    body["timestamp"] = int(time.time() * 1000)
+    return body

@@ -1,0 +1,293 @@
+"""End to end on real candles: a run, its artifacts, a registered version, the gate at work.
+
+Two trainings on the newest 400 BTC candles into a temporary tracking store: a champion (the
+first version, promoted by the gate) and a deliberately worse challenger (too high a learning
+rate), which the gate must reject.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from mlproject.config import TrainConfig
+from mlproject.registry import PRODUCTION_STAGE, apply_gate
+from mlproject.train import TrainingOutcome, train
+from pipelines.modelbundle import download_bundle
+from pipelines.settings import PROJECT_ROOT, Settings, get_settings
+from tests.conftest import BUNDLED
+
+pytestmark = pytest.mark.slow
+
+NAME = "BTC-lstm"
+SMALL = {
+    "pair": "BTC",
+    "epochs": 2,
+    "sequence_length": 12,
+    "units": 8,
+    "layers": 1,
+    "max_rows": 400,
+}
+WORSE = {**SMALL, "learning_rate": 0.05, "units": 32}
+
+
+@dataclass(frozen=True)
+class Trained:
+    settings: Settings
+    client: MlflowClient
+    champion: TrainingOutcome
+    challenger: TrainingOutcome
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    root = tmp_path_factory.mktemp("tracking")
+    settings = Settings(
+        _env_file=None,
+        data_dir=root / "data",
+        bundled_data_dir=BUNDLED,
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        artifact_root=root / "mlruns",
+    )
+    champion = train(TrainConfig(**SMALL), settings=settings)
+    challenger = train(TrainConfig(**WORSE), settings=settings)
+    return Trained(settings, MlflowClient(settings.tracking_uri), champion, challenger)
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    found: set[str] = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_run_records_params_epoch_metrics_and_tags(trained: Trained) -> None:
+    run = trained.client.get_run(trained.champion.run_id)
+
+    assert run.info.status == "FINISHED"
+    assert run.data.params["pair"] == "BTC"
+    assert run.data.params["sequence_length"] == "12"
+    assert run.data.params["register"] == "true"
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        history = trained.client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [0, 1], key
+    for prefix in ("test", "baseline_majority", "baseline_persistence", "baseline_logistic"):
+        for metric in ("accuracy", "balanced_accuracy", "roc_auc", "log_loss", "brier"):
+            assert f"{prefix}_{metric}" in run.data.metrics
+    for strategy in ("signals", "buy_hold"):
+        for metric in ("cumulative_return", "sharpe", "max_drawdown", "hit_rate", "n_trades"):
+            assert f"{strategy}_{metric}" in run.data.metrics
+    assert run.data.metrics["test_rows"] == trained.champion.scores.y.size
+    tags = run.data.tags
+    assert tags["pair"] == "BTC"
+    assert tags["model_type"] == "lstm"
+    assert len(tags["feature_set_version"]) == 12
+    assert tags["data_range"].endswith("2023-12-30T18:00:00+00:00")
+    assert len(tags["git_commit"]) == 40
+    assert tags["beats_baseline"] in {"true", "false"}
+
+
+def test_run_artifacts_hold_plots_summary_bundle_and_model(trained: Trained) -> None:
+    artifacts = _artifacts(trained.client, trained.champion.run_id)
+
+    plots = {"learning_curves", "confusion_matrix", "reliability", "equity"}
+    assert {f"plots/{name}.png" for name in plots} <= artifacts
+    assert {
+        "summary.md",
+        "bundle/model.onnx",
+        "bundle/scaler.json",
+        "bundle/feature_spec.json",
+        "bundle/metadata.json",
+    } <= artifacts
+    local = Path(trained.client.download_artifacts(trained.champion.run_id, "plots/equity.png"))
+    assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = trained.client.download_artifacts(trained.champion.run_id, "summary.md")
+    text = Path(summary).read_text()
+    assert "| **model** |" in text
+    assert "buy_hold" in text
+
+
+def test_keras_model_is_logged_with_signature_and_input_example(trained: Trained) -> None:
+    version = trained.client.get_model_version(NAME, trained.champion.version or "")
+    info = mlflow.models.get_model_info(version.source)
+
+    assert info.signature is not None
+    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 12, 69)
+    assert info.saved_input_example_info is not None
+    assert "tensorflow" in info.flavors
+
+
+def test_first_version_is_registered_and_made_production(trained: Trained) -> None:
+    champion = trained.champion
+    assert champion.registered_model == NAME
+    assert champion.version == "1"
+    assert champion.promotion == "promoted"
+    version = trained.client.get_model_version(NAME, "1")
+    assert version.run_id == champion.run_id
+    assert version.tags["tbml.promotion"] == "promoted"
+    assert version.tags["tbml.beats_baseline"] == str(champion.scores.beats_baseline).lower()
+    assert str(trained.client.get_model_version_by_alias(NAME, "production").version) == "1"
+
+
+def test_worse_challenger_stays_registered_but_is_rejected_with_its_reason(
+    trained: Trained,
+) -> None:
+    challenger = trained.challenger
+    decision = challenger.decision
+    assert decision is not None
+    # The challenger really is worse on the gate's metric, scored on the same rows.
+    assert decision.metric == "log_loss"
+    assert decision.challenger is not None
+    assert decision.incumbent is not None
+    assert decision.challenger > decision.incumbent
+    assert decision.incumbent_version == "1"
+    assert decision.rows == challenger.scores.y.size
+
+    assert challenger.promotion == "rejected"
+    version = trained.client.get_model_version(NAME, "2")
+    assert version.tags["tbml.promotion"] == "rejected"
+    assert "worse than production version 1" in version.tags["tbml.promotion_reason"]
+    assert str(trained.client.get_model_version_by_alias(NAME, "production").version) == "1"
+    assert trained.client.get_model_version(NAME, "1").current_stage == PRODUCTION_STAGE
+    assert version.current_stage != PRODUCTION_STAGE
+
+
+def test_run_tags_tell_the_queue_what_happened(trained: Trained) -> None:
+    for outcome, promotion in ((trained.champion, "promoted"), (trained.challenger, "rejected")):
+        tags = trained.client.get_run(outcome.run_id).data.tags
+        assert tags["tbml.registered_model"] == NAME
+        assert tags["tbml.registered_version"] == outcome.version
+        assert tags["tbml.promotion"] == promotion
+        assert tags["tbml.promotion_reason"] == outcome.reason
+        assert tags["tbml.beats_baseline"] == str(outcome.scores.beats_baseline).lower()
+
+
+def test_bundle_reproduces_the_logged_test_metrics_without_tensorflow(
+    trained: Trained, tmp_path: Path
+) -> None:
+    run = trained.client.get_run(trained.champion.run_id)
+    logged = {k[len("test_") :]: v for k, v in run.data.metrics.items() if k.startswith("test_")}
+    logged.pop("rows")
+    # A fresh interpreter in which importing TensorFlow or Keras fails.
+    code = f"""
+import json, sys
+sys.modules["tensorflow"] = None
+sys.modules["keras"] = None
+from pathlib import Path
+import pandas as pd
+from mlflow import MlflowClient
+from mlproject.metrics import classification_metrics
+from mlproject.scoring import score_bundle
+from pipelines.candles.store import CandleStore
+from pipelines.modelbundle import download_bundle
+
+client = MlflowClient({trained.settings.tracking_uri!r})
+bundle = download_bundle(client, name={NAME!r}, version="1", dst=Path({str(tmp_path)!r}))
+window = bundle.metadata["test_window"]
+candles = CandleStore(bundled_dir=Path({str(BUNDLED)!r}), data_dir=Path("/nonexistent")).load("BTC")
+index = candles.index
+rows = index[(index >= pd.Timestamp(window["start"])) & (index <= pd.Timestamp(window["end"]))]
+scored = score_bundle(
+    bundle, candles=candles, timestamps=pd.DatetimeIndex(rows), horizon=bundle.horizon
+)
+print(json.dumps(classification_metrics(y_true=scored.y, proba=scored.proba)))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    reproduced = json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert set(reproduced) == set(logged)
+    for metric, value in logged.items():
+        assert reproduced[metric] == pytest.approx(value, abs=1e-5), metric
+
+
+def test_same_command_twice_gives_the_same_metrics(trained: Trained) -> None:
+    again = train(TrainConfig(**SMALL, register=False), settings=trained.settings)
+
+    assert again.promotion == "not_registered"
+    for name, metrics in trained.champion.scores.metrics.items():
+        for metric, value in metrics.items():
+            assert again.scores.metrics[name][metric] == pytest.approx(value, abs=1e-6)
+
+
+def _copy_version(trained: Trained, name: str, outcome: TrainingOutcome) -> str:
+    """Register an already-logged model (with its run's bundle) under another name."""
+    source = trained.client.get_model_version(NAME, outcome.version or "")
+    if not trained.client.search_registered_models(f"name = '{name}'"):
+        trained.client.create_registered_model(name)
+    copy = trained.client.create_model_version(
+        name, source=source.source, run_id=outcome.run_id, tags={"pair": "BTC"}
+    )
+    return str(copy.version)
+
+
+def test_unproven_first_version_is_promoted_and_marked(
+    trained: Trained, btc_candles: pd.DataFrame
+) -> None:
+    assert trained.challenger.scores.beats_baseline is False
+    version = _copy_version(trained, "ETH-gru", trained.challenger)
+
+    decision = apply_gate(
+        trained.client,
+        name="ETH-gru",
+        version=version,
+        candles=btc_candles,
+        settings=trained.settings,
+    )
+
+    assert decision.promoted
+    assert decision.unproven
+    tags = trained.client.get_model_version("ETH-gru", version).tags
+    assert tags["tbml.unproven"] == "true"
+    assert "does not beat its strongest baseline" in tags["tbml.promotion_reason"]
+    assert "served as HOLD" in tags["tbml.promotion_reason"]
+
+
+def test_promote_command_replaces_a_worse_production_version(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.cli import app
+
+    worse = _copy_version(trained, "XMR-cnn", trained.challenger)
+    better = _copy_version(trained, "XMR-cnn", trained.champion)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained.settings.tracking_uri)
+    monkeypatch.setenv("ML_ARTIFACT_ROOT", str(trained.settings.artifact_root))
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        forced = runner.invoke(app, ["promote", "XMR-cnn", worse, "--force"])
+        assert forced.exit_code == 0, forced.output
+        result = runner.invoke(app, ["promote", "XMR-cnn", better])
+    finally:
+        get_settings.cache_clear()
+
+    assert result.exit_code == 0, result.output
+    assert f"XMR-cnn version {better} promoted" in result.output
+    client = trained.client
+    assert str(client.get_model_version_by_alias("XMR-cnn", "production").version) == better
+    assert client.get_model_version("XMR-cnn", better).current_stage == PRODUCTION_STAGE
+    assert client.get_model_version("XMR-cnn", worse).current_stage == "Archived"
+
+
+def test_downloaded_bundle_matches_the_keras_model(trained: Trained, tmp_path: Path) -> None:
+    version = trained.client.get_model_version(NAME, "1")
+    bundle = download_bundle(trained.client, name=NAME, version="1", dst=tmp_path)
+    keras_model = mlflow.tensorflow.load_model(version.source)
+    rng = np.random.default_rng(0)
+    windows = rng.normal(size=(64, 12, len(bundle.spec.names))).astype(np.float32)
+
+    keras_out = np.asarray(keras_model.predict(windows, verbose=0)).reshape(-1)
+
+    np.testing.assert_allclose(bundle.predict_proba(windows, scaled=True), keras_out, atol=1e-5)
