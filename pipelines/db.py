@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -93,33 +94,73 @@ def _sqlite_on_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
-@lru_cache(maxsize=64)
+class _Engines:
+    """The process's engines, one per URL, each with its two sessionmakers.
+
+    Bounded, least recently used first out; an engine leaving the cache is disposed, so its
+    pooled connections are closed here rather than dropped for the garbage collector (which
+    closes a PostgreSQL connection without telling the server, and warns about it).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def get(self, url: str) -> _Entry:
+        with self._lock:
+            entry = self._entries.get(url)
+            if entry is not None:
+                self._entries.move_to_end(url)
+                return entry
+            entry = _Entry(create_db_engine(url))
+            self._entries[url] = entry
+            evicted = (
+                self._entries.popitem(last=False)[1] if len(self._entries) > self.size else None
+            )
+        if evicted is not None:
+            evicted.engine.dispose()
+        return entry
+
+    def dispose(self, url: str) -> None:
+        with self._lock:
+            entry = self._entries.pop(url, None)
+        if entry is not None:
+            entry.engine.dispose()
+
+
+class _Entry:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        readonly = engine.execution_options(**{_READONLY: True})
+        self.write = sessionmaker(engine, expire_on_commit=False)
+        self.read = sessionmaker(readonly, expire_on_commit=False)
+
+
+_ENGINES = _Engines(size=64)
+
+
 def get_engine(url: str) -> Engine:
     """The process's shared engine for `url` (one connection pool per database)."""
-    return create_db_engine(url)
+    return _ENGINES.get(url).engine
 
 
-@lru_cache(maxsize=64)
-def _sessionmakers(url: str) -> tuple[sessionmaker[Session], sessionmaker[Session]]:
-    engine = get_engine(url)
-    readonly = engine.execution_options(**{_READONLY: True})
-    return (
-        sessionmaker(engine, expire_on_commit=False),
-        sessionmaker(readonly, expire_on_commit=False),
-    )
+def dispose_engine(url: str) -> None:
+    """Close the pooled connections of `url`'s shared engine and forget it (a no-op if none)."""
+    _ENGINES.dispose(url)
 
 
 @contextmanager
 def write_session(url: str) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error."""
-    with _sessionmakers(url)[0].begin() as session:
+    with _ENGINES.get(url).write.begin() as session:
         yield session
 
 
 @contextmanager
 def read_session(url: str) -> Iterator[Session]:
     """A session for reads only (on SQLite it never takes the write lock)."""
-    with _sessionmakers(url)[1]() as session:
+    with _ENGINES.get(url).read() as session:
         yield session
 
 

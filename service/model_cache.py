@@ -400,3 +400,4 @@ class ModelCache:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        self.reader.close()

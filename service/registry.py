@@ -82,6 +82,10 @@ class RegistryReader(Protocol):
         """Counts for `/api/storage/stats`."""
         ...
 
+    def close(self) -> None:
+        """Release connections (the reader is not used afterwards)."""
+        ...
+
 
 def reader_for(tracking_uri: str) -> RegistryReader:
     """The cheapest reader that understands `tracking_uri`."""
@@ -133,6 +137,11 @@ class SqlReader:
             args: dict[str, Any] = {"timeout": 10} if url.drivername.startswith("sqlite") else {}
             self._engine = create_engine(url, connect_args=args, pool_pre_ping=True)
         return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
 
     def _mlflow(self, exc: Exception) -> MlflowReader:
         if self._fallback is None:
@@ -209,6 +218,9 @@ class RestReader:
 
     def __init__(self, base_url: str) -> None:
         self.base = base_url.rstrip("/")
+
+    def close(self) -> None:
+        """Nothing to release: every request opens and closes its own connection."""
 
     def _get(self, path: str, **query: str) -> dict[str, Any]:
         url = f"{self.base}{path}"
@@ -308,6 +320,9 @@ class MlflowReader:
     def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
         self._client: Any = None
+
+    def close(self) -> None:
+        """Nothing to release here: MLflow keeps its stores' engines for the process."""
 
     def _get_client(self) -> Any:
         if self._client is None:

@@ -12,7 +12,15 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from pipelines.db import get_engine, load_models, migrate, read_session, write_session
+from pipelines.db import (
+    _Engines,
+    dispose_engine,
+    get_engine,
+    load_models,
+    migrate,
+    read_session,
+    write_session,
+)
 from pipelines.settings import PROJECT_ROOT, Settings
 
 QUEUE_TABLES = {
@@ -133,3 +141,32 @@ def test_concurrent_read_then_write_transactions_wait_instead_of_failing(
             sa.text("SELECT changed_at FROM queue_control WHERE name = 'dispatch'")
         ).scalar_one()
     assert final == 40  # no lost update: the transactions ran one after another
+
+
+def test_an_engine_leaving_the_cache_has_its_pooled_connections_closed(tmp_path: Path) -> None:
+    engines = _Engines(size=2)
+    urls = [f"sqlite:///{tmp_path / f'db{i}.db'}" for i in range(3)]
+    first = engines.get(urls[0]).engine
+    with first.connect() as connection:
+        connection.exec_driver_sql("SELECT 1")
+    pool = first.pool
+    assert pool.checkedin() == 1  # the connection went back to the pool, open
+    engines.get(urls[1])
+    engines.get(urls[0])  # used again: the least recently used is now urls[1]
+    engines.get(urls[2])
+    assert pool.checkedin() == 1  # urls[0] stayed
+    engines.get(urls[1])  # evicts urls[0]
+    assert pool.checkedin() == 0
+
+
+def test_dispose_engine_closes_the_shared_pool_and_forgets_the_engine(settings: Settings) -> None:
+    migrate(settings)
+    engine = get_engine(settings.database_url)
+    with read_session(settings.database_url) as session:
+        session.execute(sa.text("SELECT 1"))
+    pool = engine.pool
+    assert pool.checkedin() >= 1
+    dispose_engine(settings.database_url)
+    assert pool.checkedin() == 0
+    assert get_engine(settings.database_url) is not engine
+    dispose_engine("sqlite:///never-opened.db")  # a URL with no engine is a no-op

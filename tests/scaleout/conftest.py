@@ -52,11 +52,11 @@ class Postgres:
         return make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
 
     def drop_all(self) -> None:
-        from pipelines.db import get_engine
+        from pipelines.db import dispose_engine
 
         for name in reversed(self.created):
             url = make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
-            get_engine(url).dispose()
+            dispose_engine(url)
             with self.admin.connect() as connection:
                 connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         self.created.clear()

@@ -1,7 +1,8 @@
 """The dispatch lease on PostgreSQL during a slow takeover: renewed, and held by one only.
 
-A scheduler that takes the lease first warms up MLflow and recovers orphaned trainings; against
-a tracking server that is slow to answer, that takes longer than the lease lasts. The lease
+A scheduler that takes the lease with jobs waiting first warms up MLflow and recovers orphaned
+trainings; against a tracking server that is slow to answer, that takes longer than the lease
+lasts. The lease
 must go on being renewed meanwhile, or a second worker (started by mistake) takes it over too.
 """
 
@@ -17,6 +18,7 @@ import pytest
 
 from pipelines.db import migrate
 from pipelines.queue import lease
+from pipelines.queue.api import TrainingQueue
 from pipelines.queue.clock import now_ms
 from pipelines.queue.runtime import TrainingScheduler
 from pipelines.settings import Settings
@@ -51,6 +53,11 @@ def slow_tracking_settings(
         scheduler_lease_ms=LEASE_MS,
     )
     migrate(settings)
+    # A job waits (so the takeover warms up MLflow), behind a paused dispatch (so nothing
+    # starts a training against the silent server).
+    queue = TrainingQueue(settings)
+    queue.emergency_stop(reason="test: keep the waiting job waiting")
+    queue.enqueue(pair="BTC")
     return settings
 
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from pipelines.db import get_engine, migrate
+from pipelines.db import dispose_engine, get_engine, migrate
 from pipelines.queue import lease, transitions
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.clock import now_ms
@@ -51,7 +51,7 @@ def pg_settings(tmp_path: Path) -> Iterator[Settings]:
     try:
         yield settings
     finally:
-        get_engine(url).dispose()
+        dispose_engine(url)
         with admin.connect() as connection:
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
