@@ -31,8 +31,9 @@ from sqlalchemy import select
 
 from pipelines.db import read_session
 from pipelines.queue import lease
-from pipelines.queue.models import TrainingAttempt, TrainingJob
+from pipelines.queue.models import TrainingAttempt
 from pipelines.settings import PROJECT_ROOT
+from tests.pipelines.queue.conftest import alive, smoke_tree
 from tests.scaleout.conftest import (
     BIN,
     MlflowServer,
@@ -391,35 +392,14 @@ def test_a_new_production_version_is_served_by_both_replicas_within_one_refresh(
 
 def _training_tree(cluster: Cluster, job_id: str) -> list[psutil.Process]:
     """The job's child process tree, once its smoke process runs."""
-
-    def find() -> list[psutil.Process] | None:
-        with read_session(cluster.database_url) as session:
-            job = session.get(TrainingJob, job_id)
-            pid = job.pid if job is not None and job.status == "training" else None
-        if pid is None:
-            return None
-        try:
-            leader = psutil.Process(pid)
-            tree = [leader, *leader.children(recursive=True)]
-            running = any("pipelines.queue.smoke" in " ".join(p.cmdline()) for p in tree)
-        except psutil.NoSuchProcess:
-            return None
-        return tree if running else None
-
-    found = wait_for(find, timeout=180, what=f"{job_id}'s smoke process", watch=cluster.workers)
+    found = wait_for(
+        lambda: smoke_tree(cluster.database_url, job_id),
+        timeout=180,
+        what=f"{job_id}'s smoke process",
+        watch=cluster.workers,
+    )
     assert isinstance(found, list)
     return found
-
-
-def _alive(processes: list[psutil.Process]) -> list[int]:
-    alive = []
-    for process in processes:
-        try:
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                alive.append(process.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
 
 
 def test_a_worker_killed_mid_training_is_recovered_by_a_restarted_worker(
@@ -434,7 +414,7 @@ def test_a_worker_killed_mid_training_is_recovered_by_a_restarted_worker(
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(timeout=10)
     # The child runs in a session of its own: it trains on, orphaned; both replicas see it.
-    assert _alive(tree) == [p.pid for p in tree]
+    assert alive(tree) == [p.pid for p in tree]
     for replica in (0, 1):
         active = cluster.get(replica, "/api/training/queue").json()["queue"]["active"]
         assert [job["id"] for job in active["jobs"]] == [job_id]
@@ -442,7 +422,7 @@ def test_a_worker_killed_mid_training_is_recovered_by_a_restarted_worker(
     (second,) = cluster.use_workers(count=1, config=smoke(0.5))
     job = cluster.wait_job(job_id, "succeeded")
 
-    assert _alive(tree) == []  # killed by the successor, not left training beside it
+    assert alive(tree) == []  # killed by the successor, not left training beside it
     history = job["attemptHistory"]
     assert [a["outcome"] for a in history] == ["interrupted", "succeeded"]
     assert str(first.pid) in (history[0]["error"] or "")

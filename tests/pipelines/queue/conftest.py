@@ -7,11 +7,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from pipelines.db import migrate
+from pipelines.db import migrate, read_session
 from pipelines.queue.api import TrainingQueue
+from pipelines.queue.models import TrainingJob
 from pipelines.queue.runtime import TrainingScheduler
+from pipelines.queue.schemas import JobView
 from pipelines.settings import Settings
 from tests.conftest import BUNDLED
 
@@ -53,6 +56,55 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s: {predicate}")
         time.sleep(interval)
+
+
+def wait_for_status(
+    queue: TrainingQueue, job_id: str, status: str, timeout: float = 120
+) -> JobView:
+    """The job once it has `status`; fail the test after `timeout` s."""
+
+    def check() -> JobView | None:
+        job = queue.get_job(job_id=job_id)
+        return job if job.status == status else None
+
+    found = wait_until(check, timeout=timeout)
+    assert isinstance(found, JobView)
+    return found
+
+
+def smoke_tree(database_url: str, job_id: str) -> list[psutil.Process] | None:
+    """The job's training child and its descendants once its smoke process runs; else None."""
+    with read_session(database_url) as session:
+        job = session.get(TrainingJob, job_id)
+        pid = job.pid if job is not None and job.status == "training" else None
+    if pid is None:
+        return None
+    try:
+        leader = psutil.Process(pid)
+        tree = [leader, *leader.children(recursive=True)]
+        running = any("pipelines.queue.smoke" in " ".join(p.cmdline()) for p in tree)
+    except psutil.NoSuchProcess:
+        return None
+    return tree if running else None
+
+
+def wait_for_smoke_tree(settings: Settings, job_id: str) -> list[psutil.Process]:
+    """`smoke_tree`, once there is one."""
+    found = wait_until(lambda: smoke_tree(settings.database_url, job_id), timeout=120)
+    assert isinstance(found, list)
+    return found
+
+
+def alive(processes: list[psutil.Process]) -> list[int]:
+    """The pids of `processes` still running (zombies count as gone)."""
+    pids = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                pids.append(process.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids
 
 
 @pytest.fixture

@@ -18,11 +18,16 @@ from pipelines.db import get_engine, read_session
 from pipelines.queue import lease, tracking, transitions
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.clock import now_ms
-from pipelines.queue.models import TrainingAttempt, TrainingJob
+from pipelines.queue.models import TrainingAttempt
 from pipelines.queue.runtime import DISPATCH_JOB_ID, TrainingScheduler
 from pipelines.queue.schemas import JobView
 from pipelines.settings import Settings
-from tests.pipelines.queue.conftest import wait_until
+from tests.pipelines.queue.conftest import (
+    alive,
+    wait_for_smoke_tree,
+    wait_for_status,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -34,49 +39,6 @@ Start = Callable[..., TrainingScheduler]
 
 def _job(queue: TrainingQueue, job_id: str) -> JobView:
     return queue.get_job(job_id=job_id)
-
-
-def _ended(queue: TrainingQueue, job_id: str, status: str, timeout: float = 120) -> JobView:
-    def check() -> JobView | None:
-        job = _job(queue, job_id)
-        return job if job.status == status else None
-
-    result = wait_until(check, timeout=timeout)
-    assert isinstance(result, JobView)
-    return result
-
-
-def _smoke_tree(settings: Settings, job_id: str) -> list[psutil.Process]:
-    """The job's child and its descendants, once the smoke process itself runs."""
-
-    def tree() -> list[psutil.Process] | None:
-        with read_session(settings.database_url) as session:
-            job = session.get(TrainingJob, job_id)
-            pid = job.pid if job is not None and job.status == "training" else None
-        if pid is None:
-            return None
-        try:
-            leader = psutil.Process(pid)
-            processes = [leader, *leader.children(recursive=True)]
-            smoke = any("pipelines.queue.smoke" in " ".join(p.cmdline()) for p in processes)
-        except psutil.NoSuchProcess:
-            return None
-        return processes if smoke else None
-
-    found = wait_until(tree, timeout=120)
-    assert isinstance(found, list)
-    return found
-
-
-def _alive(processes: list[psutil.Process]) -> list[int]:
-    alive = []
-    for process in processes:
-        try:
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                alive.append(process.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
 
 
 def _client(settings: Settings) -> MlflowClient:
@@ -94,7 +56,7 @@ def test_a_job_trains_in_a_child_and_its_report_lands_in_the_job_row(
     scheduler.on_training_finished(finished.append)
     job_id = scheduler.queue.enqueue(pair="BTC", params={"epochs": 3}).job_id
 
-    job = _ended(scheduler.queue, job_id, "succeeded")
+    job = wait_for_status(scheduler.queue, job_id, "succeeded")
     assert job.attempts == 1
     assert [a.outcome for a in job.attempt_history] == ["succeeded"]
     assert job.run_id is not None
@@ -118,7 +80,7 @@ def test_cancel_kills_the_process_tree_ends_the_run_killed_and_registers_nothing
     monkeypatch.setenv("TBML_SMOKE_REGISTER", "1")
     scheduler = start_scheduler()
     job_id = scheduler.queue.enqueue(pair="ETH").job_id
-    processes = _smoke_tree(scheduler.settings, job_id)
+    processes = wait_for_smoke_tree(scheduler.settings, job_id)
     run_id = _job(scheduler.queue, job_id).run_id
     assert run_id is not None
     client = _client(tracked_settings)
@@ -127,9 +89,9 @@ def test_cancel_kills_the_process_tree_ends_the_run_killed_and_registers_nothing
 
     result = scheduler.queue.cancel(job_id=job_id, reason="User requested cancellation")
     assert result.status == "cancelling"
-    job = _ended(scheduler.queue, job_id, "cancelled", timeout=30)
+    job = wait_for_status(scheduler.queue, job_id, "cancelled", timeout=30)
 
-    assert _alive(processes) == []
+    assert alive(processes) == []
     assert len(processes) >= 2  # mlflow run and the smoke under it
     assert client.get_run(run_id).info.status == "KILLED"
     assert client.search_model_versions(f"run_id = '{run_id}'") == []
@@ -145,13 +107,13 @@ def test_emergency_stop_kills_the_training_cancels_the_queue_and_pauses_until_re
     scheduler = start_scheduler()
     queue = scheduler.queue
     running = queue.enqueue(pair="BTC").job_id
-    processes = _smoke_tree(scheduler.settings, running)
+    processes = wait_for_smoke_tree(scheduler.settings, running)
     waiting = [queue.enqueue(pair="ETH").job_id, queue.enqueue(pair="XMR").job_id]
 
     result = queue.emergency_stop()
     assert result.stopped_jobs == [running]
-    _ended(queue, running, "cancelled", timeout=30)
-    assert _alive(processes) == []
+    wait_for_status(queue, running, "cancelled", timeout=30)
+    assert alive(processes) == []
     assert [_job(queue, job_id).status for job_id in waiting] == ["cancelled", "cancelled"]
 
     later = queue.enqueue(pair="RVN").job_id
@@ -160,7 +122,7 @@ def test_emergency_stop_kills_the_training_cancels_the_queue_and_pauses_until_re
     queue.resume()
     wait_until(lambda: _job(queue, later).status == "training", timeout=30)
     queue.cancel(job_id=later)
-    _ended(queue, later, "cancelled", timeout=60)
+    wait_for_status(queue, later, "cancelled", timeout=60)
 
 
 def test_failed_training_is_retried_with_backoff_and_every_attempt_is_kept(
@@ -171,7 +133,7 @@ def test_failed_training_is_retried_with_backoff_and_every_attempt_is_kept(
     scheduler = start_scheduler()
     job_id = scheduler.queue.enqueue(pair="BTC").job_id
 
-    job = _ended(scheduler.queue, job_id, "succeeded", timeout=180)
+    job = wait_for_status(scheduler.queue, job_id, "succeeded", timeout=180)
     history = job.attempt_history
     assert [a.outcome for a in history] == ["failed", "failed", "succeeded"]
     assert [a.exit_code for a in history[:2]] == [1, 1]  # `mlflow run` exits 1 on failure
@@ -190,7 +152,7 @@ def test_a_training_that_keeps_failing_ends_failed_after_the_last_attempt(
     monkeypatch.setenv("TBML_SMOKE_FAIL", "1")
     scheduler = start_scheduler(tracked_settings.model_copy(update={"training_max_attempts": 2}))
     job_id = scheduler.queue.enqueue(pair="XMR").job_id
-    job = _ended(scheduler.queue, job_id, "failed", timeout=180)
+    job = wait_for_status(scheduler.queue, job_id, "failed", timeout=180)
     assert [a.outcome for a in job.attempt_history] == ["failed", "failed"]
     assert job.error is not None
     assert "exit code 1" in job.error
@@ -208,8 +170,10 @@ def test_one_training_at_a_time_by_priority_then_age_and_cooldown_defers(
     normal_new = queue.enqueue(pair="ETH", priority=5).job_id
     urgent = queue.enqueue(pair="XMR", priority=1).job_id
     start_scheduler(settings)
-    first = [_ended(queue, job_id, "succeeded", timeout=180) for job_id in (urgent, normal_old)]
-    first.append(_ended(queue, normal_new, "succeeded", timeout=180))
+    first = [
+        wait_for_status(queue, job_id, "succeeded", timeout=180) for job_id in (urgent, normal_old)
+    ]
+    first.append(wait_for_status(queue, normal_new, "succeeded", timeout=180))
     ordered = sorted(first, key=lambda job: job.started_at or 0)
     assert [job.id for job in ordered] == [urgent, normal_old, normal_new]
     for earlier, later in itertools.pairwise(ordered):
@@ -222,11 +186,12 @@ def test_one_training_at_a_time_by_priority_then_age_and_cooldown_defers(
         1,
     )
     # A lower-priority job of another pair goes first: the cooling job is skipped, not blocking.
-    other = _ended(queue, queue.enqueue(pair="RVN", priority=9).job_id, "succeeded", timeout=120)
+    other_id = queue.enqueue(pair="RVN", priority=9).job_id
+    other = wait_for_status(queue, other_id, "succeeded", timeout=120)
     time.sleep(1)  # five more dispatcher ticks with the slot free
     assert _job(queue, again.job_id).status == "queued"
     queue.clear_cooldowns(pair="BTC", model_type="lstm")
-    last = _ended(queue, again.job_id, "succeeded", timeout=120)
+    last = wait_for_status(queue, again.job_id, "succeeded", timeout=120)
     assert (last.started_at or 0) >= (other.finished_at or 0)
 
 
@@ -269,7 +234,7 @@ def test_scheduled_jobs_survive_a_restart(
     assert {DISPATCH_JOB_ID, f"tbml-retry-{job_id}", "tbml-retrain-RVN-lstm"} <= stored
 
     second = start_scheduler(settings)
-    job = _ended(second.queue, job_id, "succeeded", timeout=120)
+    job = wait_for_status(second.queue, job_id, "succeeded", timeout=120)
     assert [a.outcome for a in job.attempt_history] == ["failed", "succeeded"]
 
 
@@ -280,9 +245,9 @@ def test_shutdown_interrupts_and_requeues_the_running_training(
     monkeypatch.setenv("TBML_SMOKE_SECONDS", "300")
     scheduler = start_scheduler()
     job_id = scheduler.queue.enqueue(pair="BTC").job_id
-    processes = _smoke_tree(scheduler.settings, job_id)
+    processes = wait_for_smoke_tree(scheduler.settings, job_id)
     scheduler.shutdown()
-    assert _alive(processes) == []
+    assert alive(processes) == []
     job = _job(scheduler.queue, job_id)
     assert (job.status, job.attempts) == ("queued", 1)
     assert [a.outcome for a in job.attempt_history] == ["interrupted"]
@@ -326,7 +291,7 @@ def test_recovery_interrupts_an_orphaned_training_requeues_it_and_fails_its_run(
     orphan.wait(timeout=10)  # killed by the recovery (and reaped here, its parent)
     assert orphan.returncode == -9
     assert _client(settings).get_run(run_id).info.status == "FAILED"
-    job = _ended(queue, job_id, "succeeded", timeout=120)
+    job = wait_for_status(queue, job_id, "succeeded", timeout=120)
     assert job.attempts == 2
     assert [a.outcome for a in job.attempt_history] == ["interrupted", "succeeded"]
     assert "interrupted" in (job.attempt_history[0].error or "")
@@ -342,7 +307,7 @@ def test_a_second_scheduler_in_the_same_database_stands_by(
     assert first.holds_lease
     assert not second.holds_lease
     job_id = second.queue.enqueue(pair="BTC").job_id
-    _ended(first.queue, job_id, "succeeded", timeout=120)
+    wait_for_status(first.queue, job_id, "succeeded", timeout=120)
     with read_session(tracked_settings.database_url) as session:
         workers = set(session.scalars(select(TrainingAttempt.worker_id)))
     assert workers == {first.worker_id}
@@ -350,7 +315,7 @@ def test_a_second_scheduler_in_the_same_database_stands_by(
     first.shutdown()
     wait_until(lambda: second.holds_lease, timeout=10)
     other = second.queue.enqueue(pair="ETH").job_id
-    _ended(second.queue, other, "succeeded", timeout=120)
+    wait_for_status(second.queue, other, "succeeded", timeout=120)
     with read_session(tracked_settings.database_url) as session:
         worker = session.scalar(
             select(TrainingAttempt.worker_id).where(TrainingAttempt.job_id == other)

@@ -10,7 +10,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 from sqlalchemy import select
 
@@ -18,10 +17,15 @@ from pipelines.db import read_session
 from pipelines.queue import lease
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.childenv import settings_environment
-from pipelines.queue.models import TrainingAttempt, TrainingJob
+from pipelines.queue.models import TrainingAttempt
 from pipelines.queue.schemas import JobView
 from pipelines.settings import Settings
-from tests.pipelines.queue.conftest import wait_until
+from tests.pipelines.queue.conftest import (
+    alive,
+    wait_for_smoke_tree,
+    wait_for_status,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -77,49 +81,6 @@ def _job(settings: Settings, job_id: str) -> JobView:
     return TrainingQueue(settings).get_job(job_id=job_id)
 
 
-def _status(settings: Settings, job_id: str, status: str, timeout: float = 120) -> JobView:
-    def check() -> JobView | None:
-        job = _job(settings, job_id)
-        return job if job.status == status else None
-
-    found = wait_until(check, timeout=timeout)
-    assert isinstance(found, JobView)
-    return found
-
-
-def _tree(settings: Settings, job_id: str) -> list[psutil.Process]:
-    """The training child's process tree, once its smoke process runs."""
-
-    def find() -> list[psutil.Process] | None:
-        with read_session(settings.database_url) as session:
-            job = session.get(TrainingJob, job_id)
-            pid = job.pid if job is not None and job.status == "training" else None
-        if pid is None:
-            return None
-        try:
-            leader = psutil.Process(pid)
-            tree = [leader, *leader.children(recursive=True)]
-            running = any("pipelines.queue.smoke" in " ".join(p.cmdline()) for p in tree)
-        except psutil.NoSuchProcess:
-            return None
-        return tree if running else None
-
-    found = wait_until(find, timeout=120)
-    assert isinstance(found, list)
-    return found
-
-
-def _alive(processes: list[psutil.Process]) -> list[int]:
-    alive = []
-    for process in processes:
-        try:
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                alive.append(process.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
 def test_a_worker_killed_mid_training_is_recovered_by_the_next_one(
     workers: Workers, tracked_settings: Settings
 ) -> None:
@@ -127,21 +88,21 @@ def test_a_worker_killed_mid_training_is_recovered_by_the_next_one(
     first = workers.start(seconds="300")
     wait_until(lambda: workers.holder_pid() == first.pid, timeout=60)
     job_id = TrainingQueue(settings).enqueue(pair="BTC").job_id
-    tree = _tree(settings, job_id)
+    tree = wait_for_smoke_tree(settings, job_id)
     run_id = _job(settings, job_id).run_id
     assert run_id is not None
 
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     # The scheduler died; its training child (its own process group) lives on, orphaned.
-    assert _alive(tree) == [p.pid for p in tree]
+    assert alive(tree) == [p.pid for p in tree]
     assert _job(settings, job_id).status == "training"
 
     second = workers.start(seconds="0.2")
     wait_until(lambda: workers.holder_pid() == second.pid, timeout=60)
-    job = _status(settings, job_id, "succeeded", timeout=180)
+    job = wait_for_status(TrainingQueue(settings), job_id, "succeeded", timeout=180)
 
-    assert _alive(tree) == []  # the orphan was killed, not left to train beside the new one
+    assert alive(tree) == []  # the orphan was killed, not left to train beside the new one
     from mlflow import MlflowClient  # imported here: seconds, and only slow tests need it
 
     client = MlflowClient(tracking_uri=settings.tracking_uri)
@@ -161,7 +122,7 @@ def test_a_second_worker_refuses_to_dispatch_while_the_first_holds_the_lease(
     second = workers.start(seconds="1")
     queue = TrainingQueue(settings)
     job_ids = [queue.enqueue(pair=pair).job_id for pair in ("BTC", "ETH", "XMR")]
-    jobs = [_status(settings, job_id, "succeeded", timeout=240) for job_id in job_ids]
+    jobs = [wait_for_status(queue, job_id, "succeeded", timeout=240) for job_id in job_ids]
 
     with read_session(settings.database_url) as session:
         dispatchers = set(session.scalars(select(TrainingAttempt.worker_id)))
@@ -177,7 +138,7 @@ def test_a_second_worker_refuses_to_dispatch_while_the_first_holds_the_lease(
     assert first.wait(timeout=30) == 0
     wait_until(lambda: workers.holder_pid() == second.pid, timeout=30)
     later_job = queue.enqueue(pair="RVN").job_id
-    job = _status(settings, later_job, "succeeded", timeout=120)
+    job = wait_for_status(TrainingQueue(settings), later_job, "succeeded", timeout=120)
     with read_session(settings.database_url) as session:
         worker = session.scalar(
             select(TrainingAttempt.worker_id).where(TrainingAttempt.job_id == job.id)
