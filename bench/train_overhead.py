@@ -102,21 +102,14 @@ def bare_fit() -> dict[str, Any]:
     import keras
 
     from mlproject.config import TrainConfig
-    from mlproject.data import build_dataset, fit_scaler, labels, time_split, windows
+    from mlproject.data import fit_scaler, labels, time_split, windows
     from mlproject.models import build_model
-    from mlproject.train import load_candles
-    from pipelines.features.spec import default_spec
+    from mlproject.train import load_dataset
     from pipelines.settings import get_settings
 
     settings = get_settings()
     config = TrainConfig.from_settings(settings, pair=PAIR, max_rows=ROWS)
-    dataset = build_dataset(
-        load_candles(config, settings=settings),
-        spec=default_spec(),
-        sequence_length=config.sequence_length,
-        horizon=config.horizon,
-        max_rows=config.max_rows,
-    )
+    dataset = load_dataset(config, settings=settings, max_rows=config.max_rows)
     split = time_split(
         dataset, val_fraction=settings.validation_fraction, test_fraction=settings.test_fraction
     )

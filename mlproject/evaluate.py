@@ -23,7 +23,7 @@ import numpy as np
 
 from mlproject.baselines import Prediction
 from mlproject.config import TrainConfig
-from mlproject.data import build_dataset, walk_forward_splits
+from mlproject.data import walk_forward_splits
 from mlproject.fold import fit_and_score
 from mlproject.metrics import (
     block_bootstrap_interval,
@@ -33,8 +33,7 @@ from mlproject.metrics import (
 )
 from mlproject.scoring import MODEL, Scores, score
 from mlproject.tracking import active_run
-from mlproject.train import load_candles
-from pipelines.features.spec import default_spec
+from mlproject.train import load_dataset
 from pipelines.pairs import check_pair
 from pipelines.settings import Settings
 
@@ -129,14 +128,7 @@ def walk_forward(
         settings, pair=pair, model_type=plan.model_type, epochs=plan.epochs, seed=plan.seed
     )
     fold_settings = settings.model_copy(update={"early_stopping_patience": plan.patience})
-    candles = load_candles(config, settings=settings)
-    dataset = build_dataset(
-        candles,
-        spec=default_spec(),
-        sequence_length=config.sequence_length,
-        horizon=config.horizon,
-        max_rows=plan.max_rows,
-    )
+    dataset = load_dataset(config, settings=settings, max_rows=plan.max_rows)
     splits = walk_forward_splits(
         dataset,
         folds=plan.folds,

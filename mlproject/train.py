@@ -76,17 +76,22 @@ def load_candles(config: TrainConfig, *, settings: Settings) -> pd.DataFrame:
     return store.load(config.pair, settings.timeframe)
 
 
-def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
-    """Run one training end to end and return its outcome (also left as tags on the run)."""
-    check_pair(config.pair, settings.pairs)
-    candles = load_candles(config, settings=settings)
-    dataset = build_dataset(
-        candles,
+def load_dataset(config: TrainConfig, *, settings: Settings, max_rows: int = 0) -> Dataset:
+    """The pair's candles with the features `config` trains on (`max_rows`: see build_dataset)."""
+    return build_dataset(
+        load_candles(config, settings=settings),
         spec=default_spec(),
         sequence_length=config.sequence_length,
         horizon=config.horizon,
-        max_rows=config.max_rows,
+        max_rows=max_rows,
     )
+
+
+def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
+    """Run one training end to end and return its outcome (also left as tags on the run)."""
+    check_pair(config.pair, settings.pairs)
+    dataset = load_dataset(config, settings=settings, max_rows=config.max_rows)
+    candles = dataset.candles
     split = time_split(
         dataset, val_fraction=settings.validation_fraction, test_fraction=settings.test_fraction
     )
