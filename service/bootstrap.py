@@ -111,31 +111,16 @@ def bootstrap_params(settings: Settings) -> dict[str, object]:
 
 def _create_run(settings: Settings, *, pair: str, model_type: str) -> tuple[str, str]:
     """Create the run the child fills (as the queue does), so its metrics can be watched."""
-    from mlflow.entities import SourceType
-    from mlflow.utils.mlflow_tags import (
-        MLFLOW_PROJECT_ENTRY_POINT,
-        MLFLOW_SOURCE_NAME,
-        MLFLOW_SOURCE_TYPE,
-    )
-
     from pipelines.modelbundle import registered_model_name
-    from pipelines.queue.tracking import ensure_experiment
+    from pipelines.queue.tracking import create_project_run
 
-    client = _client(settings)
-    experiment_id = ensure_experiment(client, settings)
-    run = client.create_run(
-        experiment_id,
+    return create_project_run(
+        settings,
         run_name=f"bootstrap-{registered_model_name(pair, model_type)}",
-        tags={
-            MLFLOW_SOURCE_NAME: str(PROJECT_ROOT),
-            MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.PROJECT),
-            MLFLOW_PROJECT_ENTRY_POINT: settings.training_entry_point,
-            TAG_BOOTSTRAP: "true",
-            "tbml.pair": pair,
-            "tbml.model_type": model_type,
-        },
+        pair=pair,
+        model_type=model_type,
+        tags={TAG_BOOTSTRAP: "true"},
     )
-    return experiment_id, str(run.info.run_id)
 
 
 def _progress(client: Any, run_id: str, *, epochs: int, started: float) -> Progress:

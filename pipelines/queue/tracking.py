@@ -40,13 +40,19 @@ def ensure_experiment(client: MlflowClient, settings: Settings) -> str:
     return experiments.ensure_experiment(client, name=settings.experiment_name, settings=settings)
 
 
-def create_job_run(
-    settings: Settings, *, job_id: str, attempt: int, pair: str, model_type: str
+def create_project_run(
+    settings: Settings,
+    *,
+    run_name: str,
+    pair: str,
+    model_type: str,
+    tags: dict[str, str] | None = None,
 ) -> tuple[str, str]:
-    """Create the MLflow run an attempt's child will fill; return (experiment id, run id).
+    """Create a run of the project's `train` entry point, for a child process to fill.
 
-    The queue creates the run itself (what `mlflow run` does before it runs the entry point),
-    so it knows the run id before the child starts and can end the run whatever the child does.
+    Returns (experiment id, run id). This is what `mlflow run` does before it runs the entry
+    point; doing it here lets the caller know the run before the child starts, watch it, and
+    end it whatever the child does.
     """
     from mlflow.entities import SourceType
     from mlflow.utils.mlflow_tags import (
@@ -59,18 +65,30 @@ def create_job_run(
     experiment_id = ensure_experiment(client, settings)
     run = client.create_run(
         experiment_id,
-        run_name=f"{job_id}-attempt-{attempt}",
+        run_name=run_name,
         tags={
             MLFLOW_SOURCE_NAME: str(PROJECT_ROOT),
             MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.PROJECT),
             MLFLOW_PROJECT_ENTRY_POINT: settings.training_entry_point,
-            TAG_JOB_ID: job_id,
-            TAG_ATTEMPT: str(attempt),
             "tbml.pair": pair,
             "tbml.model_type": model_type,
+            **(tags or {}),
         },
     )
     return experiment_id, str(run.info.run_id)
+
+
+def create_job_run(
+    settings: Settings, *, job_id: str, attempt: int, pair: str, model_type: str
+) -> tuple[str, str]:
+    """Create the MLflow run an attempt's child will fill; return (experiment id, run id)."""
+    return create_project_run(
+        settings,
+        run_name=f"{job_id}-attempt-{attempt}",
+        pair=pair,
+        model_type=model_type,
+        tags={TAG_JOB_ID: job_id, TAG_ATTEMPT: str(attempt)},
+    )
 
 
 def read_report(settings: Settings, run_id: str) -> RunReport:
