@@ -171,6 +171,21 @@ class ModelCache:
     def _set_status(self, key: Key, status: SlotStatus) -> None:
         self._status = {**self._status, key: status}
 
+    def _set_failed(
+        self, key: Key, state: str, current: ServedModel | None, version: str, what: str
+    ) -> None:
+        """A version that will not serve: say why, and what serves instead."""
+        still = f"; still serving version {current.version}" if current else ""
+        self._set_status(
+            key,
+            SlotStatus(
+                state,
+                current.version if current else None,
+                f"version {version} {what}{still}",
+                failed_version=version,
+            ),
+        )
+
     def _refresh_slot(self, key: Key) -> ServedModel | None:
         pair, model_type = key
         name = registered_model_name(pair, model_type)
@@ -215,16 +230,7 @@ class ModelCache:
             served = self._load(info, pair=pair, model_type=model_type)
         except FeatureSpecMismatchError as exc:
             logger.error("refusing %s version %s: %s", name, version, exc)
-            self._set_status(
-                key,
-                SlotStatus(
-                    "refused",
-                    current.version if current else None,
-                    f"version {version} refused: {exc}"
-                    + (f"; still serving version {current.version}" if current else ""),
-                    failed_version=version,
-                ),
-            )
+            self._set_failed(key, "refused", current, version, f"refused: {exc}")
             return None
         except Exception as exc:
             if (name, version) in self._failed:
@@ -232,16 +238,7 @@ class ModelCache:
             else:
                 logger.exception("loading %s version %s failed", name, version)
                 self._failed.add((name, version))
-            self._set_status(
-                key,
-                SlotStatus(
-                    "load_failed",
-                    current.version if current else None,
-                    f"version {version} failed to load: {exc}"
-                    + (f"; still serving version {current.version}" if current else ""),
-                    failed_version=version,
-                ),
-            )
+            self._set_failed(key, "load_failed", current, version, f"failed to load: {exc}")
             return None
         self._models = {**self._models, key: served}
         self.swaps += 1
