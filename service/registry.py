@@ -83,7 +83,7 @@ class RegistryReader(Protocol):
         ...
 
     def close(self) -> None:
-        """Release connections (the reader is not used afterwards)."""
+        """Release pooled connections (a later call opens what it needs again)."""
         ...
 
 
