@@ -2,8 +2,8 @@
 
 A scheduler that takes the lease with jobs waiting first warms up MLflow and recovers orphaned
 trainings; against a tracking server that is slow to answer, that takes longer than the lease
-lasts. The lease
-must go on being renewed meanwhile, or a second worker (started by mistake) takes it over too.
+lasts. The lease must go on being renewed meanwhile, or a second worker (started by mistake)
+takes it over too.
 """
 
 from __future__ import annotations
