@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from the settings, the metadata from pipelines.db."""
+"""Alembic environment: the URL comes from the settings, the tables from `tbml.schema`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from logging.config import fileConfig
 from sqlalchemy.engine import Connection
 
 from alembic import context
-from pipelines.db import create_db_engine, load_models
+from pipelines.db import create_db_engine
 from pipelines.settings import get_settings
+from tbml.schema import metadata
 
 config = context.config
-target_metadata = load_models()
+target_metadata = metadata()
 
 # Only the alembic command line configures logging; a process calling `migrate()` keeps its own.
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

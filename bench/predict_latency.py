@@ -15,9 +15,9 @@ service holds four production models. The same registered BTC version is asked o
   the newest candle (they change once an hour, when a candle closes);
 - service, cold: both caches off (ML_FEATURE_CACHE_TTL=0 too), so every request also computes
   the features of the newest candles: what the first request after a new candle costs;
-- mlflow: `mlflow models serve -m models:/BTC-lstm/<v> --env-manager local` (the version's
-  Keras/TensorFlow flavour), sent the same window the service predicts from, scaled, as
-  `{"inputs": [60 x features]}`.
+- mlflow: `mlflow models serve -m models:/BTC-lstm/<v> --env-manager local` (the registered
+  pyfunc model, on onnxruntime), sent the newest candles the service predicts from (enough for
+  the same probability) as `{"dataframe_split": ...}`: it computes the features per request.
 
 Each server runs in its own process on a loopback port (all five throughout, idle while another
 is measured) and is measured by the same client, in `BENCH_LATENCY_ROUNDS` rounds over all of
@@ -339,13 +339,14 @@ def serve_floor(port: int) -> None:
 
 
 def _window(root: Path, version: str) -> tuple[bytes, float, int]:
-    """The BTC window the service predicts from, scaled, as mlflow's /invocations body; also
-    the bundle's own probability for it and the number of features."""
+    """The newest BTC candles as mlflow's /invocations body (as many as the service reads);
+    also the bundle's own probability for the newest window and the number of features."""
     from mlflow import MlflowClient
 
     from pipelines.candles.store import CandleStore
     from pipelines.features.compute import latest_features
     from pipelines.modelbundle import download_bundle
+    from pipelines.pyfunc_model import exact_candles, example_candles
     from pipelines.settings import Settings
 
     settings = Settings(_env_file=None, data_dir=root / "data")
@@ -354,8 +355,8 @@ def _window(root: Path, version: str) -> tuple[bytes, float, int]:
     candles = CandleStore.from_settings(settings).load("BTC", settings.timeframe)
     rows = latest_features(candles, rows=bundle.sequence_length, spec=bundle.spec)
     raw = rows.to_numpy(dtype="float64")[None, :, :]
-    scaled = bundle.scaler.transform(raw)
-    body = json.dumps({"inputs": scaled.tolist()}).encode()
+    frame = example_candles(candles, rows=exact_candles(bundle))
+    body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
     return body, float(bundle.predict_proba(raw)[0]), raw.shape[2]
 
 
@@ -495,9 +496,9 @@ def _bench(root: Path) -> dict[str, Any]:
         probabilities: list[float] = []
 
         def answered(data: bytes) -> None:
-            probabilities.append(float(json.loads(data)["predictions"][0][0]))
+            probabilities.append(float(json.loads(data)["predictions"][0]["probability"]))
 
-        label = "`mlflow models serve` (Keras flavour)"
+        label = "`mlflow models serve` (pyfunc: candles, features + ONNX)"
         targets.append(
             (Target(label, port, "POST", "/invocations", window, answered), mlflow_serve)
         )

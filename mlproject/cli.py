@@ -35,20 +35,62 @@ def _fail(exc: Exception) -> NoReturn:
     raise typer.Exit(code=2)
 
 
+def _training_options(args: list[str]) -> dict[str, int | float | str]:
+    """`--units 7 --learning-rate=0.01` (dashes or underscores, as `mlflow run` passes extra
+    parameters) to {"units": "7", "learning_rate": "0.01"}; an empty value means "not given"."""
+    from pipelines.training_params import TrainingParamError, lookup
+
+    given: dict[str, int | float | str] = {}
+    rest = list(args)
+    while rest:
+        token = rest.pop(0)
+        if not token.startswith("--"):
+            raise typer.BadParameter(f"unexpected argument {token!r}")
+        name, sep, value = token[2:].partition("=")
+        if not sep:
+            if not rest:
+                raise typer.BadParameter(f"option {token} needs a value")
+            value = rest.pop(0)
+        try:
+            param = lookup(name.replace("-", "_"))
+        except TrainingParamError as error:
+            raise typer.BadParameter(str(error)) from None
+        if value.strip():
+            given[param.name] = _number_or_text(value)
+    return given
+
+
+def _number_or_text(text: str) -> int | float | str:
+    """`7` -> 7, `0.01` -> 0.01; anything else stays text (the check names it as given)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _train_epilog() -> str:
+    from pipelines.training_params import PARAMS
+
+    options = "; ".join(
+        f"--{p.name.replace('_', '-')} ({p.describe()}, default {p.env})" for p in PARAMS.values()
+    )
+    return f"Training parameters, each defaulting to its setting: {options}."
+
+
 def train(
+    ctx: typer.Context,
     pair: Annotated[str, typer.Option(help="Base symbol of the pair, e.g. BTC.")],
-    model_type: Annotated[str, typer.Option(help="lstm, gru, cnn or transformer.")] = "lstm",
-    epochs: Annotated[int | None, typer.Option(help="Most epochs (early stopping).")] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    sequence_length: Annotated[int | None, typer.Option(help="Candles per window.")] = None,
-    units: Annotated[int | None, typer.Option(help="Units per layer.")] = None,
-    layers: Annotated[int | None, typer.Option()] = None,
-    dropout: Annotated[float | None, typer.Option()] = None,
-    learning_rate: Annotated[float | None, typer.Option()] = None,
-    horizon: Annotated[int | None, typer.Option(help="Candles ahead the label looks.")] = None,
-    seed: Annotated[int, typer.Option()] = 42,
-    data_dir: Annotated[str, typer.Option(help="Data root of ingested candles.")] = "",
-    max_rows: Annotated[int, typer.Option(help="Newest candles used (0 = all).")] = 0,
+    model_type: Annotated[
+        str, typer.Option("--model-type", "--model_type", help="lstm, gru, cnn or transformer.")
+    ] = "lstm",
+    data_dir: Annotated[
+        str,
+        typer.Option(
+            "--data-dir", "--data_dir", help="Data root of ingested candles (default ML_DATA_DIR)."
+        ),
+    ] = "",
     register: Annotated[str, typer.Option(help="Register the model (true/false).")] = "true",
     promote: Annotated[str, typer.Option(help="Apply the promotion gate (true/false).")] = "true",
 ) -> None:
@@ -57,27 +99,16 @@ def train(
     from pipelines.pairs import InvalidNameError, check_pair
 
     settings = get_settings()
-    overrides = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "sequence_length": sequence_length,
-        "units": units,
-        "layers": layers,
-        "dropout": dropout,
-        "learning_rate": learning_rate,
-        "horizon": horizon,
-    }
+    overrides = _training_options(ctx.args)
     try:
         config = TrainConfig.from_settings(
             settings,
             pair=check_pair(pair, settings.pairs),
             model_type=model_type,
-            seed=seed,
             data_dir=Path(data_dir) if data_dir.strip() else None,
-            max_rows=max_rows,
             register=_flag("--register", register),
             promote=_flag("--promote", promote),
-            **{k: v for k, v in overrides.items() if v is not None},
+            **overrides,
         )
     except (InvalidNameError, ValueError) as exc:
         _fail(exc)
@@ -178,7 +209,11 @@ def promote(
 
 def register(app: typer.Typer) -> None:
     """Add `train`, `evaluate` and `promote` to `tbml`."""
-    app.command("train")(train)
+    app.command(
+        "train",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        epilog=_train_epilog(),
+    )(train)
     app.command("evaluate")(evaluate)
     app.command("promote")(promote)
 

@@ -1,13 +1,19 @@
-"""The parameters of one training, as the `train` entry point takes them."""
+"""One training as the `train` entry point runs it: what to train, on which data, and how.
+
+The numeric parameters and their bounds are `pipelines.training_params.PARAMS`; their defaults
+here are only for code that builds a config by hand (tests): the entry point, the queue and
+`tbml train` build it with `from_settings`, so a parameter left out is the setting's value.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from pipelines.pairs import check_model_type, normalize_symbol
 from pipelines.settings import Settings
+from pipelines.training_params import PARAMS, TrainingParamError, resolve
 
 
 @dataclass(frozen=True)
@@ -25,49 +31,38 @@ class TrainConfig:
     learning_rate: float = 0.001
     horizon: int = 1
     seed: int = 42
-    data_dir: Path | None = None
     max_rows: int = 0
+    # Data root of ingested candles; None = the settings' (ML_DATA_DIR).
+    data_dir: Path | None = None
     register: bool = True
     promote: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pair", normalize_symbol(self.pair))
         object.__setattr__(self, "model_type", check_model_type(self.model_type))
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "sequence_length": self.sequence_length >= 2,
-            "units": self.units >= 1,
-            "layers": self.layers >= 1,
-            "horizon": self.horizon >= 1,
-            "max_rows": self.max_rows >= 0,
-            "dropout": 0.0 <= self.dropout < 1.0,
-            "learning_rate": 0.0 < self.learning_rate < 1.0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            name = bad[0]
-            raise ValueError(
-                f"invalid {name} {getattr(self, name)!r}: epochs, batch_size, units, layers and "
-                "horizon must be >= 1, sequence_length >= 2, max_rows >= 0 (0 = all candles), "
-                "0 <= dropout < 1 and 0 < learning_rate < 1"
-            )
+        for name, param in PARAMS.items():
+            try:
+                object.__setattr__(self, name, param.check(getattr(self, name)))
+            except TrainingParamError as error:
+                raise ValueError(str(error)) from None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, pair: str, **overrides: Any) -> TrainConfig:
-        """Defaults from settings (the original service's configuration), then `overrides`."""
-        base = cls(
-            pair=pair,
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            sequence_length=settings.sequence_length,
-            units=settings.lstm_units,
-            layers=settings.lstm_layers,
-            dropout=settings.dropout,
-            learning_rate=settings.learning_rate,
-            horizon=settings.horizon,
-        )
-        return replace(base, **overrides)
+        """The settings' value for every training parameter not in `overrides`.
+
+        `overrides` may also set `model_type`, `data_dir`, `register` and `promote`; a numeric
+        parameter in it is checked against its definition (the error names value and rule).
+        """
+        numeric = {k: v for k, v in overrides.items() if k in PARAMS}
+        others = {k: v for k, v in overrides.items() if k not in PARAMS}
+        unknown = set(others) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown training options {sorted(unknown)}")
+        try:
+            values = resolve(settings, numeric)
+        except TrainingParamError as error:
+            raise ValueError(str(error)) from None
+        return cls(pair=pair, **values, **others)
 
     def params(self) -> dict[str, Any]:
         """What MLflow logs as the run's parameters."""

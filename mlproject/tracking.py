@@ -16,8 +16,8 @@ from contextlib import contextmanager
 import mlflow
 from mlflow import MlflowClient
 
-from pipelines.experiments import ensure_experiment
 from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.tracking import ensure_experiment
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,10 @@ creates its own run otherwise. What the queue reads afterwards are the run's `tb
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import mlflow
 import pandas as pd
 import tensorflow as tf
 from mlflow import MlflowClient
-from mlflow.models import infer_signature
+from mlflow.data.pandas_dataset import from_pandas
 
 from mlproject import plots
 from mlproject.config import TrainConfig
@@ -37,16 +39,19 @@ from mlproject.tracking import active_run, client_for, git_commit
 from pipelines.candles.store import CandleStore
 from pipelines.features.spec import default_spec
 from pipelines.modelbundle import (
-    BUNDLE_ARTIFACT_PATH,
     TAG_BEATS_BASELINE,
     TAG_PROMOTION,
     TAG_REASON,
     registered_model_name,
 )
 from pipelines.pairs import check_pair
+from pipelines.pyfunc_model import log_candle_model
 from pipelines.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+KERAS_ARTIFACT_PATH = "keras"  # the run's Keras model, for fine-tuning
+KERAS_MODEL_FILE = "model.keras"
 
 TAG_REGISTERED_MODEL = "tbml.registered_model"
 TAG_REGISTERED_VERSION = "tbml.registered_version"
@@ -67,13 +72,16 @@ class TrainingOutcome:
 
 def load_candles(config: TrainConfig, *, settings: Settings) -> pd.DataFrame:
     """The pair's candles: bundled files plus those ingested under `data_dir`."""
-    store = CandleStore(
+    return _candle_store(config, settings=settings).load(config.pair, settings.timeframe)
+
+
+def _candle_store(config: TrainConfig, *, settings: Settings) -> CandleStore:
+    return CandleStore(
         bundled_dir=settings.bundled_data_dir,
         data_dir=config.data_dir if config.data_dir is not None else settings.data_dir,
         quote=settings.quote_currency,
         exchange=settings.exchange,
     )
-    return store.load(config.pair, settings.timeframe)
 
 
 def load_dataset(config: TrainConfig, *, settings: Settings, max_rows: int = 0) -> Dataset:
@@ -99,8 +107,9 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
     with active_run(settings, experiment=settings.experiment_name, run_name=name) as run:
         run_id = run.info.run_id
         client = client_for(settings)
-        _log_params(client, run_id, config)
+        _log_params(client, run_id, config, settings=settings)
         mlflow.set_tags(_tags(config, dataset, split))
+        _log_dataset(config, dataset, split, settings=settings)
         result = fit_and_score(
             dataset,
             split,
@@ -150,13 +159,17 @@ def _log_epoch(epoch: int, values: dict[str, float]) -> None:
     mlflow.log_metrics(values, step=epoch)
 
 
-def _log_params(client: MlflowClient, run_id: str, config: TrainConfig) -> None:
-    # `mlflow run` has logged the entry point's parameters already, as typed on the command
-    # line; MLflow refuses to change a logged parameter, so only the missing ones are added.
+def _log_params(
+    client: MlflowClient, run_id: str, config: TrainConfig, *, settings: Settings
+) -> None:
+    # `mlflow run` has logged the parameters given on its command line already, as typed;
+    # MLflow refuses to change a logged parameter, so only the missing ones are added: the
+    # settings' values of those left out, and the data directory actually read.
     present = client.get_run(run_id).data.params
+    values = {**config.params(), "data_dir": str(config.data_dir or settings.data_dir)}
     params = {
         key: (str(value).lower() if isinstance(value, bool) else value)
-        for key, value in config.params().items()
+        for key, value in values.items()
         if key not in present
     }
     if params:
@@ -264,7 +277,7 @@ def _log_artifacts(
     metadata: dict[str, Any],
     config: TrainConfig,
 ) -> tuple[str, str]:
-    """Plots, summary, the ONNX bundle and the Keras model; returns the model's URI and id."""
+    """Plots, summary, the Keras model and the pyfunc model; returns the latter's URI and id."""
     scores = result.scores
     test_index = pd.DatetimeIndex(dataset.candles.index[split.test.start : split.test.stop])
     with tempfile.TemporaryDirectory(prefix="tbml-run-") as tmp:
@@ -297,14 +310,18 @@ def _log_artifacts(
         mlflow.log_artifacts(str(root / "plots"), "plots")
         bundle, diff = export_bundle(
             result.model,
-            directory=root / BUNDLE_ARTIFACT_PATH,
+            directory=root / "bundle",
             scaler=result.scaler,
             spec=dataset.spec,
             metadata=metadata,
             check_windows=result.x_test,
         )
         mlflow.log_metric("onnx_max_abs_diff", diff)
-        mlflow.log_artifacts(str(root / BUNDLE_ARTIFACT_PATH), BUNDLE_ARTIFACT_PATH)
+        # The Keras model, for fine-tuning; the registered model is the pyfunc below.
+        result.model.save(root / KERAS_MODEL_FILE)
+        mlflow.log_artifact(str(root / KERAS_MODEL_FILE), KERAS_ARTIFACT_PATH)
+        # Its input example is the newest candles, as the service would read them.
+        info = log_candle_model(bundle.onnx_path.parent, candles=dataset.candles)
     title = f"{config.pair} {config.model_type}"
     facts = {
         "feature set": f"{dataset.spec.version} ({len(dataset.spec.names)} features)",
@@ -316,34 +333,58 @@ def _log_artifacts(
         "epochs": f"{result.fit.epochs_run} run, weights of epoch {result.fit.best_epoch + 1} kept",
     }
     mlflow.log_text(run_summary(title=title, scores=scores, facts=facts), "summary.md")
-    # MLflow runs the input example through the model; Keras would draw a progress bar on stdout.
-    keras.utils.disable_interactive_logging()
-    example = result.x_test[:2]
-    signature = infer_signature(example, bundle.predict_proba(example, scaled=True).reshape(-1, 1))
-    info = mlflow.tensorflow.log_model(
-        result.model,
-        name="model",
-        signature=signature,
-        input_example=example,
-        # Given, so that MLflow does not spawn a process to infer them.
-        pip_requirements=_requirements(),
-    )
     return str(info.model_uri), str(info.model_id)
 
 
-def _requirements() -> list[str]:
-    """Pinned requirements of the logged Keras model (TensorFlow's distribution as installed)."""
-    from importlib.metadata import PackageNotFoundError, version
+def _log_dataset(
+    config: TrainConfig, dataset: Dataset, split: Split, *, settings: Settings
+) -> None:
+    """The candles that trained and tested the model, as the run's input dataset.
 
-    pins = []
-    for options in (("tensorflow-cpu", "tensorflow"), ("keras",), ("numpy",), ("mlflow",)):
-        for dist in options:
-            try:
-                pins.append(f"{dist}=={version(dist)}")
-                break
-            except PackageNotFoundError:
-                continue
-    return pins
+    Rows from the first one whose features reach a sample through the last label read (the
+    run's `data_range`); the earlier warm-up candles only feed the indicators. The source is
+    the candle file (several, comma-separated, when ingested candles extend the bundled ones).
+    """
+    start, end = _data_range(dataset, split)
+    candles = dataset.candles.loc[start:end]
+    store = _candle_store(config, settings=settings)
+    paths = [
+        path.resolve()
+        for path in (
+            store.bundled_path(config.pair, settings.timeframe),
+            store.ingested_path(config.pair, settings.timeframe),
+        )
+        if path.is_file()
+    ]
+    source = ",".join(str(p) for p in paths)
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and says so on every path it resolves.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be")
+        data = from_pandas(
+            candles.reset_index(),
+            source=source,
+            name=f"{config.pair}-{settings.timeframe}-candles",
+            # Ours: MLflow's own digest calls pandas in a way pandas 3 deprecates, and it
+            # ignores the timestamps, which are what tells two candle ranges apart.
+            digest=_digest(candles),
+        )
+    mlflow.log_input(data, context="training")
+    mlflow.log_params({"dataset_rows": len(candles)})
+    mlflow.set_tags(
+        {
+            "dataset_name": data.name,
+            "dataset_digest": data.digest,
+            "dataset_source": source,
+            "dataset_first_candle": pd.Timestamp(candles.index[0]).isoformat(),
+            "dataset_last_candle": pd.Timestamp(candles.index[-1]).isoformat(),
+        }
+    )
+
+
+def _digest(candles: pd.DataFrame) -> str:
+    """A short fingerprint of the candles, timestamps included."""
+    hashed = pd.util.hash_pandas_object(candles, index=True).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()[:12]
 
 
 def _register_and_promote(

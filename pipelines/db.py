@@ -13,7 +13,7 @@ import importlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 # Seconds a SQLite connection waits for the write lock before giving up.
 SQLITE_BUSY_TIMEOUT_S = 30.0
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
-# Modules that define tables on `Base`; a later issue appends its own (prediction history, ...).
-MODEL_MODULES: tuple[str, ...] = ("pipelines.queue.models", "service.history.models")
 _READONLY = "tbml_readonly"
 # PostgreSQL advisory lock key held while migrating (any constant unique to this application).
 MIGRATION_LOCK_KEY = 0x74626D6C  # "tbml"
@@ -51,9 +49,13 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def load_models() -> MetaData:
-    """Import every model module and return the complete metadata (for alembic and tests)."""
-    for module in MODEL_MODULES:
+def load_models(modules: Iterable[str]) -> MetaData:
+    """Import `modules` (those defining tables on `Base`) and return the metadata they fill.
+
+    The caller names the modules: some sit in layers above this one, which this module never
+    imports by name (the complete list is `tbml.schema.TABLE_MODULES`, read by alembic/env.py).
+    """
+    for module in modules:
         importlib.import_module(module)
     return Base.metadata
 

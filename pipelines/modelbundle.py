@@ -1,8 +1,9 @@
 """The serving bundle: everything needed to predict with a registered version, and no TensorFlow.
 
-A training run writes one bundle directory and logs it as the run's artifact `bundle/`; the
-registered version points at that run, so `download_bundle(client, name=..., version=...)`
-fetches it for the service (and for the promotion gate, which scores the production version
+A training run writes one bundle directory and logs its files as the artifacts of the run's
+pyfunc model (`pipelines.pyfunc_model`), which is what a registered version is: the files sit
+in the logged model's `artifacts/` folder, so `download_bundle(client, name=..., version=...)`
+fetches them for the service (and for the promotion gate, which scores the production version
 through its bundle). Layout:
 
     model.onnx          the Keras model exported to ONNX (same outputs within 1e-5, tested)
@@ -31,12 +32,12 @@ import pandas as pd
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import FeatureSpec
 from pipelines.features.windows import make_windows
-from pipelines.pairs import check_model_type, normalize_symbol
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-BUNDLE_ARTIFACT_PATH = "bundle"
+# Where a pyfunc model keeps its `artifacts=` (MLflow's layout): the bundle's files.
+PYFUNC_ARTIFACTS_DIR = "artifacts"
 MODEL_FILE = "model.onnx"
 SCALER_FILE = "scaler.json"
 SPEC_FILE = "feature_spec.json"
@@ -57,6 +58,9 @@ class BundleError(ValueError):
 
 def registered_model_name(pair: str, model_type: str) -> str:
     """The registry name of a pair's model of one architecture: `BTC-lstm`."""
+    # Imported here: the pyfunc model ships this module without settings (and pydantic).
+    from pipelines.pairs import check_model_type, normalize_symbol
+
     return f"{normalize_symbol(pair)}-{check_model_type(model_type)}"
 
 
@@ -169,13 +173,40 @@ class ModelBundle:
 def download_bundle(
     client: MlflowClient, *, name: str, version: str | int, dst: Path
 ) -> ModelBundle:
-    """Fetch and load the bundle of registered version `version` of `name` into `dst`."""
+    """Fetch and load the bundle of registered version `version` of `name` into `dst`.
+
+    The version's source is its logged model (`models:/m-<id>`); the bundle is that model's
+    `artifacts/` folder.
+    """
+    from mlflow.artifacts import download_artifacts
+
     model_version = client.get_model_version(name, str(version))
-    if not model_version.run_id:
-        raise BundleError(f"{name} version {version} has no run, so no bundle")
+    model_id = logged_model_id(model_version.source, getattr(model_version, "model_id", None))
+    if model_id is None:
+        raise BundleError(
+            f"{name} version {version} comes from {model_version.source!r}, not from a logged "
+            "pyfunc model (models:/m-...), so it has no bundle"
+        )
+    location = client.get_logged_model(model_id).artifact_location.rstrip("/")
     dst.mkdir(parents=True, exist_ok=True)
-    local = client.download_artifacts(model_version.run_id, BUNDLE_ARTIFACT_PATH, str(dst))
+    local = download_artifacts(
+        artifact_uri=f"{location}/{PYFUNC_ARTIFACTS_DIR}",
+        dst_path=str(dst),
+        tracking_uri=client.tracking_uri,
+    )
     return ModelBundle.load(Path(local))
+
+
+def logged_model_id(source: str | None, model_id: str | None = None) -> str | None:
+    """The logged model id of a version: its `model_id`, or parsed from `models:/m-<id>`."""
+    if model_id:
+        return model_id
+    prefix = "models:/"
+    if source and source.startswith(prefix):
+        rest = source[len(prefix) :].strip("/")
+        if rest.startswith("m-") and "/" not in rest:
+            return rest
+    return None
 
 
 def production_version(client: MlflowClient, *, name: str) -> str | None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from pipelines.training_params import PARAMS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL_TYPES: tuple[str, ...] = ("lstm", "gru", "cnn", "transformer")
@@ -30,6 +32,10 @@ def _csv(value: object) -> object:
             return json.loads(text)
         return [item.strip() for item in text.split(",") if item.strip()]
     return value
+
+
+def _bounds(name: str) -> dict[str, Any]:
+    return PARAMS[name].field_bounds()
 
 
 def resolve_path(path: Path) -> Path:
@@ -69,16 +75,22 @@ class Settings(BaseSettings):
     bundled_data_dir: Path = Field(Path("data/ohlcv"), validation_alias="ML_BUNDLED_DATA_DIR")
 
     # --- model and features -------------------------------------------------------------------
-    sequence_length: int = Field(60, ge=2, le=1000, validation_alias="ML_SEQUENCE_LENGTH")
-    horizon: int = Field(1, ge=1, le=168, validation_alias="ML_HORIZON")
+    # The training parameters' bounds are those of their one definition (training_params).
+    sequence_length: int = Field(
+        60, validation_alias="ML_SEQUENCE_LENGTH", **_bounds("sequence_length")
+    )
+    horizon: int = Field(1, validation_alias="ML_HORIZON", **_bounds("horizon"))
     enabled_models: Annotated[list[ModelType], NoDecode] = Field(
         default_factory=lambda: list[ModelType](["lstm"]), validation_alias="ML_ENABLED_MODELS"
     )
-    lstm_units: int = Field(50, ge=1, validation_alias="ML_LSTM_UNITS")
-    lstm_layers: int = Field(2, ge=1, le=8, validation_alias="ML_LSTM_LAYERS")
-    dropout: float = Field(0.2, ge=0.0, lt=1.0, validation_alias="ML_DROPOUT")
-    batch_size: int = Field(32, ge=1, validation_alias="ML_BATCH_SIZE")
-    epochs: int = Field(100, ge=1, le=1000, validation_alias="ML_EPOCHS")
+    lstm_units: int = Field(50, validation_alias="ML_LSTM_UNITS", **_bounds("units"))
+    lstm_layers: int = Field(2, validation_alias="ML_LSTM_LAYERS", **_bounds("layers"))
+    dropout: float = Field(0.2, validation_alias="ML_DROPOUT", **_bounds("dropout"))
+    batch_size: int = Field(32, validation_alias="ML_BATCH_SIZE", **_bounds("batch_size"))
+    epochs: int = Field(100, validation_alias="ML_EPOCHS", **_bounds("epochs"))
+    seed: int = Field(42, validation_alias="ML_SEED", **_bounds("seed"))
+    # Newest candles a training uses (0 = all).
+    max_rows: int = Field(0, validation_alias="ML_MAX_ROWS", **_bounds("max_rows"))
     buy_threshold: float = Field(0.6, gt=0.5, lt=1.0, validation_alias="ML_BUY_THRESHOLD")
     sell_threshold: float = Field(0.4, gt=0.0, lt=0.5, validation_alias="ML_SELL_THRESHOLD")
 
@@ -94,7 +106,9 @@ class Settings(BaseSettings):
     evaluation_experiment_name: str = Field(
         "trading-bot-ml-evaluation", validation_alias="ML_EVALUATION_EXPERIMENT_NAME"
     )
-    learning_rate: float = Field(0.001, gt=0, lt=1, validation_alias="ML_LEARNING_RATE")
+    learning_rate: float = Field(
+        0.001, validation_alias="ML_LEARNING_RATE", **_bounds("learning_rate")
+    )
     early_stopping_patience: int = Field(5, ge=1, validation_alias="ML_EARLY_STOPPING_PATIENCE")
     # Newest samples held out for testing, and the samples before them for early stopping.
     test_fraction: float = Field(0.15, gt=0, lt=0.5, validation_alias="ML_TEST_FRACTION")

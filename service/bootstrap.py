@@ -1,13 +1,15 @@
 """`tbml up` (what `make run` runs): migrate, train what has no production model, then serve.
 
 On a fresh clone the registry is empty, so every configured pair and enabled model type gets a
-short "bootstrap" training (`ML_BOOTSTRAP_EPOCHS`, `ML_BOOTSTRAP_MAX_ROWS`), one at a time, each
-a real MLflow Project run of the `train` entry point in a child process: the same command the
-training queue runs, so the run, its parameters, the registered version and the promotion gate
-are exactly those of any other training. The parent creates the run first and reads its
-per-epoch metrics back from the tracking store to show progress. A failed training is reported
-with its log and the API starts anyway, answering the fallback for that pair. Once every model
-has a production version, `tbml up` only migrates and serves, in seconds.
+short "bootstrap" training (`ML_BOOTSTRAP_EPOCHS`, `ML_BOOTSTRAP_MAX_ROWS`): a job on the
+training queue (`requestedBy: bootstrap`), so it is exactly any other training (an MLflow
+Project run of the `train` entry point, its parameters, the registered version, the promotion
+gate) and waits its turn: with a `tbml worker` already running, that worker trains it and no two
+trainings ever run at once. `tbml up` runs a scheduler of its own meanwhile (on standby while
+another holds the dispatch lease) and shows each job's progress from its row and its run's
+per-epoch metrics. A failed training is reported with its log and the API starts anyway,
+answering the fallback for that pair (the queue retries the job). Once every model has a
+production version, `tbml up` only migrates and serves, in seconds.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -31,21 +32,28 @@ from pipelines.settings import PROJECT_ROOT, Settings
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from pipelines.queue.api import TrainingQueue
+    from pipelines.queue.schemas import JobView
+
 logger = logging.getLogger(__name__)
 
-TAG_BOOTSTRAP = "tbml.bootstrap"
+REQUESTED_BY = "bootstrap"
+# Bootstrap jobs go before scheduled retrainings and after nothing a user asked for first.
+BOOTSTRAP_PRIORITY = 3
 _POLL_S = 1.0
+_CANCEL_WAIT_S = 15.0
 
 
 @dataclass(frozen=True)
 class Progress:
-    """Where one bootstrap training stands, read back from its MLflow run."""
+    """Where one bootstrap training stands, read back from its job row and MLflow run."""
 
-    stage: str  # starting | fitting | finishing
+    stage: str  # queued | starting | fitting | finishing
     epochs: int  # most epochs (early stopping may end sooner)
     # Per finished epoch, in order: loss, val_loss, accuracy, val_accuracy.
     history: tuple[dict[str, float], ...]
     elapsed_s: float
+    waiting_for: str | None = None  # the job training now, while this one is queued
 
     @property
     def epoch(self) -> int:
@@ -55,14 +63,16 @@ class Progress:
 
 @dataclass(frozen=True)
 class TrainingResult:
-    """How one bootstrap training ended."""
+    """How one bootstrap training ended (its first attempt, or the job as a whole)."""
 
     pair: str
     model_type: str
+    job_id: str | None
     run_id: str | None
     returncode: int
     elapsed_s: float
-    log_path: Path
+    log_path: Path | None
+    status: str = ""
     version: str | None = None
     promotion: str | None = None
     reason: str | None = None
@@ -77,14 +87,14 @@ class TrainingResult:
 
 
 def _client(settings: Settings) -> MlflowClient:
-    from pipelines.queue.tracking import client_for
+    from pipelines.tracking import client_for
 
     return client_for(settings)
 
 
 def missing_production_models(settings: Settings, *, client: Any) -> list[tuple[str, str]]:
     """The (pair, model type) slots the service would serve that have no production version."""
-    from pipelines.modelbundle import production_version, registered_model_name
+    from pipelines.tracking import production_version, registered_model_name
 
     return [
         (pair, model_type)
@@ -95,35 +105,42 @@ def missing_production_models(settings: Settings, *, client: Any) -> list[tuple[
 
 
 def bootstrap_params(settings: Settings) -> dict[str, object]:
-    """The `train` entry point's parameters: the settings' model, with the bootstrap budget."""
-    return {
-        "epochs": settings.bootstrap_epochs,
-        "max_rows": settings.bootstrap_max_rows,
-        "batch_size": settings.batch_size,
-        "sequence_length": settings.sequence_length,
-        "units": settings.lstm_units,
-        "layers": settings.lstm_layers,
-        "dropout": settings.dropout,
-        "learning_rate": settings.learning_rate,
-        "horizon": settings.horizon,
-    }
+    """The job's parameters: the bootstrap budget; every other one is the setting's value."""
+    return {"epochs": settings.bootstrap_epochs, "max_rows": settings.bootstrap_max_rows}
 
 
-def _create_run(settings: Settings, *, pair: str, model_type: str) -> tuple[str, str]:
-    """Create the run the child fills (as the queue does), so its metrics can be watched."""
-    from pipelines.modelbundle import registered_model_name
-    from pipelines.queue.tracking import create_project_run
+def enqueue_bootstrap(
+    queue: TrainingQueue, settings: Settings, *, pair: str, model_type: str
+) -> str:
+    """Queue a bootstrap job for the slot; a job already active for it is waited for instead."""
+    from pipelines.queue.errors import DuplicateJobError
 
-    return create_project_run(
-        settings,
-        run_name=f"bootstrap-{registered_model_name(pair, model_type)}",
-        pair=pair,
-        model_type=model_type,
-        tags={TAG_BOOTSTRAP: "true"},
-    )
+    try:
+        result = queue.enqueue(
+            pair=pair,
+            model_type=model_type,
+            params=bootstrap_params(settings),
+            priority=BOOTSTRAP_PRIORITY,
+            requested_by=REQUESTED_BY,
+        )
+    except DuplicateJobError as exc:
+        return exc.existing.id
+    return result.job_id
 
 
-def _progress(client: Any, run_id: str, *, epochs: int, started: float) -> Progress:
+@contextlib.contextmanager
+def queue_scheduler(settings: Settings) -> Iterator[TrainingQueue]:
+    """This process's training scheduler, running while the bootstrap jobs are watched."""
+    from pipelines.queue.runtime import TrainingScheduler
+
+    scheduler = TrainingScheduler(settings).start()
+    try:
+        yield scheduler.queue
+    finally:
+        scheduler.shutdown()
+
+
+def _run_progress(client: Any, run_id: str) -> tuple[str, tuple[dict[str, float], ...]]:
     history = {
         name: {m.step: float(m.value) for m in client.get_metric_history(run_id, name)}
         for name in ("epoch_seconds", "loss", "val_loss", "accuracy", "val_accuracy")
@@ -131,8 +148,109 @@ def _progress(client: Any, run_id: str, *, epochs: int, started: float) -> Progr
     done = sorted(history.pop("epoch_seconds"))
     per_epoch = tuple({k: v[step] for k, v in history.items() if step in v} for step in done)
     fitted = "fit_seconds" in client.get_run(run_id).data.metrics
-    stage = "finishing" if fitted else ("fitting" if done else "starting")
-    return Progress(stage, epochs, per_epoch, time.monotonic() - started)
+    return ("finishing" if fitted else ("fitting" if done else "starting")), per_epoch
+
+
+def _progress(
+    queue: TrainingQueue, client: Any, job: JobView, *, epochs: int, started: float
+) -> Progress:
+    elapsed = time.monotonic() - started
+    if job.status == "queued" or not job.run_id:
+        status = queue.queue_status().queue
+        others = [active.id for active in status.active.jobs if active.id != job.id]
+        if status.paused:
+            others = [f"the paused queue ({status.paused_reason or 'emergency stop'})"]
+        return Progress("queued", epochs, (), elapsed, waiting_for=others[0] if others else None)
+    stage, history = _run_progress(client, job.run_id)
+    return Progress(stage, epochs, history, elapsed)
+
+
+def _first_attempt_failed(job: JobView) -> bool:
+    return any(a.outcome == "failed" for a in job.attempt_history)
+
+
+def watch_job(
+    settings: Settings,
+    queue: TrainingQueue,
+    job_id: str,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    poll_s: float = _POLL_S,
+) -> TrainingResult:
+    """Follow a bootstrap job until it ends or an attempt fails; never raises for a failure.
+
+    Ctrl-C cancels the job (the queue kills its training and marks the run KILLED) and then
+    propagates.
+    """
+    from pipelines.queue.runner import log_tail
+    from pipelines.tracking import production_version, registered_model_name
+
+    client = _client(settings)
+    started = time.monotonic()
+    seen: list[int] = []
+    try:
+        while True:
+            job = queue.get_job(job_id=job_id)
+            ended = job.status not in ("queued", "training") or _first_attempt_failed(job)
+            with contextlib.suppress(Exception):  # a busy store must not stop the watch
+                progress = _progress(
+                    queue, client, job, epochs=int(job.params.get("epochs", 0)), started=started
+                )
+                seen.extend(range(len(seen) + 1, progress.epoch + 1))
+                if on_progress is not None:
+                    on_progress(progress)
+            if ended:
+                break
+            time.sleep(poll_s)
+    except BaseException:
+        _cancel(queue, job_id)
+        raise
+    attempt = job.attempt_history[0] if job.attempt_history else None
+    log_path = _attempt_log(settings, job_id, attempt.attempt if attempt else 1)
+    succeeded = job.status == "succeeded"
+    if succeeded:
+        returncode, error = 0, ""
+    else:
+        code = attempt.exit_code if attempt is not None else None
+        returncode = code if code is not None and code != 0 else -1
+        error = (attempt.error if attempt else None) or job.error or log_tail(log_path)
+    return TrainingResult(
+        job.pair,
+        job.model_type,
+        job.id,
+        job.run_id or (attempt.run_id if attempt else None),
+        returncode,
+        time.monotonic() - started,
+        log_path,
+        status=job.status,
+        version=job.registered_version,
+        promotion=job.promotion,
+        reason=job.promotion_reason,
+        production=production_version(client, name=registered_model_name(job.pair, job.model_type)),
+        beats_baseline=job.beats_baseline,
+        error=error,
+        epochs_seen=seen,
+    )
+
+
+def _attempt_log(settings: Settings, job_id: str, attempt: int) -> Path | None:
+    from pipelines.queue.runner import log_dir
+
+    path = log_dir(settings) / f"{job_id}.attempt-{attempt}.log"
+    return path if path.exists() else None
+
+
+def _cancel(queue: TrainingQueue, job_id: str) -> None:
+    from pipelines.queue.errors import QueueError
+
+    with contextlib.suppress(QueueError):
+        queue.cancel(job_id=job_id, reason="tbml up was interrupted")
+    deadline = time.monotonic() + _CANCEL_WAIT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(QueueError):
+            if queue.get_job(job_id=job_id).status not in ("queued", "training"):
+                return
+        time.sleep(0.2)
 
 
 def train_slot(
@@ -143,88 +261,10 @@ def train_slot(
     on_progress: Callable[[Progress], None] | None = None,
     poll_s: float = _POLL_S,
 ) -> TrainingResult:
-    """Run one bootstrap training (`mlflow run . -e train ...`) and wait for it.
-
-    Never raises for a failed training: the result says what happened and where the log is.
-    Ctrl-C kills the child's process tree and marks the run KILLED before it propagates.
-    """
-    from pipelines.modelbundle import production_version, registered_model_name
-    from pipelines.queue.childenv import child_environment
-    from pipelines.queue.runner import build_command, kill_tree, log_dir, log_tail, wait_gone
-    from pipelines.queue.tracking import end_run, read_report
-
-    name = registered_model_name(pair, model_type)
-    log_path = log_dir(settings) / f"bootstrap-{name}.log"
-    started = time.monotonic()
-    try:
-        experiment_id, run_id = _create_run(settings, pair=pair, model_type=model_type)
-    except Exception as exc:
-        return TrainingResult(pair, model_type, None, -1, 0.0, log_path, error=str(exc))
-    command = build_command(
-        settings,
-        experiment_id=experiment_id,
-        run_id=run_id,
-        pair=pair,
-        model_type=model_type,
-        params=bootstrap_params(settings),
-    )
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    client = _client(settings)
-    seen: list[int] = []
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env=child_environment(settings, extra={}),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        while True:
-            finished = process.poll() is not None
-            with contextlib.suppress(Exception):  # a busy store must not stop the watch
-                progress = _progress(
-                    client, run_id, epochs=settings.bootstrap_epochs, started=started
-                )
-                seen.extend(range(len(seen) + 1, progress.epoch + 1))
-                if on_progress is not None:
-                    on_progress(progress)
-            if finished:
-                break
-            time.sleep(poll_s)
-    except BaseException:
-        killed = kill_tree(process.pid, started_at=None)
-        process.wait()
-        wait_gone(killed)
-        with contextlib.suppress(Exception):
-            end_run(settings, run_id, status="KILLED")
-        raise
-    elapsed = time.monotonic() - started
-    returncode = int(process.returncode)
-    if returncode != 0:
-        with contextlib.suppress(Exception):
-            end_run(settings, run_id, status="FAILED")
-        tail = log_tail(log_path, lines=12)
-        return TrainingResult(
-            pair, model_type, run_id, returncode, elapsed, log_path, error=tail, epochs_seen=seen
-        )
-    report = read_report(settings, run_id)
-    return TrainingResult(
-        pair,
-        model_type,
-        run_id,
-        returncode,
-        elapsed,
-        log_path,
-        version=report.registered_version,
-        promotion=report.promotion,
-        reason=report.promotion_reason,
-        production=production_version(client, name=name),
-        beats_baseline=report.beats_baseline,
-        epochs_seen=seen,
-    )
+    """Queue one bootstrap training and follow it, with this process's scheduler running."""
+    with queue_scheduler(settings) as queue:
+        job_id = enqueue_bootstrap(queue, settings, pair=pair, model_type=model_type)
+        return watch_job(settings, queue, job_id, on_progress=on_progress, poll_s=poll_s)
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -253,7 +293,11 @@ class _Reporter:
     def __call__(self, progress: Progress) -> None:
         clock = f"[{_clock(progress.elapsed_s)}]"
         changed = False
-        if progress.stage == "starting" and not self.stage:
+        if progress.stage == "queued" and not self.stage:
+            behind = f" behind {progress.waiting_for}" if progress.waiting_for else ""
+            self.line(f"{self.label}  queued{behind}  {clock}")
+            changed = True
+        if progress.stage == "starting" and self.stage in ("", "queued"):
             self.line(f"{self.label}  loading candles, features, starting TensorFlow  {clock}")
             changed = True
         # A poll may find several new epochs (or the end of the fit) at once: show each.
@@ -303,33 +347,44 @@ def _outcome(result: TrainingResult) -> str:
 
 
 def _train_missing(settings: Settings, missing: list[tuple[str, str]]) -> list[TrainingResult]:
-    from pipelines.modelbundle import registered_model_name
+    from pipelines.tracking import registered_model_name
 
     names = ", ".join(registered_model_name(p, m) for p, m in missing)
     typer.echo(
-        f"No production model yet for {names}: training bootstrap models, one at a time "
+        f"No production model yet for {names}: queueing bootstrap trainings, one at a time "
         f"({_budget(settings)}; ML_BOOTSTRAP_EPOCHS, ML_BOOTSTRAP_MAX_ROWS).",
         err=True,
     )
     results = []
-    for index, (pair, model_type) in enumerate(missing, start=1):
-        label = f"[{index}/{len(missing)}] {registered_model_name(pair, model_type)}"
-        reporter = _Reporter(label)
-        try:
-            result = train_slot(settings, pair=pair, model_type=model_type, on_progress=reporter)
-        except KeyboardInterrupt:
-            reporter.line(f"{label}  interrupted: training stopped, its run marked KILLED")
-            raise typer.Exit(code=130) from None
-        reporter.line(f"{label}  {_outcome(result)}   run {result.run_id}")
-        if not result.ok:
-            typer.echo(
-                f"    log: {_shown(result.log_path)}\n"
-                + "\n".join(f"    | {line}" for line in (result.error or "").splitlines())
-                + f"\n    The API still starts; {pair} answers the neutral fallback until a "
-                f"training succeeds (POST /api/train/{pair}/{model_type}).",
-                err=True,
-            )
-        results.append(result)
+    with queue_scheduler(settings) as queue:
+        job_ids = [
+            enqueue_bootstrap(queue, settings, pair=pair, model_type=model_type)
+            for pair, model_type in missing
+        ]
+        for index, ((pair, model_type), job_id) in enumerate(
+            zip(missing, job_ids, strict=True), start=1
+        ):
+            label = f"[{index}/{len(missing)}] {registered_model_name(pair, model_type)}"
+            reporter = _Reporter(label)
+            try:
+                result = watch_job(settings, queue, job_id, on_progress=reporter)
+            except KeyboardInterrupt:
+                for other in job_ids[index:]:
+                    _cancel(queue, other)
+                reporter.line(f"{label}  interrupted: its job cancelled, its run marked KILLED")
+                raise typer.Exit(code=130) from None
+            reporter.line(f"{label}  {_outcome(result)}   job {job_id}, run {result.run_id}")
+            if not result.ok:
+                log = _shown(result.log_path) if result.log_path else "(none)"
+                typer.echo(
+                    f"    log: {log}\n"
+                    + "\n".join(f"    | {line}" for line in (result.error or "").splitlines())
+                    + f"\n    The API still starts; {pair} answers the neutral fallback until a "
+                    f"training succeeds (the queue retries job {job_id}; "
+                    f"POST /api/train/{pair}/{model_type} queues another).",
+                    err=True,
+                )
+            results.append(result)
     return results
 
 

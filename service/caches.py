@@ -2,7 +2,9 @@
 
 Entries are keyed by everything that makes an answer stale (pair, model version, newest candle),
 so a new candle or a new production version is never answered from an old entry; the TTL only
-bounds how long an unchanged answer is reused.
+bounds how long an unchanged answer is reused. Storage, expiry and eviction are cachetools'
+`TTLCache` (expired entries go first, then the least recently used); this module adds the
+counters, the age of a hit, and the lock cachetools leaves to its callers.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+import cachetools
 
 V = TypeVar("V")
 
@@ -23,15 +27,23 @@ class CacheHit(Generic[V]):
 
 
 class TTLCache(Generic[V]):
-    """A dict with a time-to-live per entry, a size bound, and counters; thread-safe."""
+    """A cache with a time-to-live per entry, a size bound, and counters; thread-safe."""
 
     def __init__(self, *, name: str, ttl_ms: int, max_entries: int = 1024) -> None:
+        if ttl_ms < 0:
+            raise ValueError(f"cache {name!r}: ttl_ms {ttl_ms} is negative (0 caches nothing)")
+        if max_entries < 1:
+            raise ValueError(f"cache {name!r}: max_entries {max_entries} must be at least 1")
         self.name = name
         self.ttl_s = ttl_ms / 1000.0
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
-        self._data: dict[Hashable, tuple[float, V]] = {}
+        # Values carry their insertion time: cachetools keeps only the expiry, and a hit
+        # reports its age (`cacheAge`).
+        self._data: cachetools.TTLCache[Hashable, tuple[float, V]] = cachetools.TTLCache(
+            maxsize=max_entries, ttl=self.ttl_s, timer=time.monotonic
+        )
         self._lock = threading.Lock()
 
     def get(
@@ -42,17 +54,13 @@ class TTLCache(Generic[V]):
         The flags let a request that looks more than once (a quick look on the event loop,
         then again in the worker thread) count exactly one hit or one miss.
         """
-        now = time.monotonic()
         with self._lock:
             entry = self._data.get(key)
             if entry is not None:
                 stored, value = entry
-                age = now - stored
-                if age < self.ttl_s:
-                    if count_hit:
-                        self.hits += 1
-                    return CacheHit(value, int(age * 1000))
-                del self._data[key]
+                if count_hit:
+                    self.hits += 1
+                return CacheHit(value, int((time.monotonic() - stored) * 1000))
             if count_miss:
                 self.misses += 1
             return None
@@ -64,28 +72,19 @@ class TTLCache(Generic[V]):
             self.misses += misses
 
     def put(self, key: Hashable, value: V) -> None:
-        now = time.monotonic()
         with self._lock:
-            if len(self._data) >= self.max_entries and key not in self._data:
-                self._evict(now)
-            self._data[key] = (now, value)
-
-    def _evict(self, now: float) -> None:
-        expired = [k for k, (stored, _) in self._data.items() if now - stored >= self.ttl_s]
-        for key in expired:
-            del self._data[key]
-        if len(self._data) >= self.max_entries:
-            # Oldest insertion first: dicts keep insertion order.
-            del self._data[next(iter(self._data))]
+            self._data[key] = (time.monotonic(), value)
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
 
     def __len__(self) -> int:
-        now = time.monotonic()
         with self._lock:
-            return sum(1 for stored, _ in self._data.values() if now - stored < self.ttl_s)
+            self._data.expire()
+            return len(self._data)
 
     def stats(self) -> dict[str, int]:
-        return {"size": len(self), "hits": self.hits, "misses": self.misses}
+        size = len(self)
+        with self._lock:
+            return {"size": size, "hits": self.hits, "misses": self.misses}

@@ -1,14 +1,16 @@
 """What the serving process asks of the MLflow registry, without importing MLflow.
 
 The registry poll runs every 30 s in every API process and needs three facts: which version
-the `production` alias names, that version's tags and run, and the run's `bundle/` artifacts.
+the `production` alias names, that version's tags and run, and the bundle files of its logged
+pyfunc model (the version's source `models:/m-<id>`; the files are that model's `artifacts/`
+folder, see `pipelines.pyfunc_model`).
 MLflow's client costs about 70 MB of memory and 3 s of import in a process that otherwise
 holds four small ONNX models, so the poll reads those facts directly:
 
-- from a tracking server (`http(s)://`): MLflow's public REST API (the alias endpoint, the run
-  endpoint, and the artifact proxy of `mlflow server --serve-artifacts`);
+- from a tracking server (`http(s)://`): MLflow's public REST API (the alias endpoint, the
+  logged-model endpoint, and the artifact proxy of `mlflow server --serve-artifacts`);
 - from a database store (`sqlite:///`, `postgresql://`, ...): one query on the registry's
-  tables (`registered_model_aliases`, `model_versions`, `model_version_tags`, `runs`), whose
+  tables (`registered_model_aliases`, `model_versions`, `model_version_tags`), whose
   layout is pinned with the MLflow version in the lock file and checked against MLflow's own
   client by the tests.
 
@@ -32,14 +34,15 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipelines.experiments import is_tracking_server
+from pipelines.tracking import is_tracking_server
 from pipelines.modelbundle import (
-    BUNDLE_ARTIFACT_PATH,
     METADATA_FILE,
     MODEL_FILE,
     PRODUCTION_ALIAS,
+    PYFUNC_ARTIFACTS_DIR,
     SCALER_FILE,
     SPEC_FILE,
+    logged_model_id,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class VersionInfo:
     version: str
     run_id: str | None
     tags: dict[str, str] = field(default_factory=dict)
+    # The version's source: `models:/m-<id>`, the logged pyfunc model whose artifacts serve.
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class RegistryReader(Protocol):
         ...
 
     def download_bundle(self, info: VersionInfo, dst: Path) -> Path:
-        """Copy the version's `bundle/` files into `dst`; returns `dst`."""
+        """Copy the bundle files of the version's logged model into `dst`; returns `dst`."""
         ...
 
     def summary(self) -> RegistrySummary:
@@ -97,12 +102,15 @@ def reader_for(tracking_uri: str) -> RegistryReader:
     return MlflowReader(tracking_uri)
 
 
-def _copy_local_bundle(artifact_uri: str, dst: Path) -> Path | None:
-    """Copy `<artifact_uri>/bundle/*` when the artifacts are local files; None otherwise."""
-    parsed = urllib.parse.urlparse(artifact_uri)
+def _copy_local_bundle(model_location: str, dst: Path) -> Path | None:
+    """Copy `<model_location>/artifacts/*` when the model's files are local; None otherwise.
+
+    `model_location` is the logged model's artifact location (the pyfunc model directory).
+    """
+    parsed = urllib.parse.urlparse(model_location)
     if parsed.scheme not in ("file", ""):
         return None
-    source = Path(urllib.parse.unquote(parsed.path)) / BUNDLE_ARTIFACT_PATH
+    source = Path(urllib.parse.unquote(parsed.path)) / PYFUNC_ARTIFACTS_DIR
     dst.mkdir(parents=True, exist_ok=True)
     for name in BUNDLE_FILES:
         shutil.copyfile(source / name, dst / name)
@@ -112,11 +120,12 @@ def _copy_local_bundle(artifact_uri: str, dst: Path) -> Path | None:
 # --- database stores --------------------------------------------------------------------------
 
 
+# `storage_location` is where MLflow resolved the version's source (`models:/m-<id>`) to when
+# the version was created: the logged model's artifact location.
 _PRODUCTION_SQL = text(
-    "SELECT mv.version, mv.run_id, r.artifact_uri "
+    "SELECT mv.version, mv.run_id, mv.source, mv.storage_location "
     "FROM registered_model_aliases a "
     "JOIN model_versions mv ON mv.name = a.name AND mv.version = a.version "
-    "LEFT JOIN runs r ON r.run_uuid = mv.run_id "
     "WHERE a.name = :name AND a.alias = :alias"
 )
 _TAGS_SQL = text("SELECT key, value FROM model_version_tags WHERE name = :name AND version = :v")
@@ -128,7 +137,7 @@ class SqlReader:
     def __init__(self, url: str) -> None:
         self.url = url
         self._engine: Engine | None = None
-        self._artifact_uris: dict[tuple[str, str], str | None] = {}
+        self._locations: dict[tuple[str, str], str | None] = {}
         self._fallback: MlflowReader | None = None
 
     def _connect(self) -> Engine:
@@ -163,7 +172,7 @@ class SqlReader:
                     return None
                 if len(rows) > 1:  # several workspaces hold the name: MLflow knows which
                     raise RegistryError(f"{len(rows)} rows for {name}@{PRODUCTION_ALIAS}")
-                version, run_id, artifact_uri = rows[0]
+                version, run_id, source, location = rows[0]
                 tags: dict[str, str] = {
                     str(k): str(v)
                     for k, v in connection.execute(_TAGS_SQL, {"name": name, "v": int(version)})
@@ -172,13 +181,13 @@ class SqlReader:
             if isinstance(exc, SQLAlchemyError) and _unreachable(exc):
                 raise RegistryError(f"registry database unreachable: {exc}") from exc
             return self._mlflow(exc).production(name)
-        self._artifact_uris[(name, str(version))] = artifact_uri
-        return VersionInfo(name=name, version=str(version), run_id=run_id, tags=tags)
+        self._locations[(name, str(version))] = location
+        return VersionInfo(name=name, version=str(version), run_id=run_id, tags=tags, source=source)
 
     def download_bundle(self, info: VersionInfo, dst: Path) -> Path:
-        artifact_uri = self._artifact_uris.get((info.name, info.version))
-        if artifact_uri:
-            copied = _copy_local_bundle(artifact_uri, dst)
+        location = self._locations.get((info.name, info.version))
+        if location:
+            copied = _copy_local_bundle(location, dst)
             if copied is not None:
                 return copied
         return MlflowReader(self.url).download_bundle(info, dst)
@@ -251,28 +260,36 @@ class RestReader:
         version = data["model_version"]
         tags = {t["key"]: t.get("value", "") for t in version.get("tags", [])}
         return VersionInfo(
-            name=name, version=str(version["version"]), run_id=version.get("run_id"), tags=tags
+            name=name,
+            version=str(version["version"]),
+            run_id=version.get("run_id"),
+            tags=tags,
+            source=version.get("source"),
         )
 
     def download_bundle(self, info: VersionInfo, dst: Path) -> Path:
-        if not info.run_id:
-            raise RegistryError(f"{info.name} version {info.version} has no run, so no bundle")
+        model_id = logged_model_id(info.source)
+        if model_id is None:
+            raise RegistryError(
+                f"{info.name} version {info.version} comes from {info.source!r}, not from a "
+                "logged pyfunc model (models:/m-...), so it has no bundle"
+            )
         try:
-            run = self._get("/api/2.0/mlflow/runs/get", run_id=info.run_id)
+            model = self._get(f"/api/2.0/mlflow/logged-models/{urllib.parse.quote(model_id)}")
         except _HttpError as exc:
-            raise RegistryError(f"run {info.run_id}: {exc.status} {exc.body}") from exc
-        artifact_uri = str(run["run"]["info"]["artifact_uri"])
+            raise RegistryError(f"logged model {model_id}: {exc.status} {exc.body}") from exc
+        location = str(model["model"]["info"]["artifact_uri"])
         prefix = "mlflow-artifacts:"
-        if not artifact_uri.startswith(prefix):
-            copied = _copy_local_bundle(artifact_uri, dst)
+        if not location.startswith(prefix):
+            copied = _copy_local_bundle(location, dst)
             if copied is not None:
                 return copied
             return MlflowReader(self.base).download_bundle(info, dst)
         # mlflow-artifacts:/<path> or mlflow-artifacts://host/<path>: the path is what counts.
-        path = urllib.parse.urlparse(artifact_uri).path.lstrip("/")
+        path = urllib.parse.urlparse(location).path.strip("/")
         dst.mkdir(parents=True, exist_ok=True)
         for name in BUNDLE_FILES:
-            quoted = urllib.parse.quote(f"{path}/{BUNDLE_ARTIFACT_PATH}/{name}")
+            quoted = urllib.parse.quote(f"{path}/{PYFUNC_ARTIFACTS_DIR}/{name}")
             url = f"{self.base}/api/2.0/mlflow-artifacts/artifacts/{quoted}"
             try:
                 with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:  # noqa: S310
@@ -349,6 +366,7 @@ class MlflowReader:
             version=version,
             run_id=model_version.run_id,
             tags=dict(model_version.tags or {}),
+            source=model_version.source,
         )
 
     def download_bundle(self, info: VersionInfo, dst: Path) -> Path:

@@ -34,3 +34,30 @@ def settings(tmp_path: Path) -> Settings:
         artifact_root=tmp_path / "mlruns",
         database_url=f"sqlite:///{tmp_path / 'service.db'}",
     )
+
+
+def write_newer_candles(
+    data_dir: Path,
+    *,
+    pair: str = "BTC",
+    hours: int = 48,
+    exchange: str = "binance",
+    quote: str = "USDT",
+) -> str:
+    """Ingest `hours` hourly candles newer than the bundled file (its last ones, moved on).
+
+    Returns the ISO time of the newest one, as the run's `data_range` tag writes it.
+    """
+    import pandas as pd
+
+    from pipelines.candles.validate import read_candle_file
+
+    bundled = read_candle_file(BUNDLED / f"{pair}-USDT_1h.csv.gz")
+    tail = bundled.iloc[-hours:].copy()
+    tail.index = tail.index + pd.Timedelta(hours=hours)
+    path = data_dir / "candles" / exchange / f"{pair}-{quote}_1h.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = tail.reset_index()
+    frame["timestamp"] = frame["timestamp"].map(lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    frame.to_csv(path, index=False)
+    return str(tail.index[-1].isoformat())

@@ -42,6 +42,8 @@ training compute exactly the same numbers.
 | incremental tolerance | {tolerance:.0e} (absolute, in each feature's own units) |
 
 `tbml features BTC` prints the newest row of a pair with these figures.
+How fast they are computed, against the pure-pandas `ta` library:
+[benchmarks.md](benchmarks.md#features).
 
 ## What the features are
 

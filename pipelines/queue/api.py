@@ -12,11 +12,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Literal
 
-from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-from pipelines.db import read_session, write_session
+from pipelines.db import read_session
 from pipelines.queue import store, transitions
 from pipelines.queue.clock import now_ms
 from pipelines.queue.errors import (
@@ -27,13 +25,8 @@ from pipelines.queue.errors import (
     UnknownJobError,
 )
 from pipelines.queue.models import (
-    CANCELLED,
-    DISPATCH_CONTROL,
     QUEUED,
     TRAINING,
-    QueueControl,
-    TrainingCooldown,
-    TrainingJob,
 )
 from pipelines.queue.params import (
     PRIORITY_DEFAULT,
@@ -58,7 +51,7 @@ from pipelines.settings import Settings
 logger = logging.getLogger(__name__)
 
 EMERGENCY_STOP_REASON = "Emergency stop"
-REQUESTERS = ("api", "cli", "schedule")
+REQUESTERS = ("api", "cli", "schedule", "bootstrap")
 # A job id is `{PAIR}_{modelType}_{epoch ms}`; two requests in the same millisecond for
 # different pairs differ by pair, and a clash of the same pair moves on by a millisecond.
 _ID_TRIES = 5
@@ -160,22 +153,17 @@ class TrainingQueue:
         for offset in range(_ID_TRIES):
             job_id = f"{pair}_{model_type}_{now + offset}"
             try:
-                with write_session(self._url) as session:
-                    session.add(
-                        TrainingJob(
-                            id=job_id,
-                            pair=pair,
-                            model_type=model_type,
-                            params=params,
-                            priority=priority,
-                            status=QUEUED,
-                            requested_by=requested_by,
-                            attempts=0,
-                            max_attempts=self._settings.training_max_attempts,
-                            queued_at=now,
-                            available_at=now,
-                        )
-                    )
+                transitions.insert_job(
+                    self._url,
+                    job_id=job_id,
+                    pair=pair,
+                    model_type=model_type,
+                    params=params,
+                    priority=priority,
+                    requested_by=requested_by,
+                    max_attempts=self._settings.training_max_attempts,
+                    now=now,
+                )
                 return job_id
             except IntegrityError:
                 # Either the pair's active-job index refused (a duplicate) or the id exists.
@@ -194,27 +182,17 @@ class TrainingQueue:
         why = (reason or "").strip() or "Cancelled by request"
         now = now_ms()
         outcome: Literal["cancelled", "cancelling"] = "cancelled"
-        with write_session(self._url) as session:
+        with read_session(self._url) as session:
             job = store.get_job(session, job_id)
             if job is None:
                 raise UnknownJobError(job_id)
             status = job.status
-            if status == QUEUED:
-                result = session.execute(
-                    update(TrainingJob)
-                    .where(TrainingJob.id == job_id, TrainingJob.status == QUEUED)
-                    .values(
-                        status=CANCELLED,
-                        cancel_reason=why,
-                        cancel_requested_at=now,
-                        finished_at=now,
-                    )
-                    .execution_options(synchronize_session=False)
-                )
-                if store.rowcount(result) != 1:
-                    status = TRAINING  # it started between our read and our write
-            elif status != TRAINING:
+            if status not in (QUEUED, TRAINING):
                 raise JobNotCancellableError(load_job_view(session, job, now=now))
+        if status == QUEUED and not transitions.cancel_queued(
+            self._url, job_id=job_id, reason=why, now=now
+        ):
+            status = TRAINING  # it started between our read and our write
         if status == TRAINING:
             if not transitions.request_cancel(self._url, job_id=job_id, reason=why, now=now):
                 return self.cancel(job_id=job_id, reason=reason)  # it ended meanwhile
@@ -238,28 +216,7 @@ class TrainingQueue:
         """Kill the running training, cancel every queued job, pause dispatch until resume."""
         why = (reason or "").strip() or EMERGENCY_STOP_REASON
         now = now_ms()
-        with write_session(self._url) as session:
-            _set_paused(session, paused=True, reason=why, now=now)
-            queued = list(
-                session.scalars(select(TrainingJob.id).where(TrainingJob.status == QUEUED))
-            )
-            session.execute(
-                update(TrainingJob)
-                .where(TrainingJob.id.in_(queued), TrainingJob.status == QUEUED)
-                .values(
-                    status=CANCELLED, cancel_reason=why, cancel_requested_at=now, finished_at=now
-                )
-                .execution_options(synchronize_session=False)
-            )
-            training = list(
-                session.scalars(select(TrainingJob.id).where(TrainingJob.status == TRAINING))
-            )
-            session.execute(
-                update(TrainingJob)
-                .where(TrainingJob.id.in_(training), TrainingJob.status == TRAINING)
-                .values(cancel_requested_at=now, cancel_reason=why)
-                .execution_options(synchronize_session=False)
-            )
+        training, queued = transitions.emergency_stop(self._url, reason=why, now=now)
         logger.warning("emergency stop: stopping %s, cancelled %s", training, queued)
         self._changed()
         return EmergencyStopResult(
@@ -274,8 +231,7 @@ class TrainingQueue:
     def resume(self) -> ResumeResult:
         """Let the scheduler dispatch again after an emergency stop."""
         now = now_ms()
-        with write_session(self._url) as session:
-            _set_paused(session, paused=False, reason=None, now=now)
+        transitions.set_paused(self._url, paused=False, reason=None, now=now)
         logger.info("dispatch resumed")
         self._changed()
         return ResumeResult(message="Training dispatch resumed", paused=False, timestamp=now)
@@ -285,7 +241,8 @@ class TrainingQueue:
     ) -> ClearCooldownsResult:
         """Clear the cooldown of one pair (and model type), or every cooldown."""
         now = now_ms()
-        conditions = []
+        symbol: str | None = None
+        kind: str | None = None
         if pair is not None or model_type is not None:
             if pair is None:
                 raise QueueValidationError(
@@ -294,34 +251,16 @@ class TrainingQueue:
                     value=None,
                 )
             symbol, kind = validate_target(pair, model_type or "lstm", pairs=self._settings.pairs)
-            conditions.append(TrainingCooldown.pair == symbol)
-            if model_type is not None:
-                conditions.append(TrainingCooldown.model_type == kind)
-        with write_session(self._url) as session:
-            active = list(
-                session.scalars(
-                    select(TrainingCooldown).where(TrainingCooldown.ends_at > now, *conditions)
-                )
+        cleared = [
+            ClearedCooldown(pair=p, model_type=m)
+            for p, m in transitions.clear_cooldowns(
+                self._url, pair=symbol, model_type=kind if model_type is not None else None, now=now
             )
-            session.execute(delete(TrainingCooldown).where(*conditions))
-        cleared = [ClearedCooldown(pair=row.pair, model_type=row.model_type) for row in active]
+        ]
         self._changed()
         what = ", ".join(f"{c.pair}:{c.model_type}" for c in cleared) or "none were active"
         return ClearCooldownsResult(
             message=f"Cleared {len(cleared)} cooldown(s): {what}", cleared=cleared, timestamp=now
-        )
-
-
-def _set_paused(session: Session, *, paused: bool, reason: str | None, now: int) -> None:
-    result = session.execute(
-        update(QueueControl)
-        .where(QueueControl.name == DISPATCH_CONTROL)
-        .values(paused=paused, reason=reason, changed_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if store.rowcount(result) == 0:
-        session.add(
-            QueueControl(name=DISPATCH_CONTROL, paused=paused, reason=reason, changed_at=now)
         )
 
 

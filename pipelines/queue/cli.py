@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from pipelines.training_params import PARAMS
+
 if TYPE_CHECKING:
     from pipelines.queue.api import TrainingQueue
     from pipelines.queue.schemas import ApiModel, QueueStatus
@@ -130,7 +132,12 @@ def enqueue(
     epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
     param: Annotated[
         list[str] | None,
-        typer.Option("--param", "-P", help="Another `train` parameter, NAME=VALUE (repeatable)."),
+        typer.Option(
+            "--param",
+            "-P",
+            help=f"A training parameter NAME=VALUE (repeatable): {', '.join(PARAMS)}; each one "
+            "left out is its setting's value (ML_...).",
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:

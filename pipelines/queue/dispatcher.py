@@ -15,15 +15,17 @@ from typing import TypeVar
 
 from sqlalchemy.exc import IntegrityError
 
+from pipelines import tracking
 from pipelines.db import read_session
-from pipelines.queue import runner, store, tracking, transitions
+from pipelines.queue import runner, store, transitions
 from pipelines.queue.clock import now_ms
 from pipelines.queue.models import CANCELLED, FAILED, INTERRUPTED, SUCCEEDED, TRAINING
 from pipelines.queue.runner import Child
 from pipelines.queue.schemas import JobView
-from pipelines.queue.transitions import Ending, RunReport
+from pipelines.queue.transitions import Ending
 from pipelines.queue.views import load_job_view
 from pipelines.settings import Settings
+from pipelines.tracking import RunReport
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -226,6 +228,7 @@ class Dispatcher:
                 attempt=attempt,
                 pair=job.pair,
                 model_type=job.model_type,
+                requested_by=job.requested_by,
             )
             transitions.record_launch(
                 self._url,

@@ -158,24 +158,20 @@ def kill_tree(
     return list(targets.values())
 
 
-def is_alive(process: psutil.Process) -> bool:
-    """Whether the process still runs (a zombie waiting for its reaper counts as ended)."""
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def wait_gone(processes: list[psutil.Process], *, timeout: float = _KILL_WAIT_S) -> bool:
-    """Wait until none of `processes` runs; False if some outlive `timeout`."""
-    import time
+    """Wait until none of `processes` runs; False if some outlive `timeout`.
 
-    deadline = time.monotonic() + timeout
-    while any(is_alive(process) for process in processes):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    A zombie whose parent has not reaped it yet counts as gone: it runs nothing any more.
+    """
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    return all(_is_zombie(process) for process in alive)
+
+
+def _is_zombie(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def stop_child(child: Child, *, job_id: str) -> list[int]:

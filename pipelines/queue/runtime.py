@@ -18,8 +18,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Self
 
+from pipelines import tracking
 from pipelines.db import get_engine, migrate, read_session
-from pipelines.queue import jobs, lease, store, tracking
+from pipelines.queue import jobs, lease, store
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.clock import now_ms
 from pipelines.queue.dispatcher import Dispatcher
@@ -249,7 +250,7 @@ class TrainingScheduler:
         # process that runs the scheduler then stays without MLflow (about 70 MB) until it
         # trains something.
         try:
-            tracking.ensure_experiment(tracking.client_for(self.settings), self.settings)
+            tracking.ensure_training_experiment(tracking.client_for(self.settings), self.settings)
         except Exception:
             logger.exception("the MLflow tracking store is not reachable; dispatch will retry")
 

@@ -1,9 +1,11 @@
-"""State changes of a job once the dispatcher has it: claim, launch, and every way it ends.
+"""Every write to the queue's state: a job's life from insert to its end, pauses, cooldowns.
 
-Each is one transaction and a conditional UPDATE: a job moves only from the state the caller
-believes it is in, and (while training) only by the scheduler that started it. A change that
-matches no row returns False and the caller drops its view of the job: someone else (a
-successor scheduler, an operator) already moved it.
+The domain API (enqueue, cancel, emergency stop, resume, clear cooldowns) and the dispatcher
+(claim, launch, finish) change the tables only through these functions. Each is one
+transaction and a conditional UPDATE: a job moves only from the state the caller believes it
+is in, and (while training) only by the scheduler that started it. A change that matches no
+row returns False and the caller drops its view of the job: someone else (a successor
+scheduler, an operator) already moved it.
 """
 
 from __future__ import annotations
@@ -31,17 +33,7 @@ from pipelines.queue.models import (
     TrainingJob,
 )
 from pipelines.queue.store import rowcount
-
-
-@dataclass(frozen=True)
-class RunReport:
-    """What a finished training reported through its MLflow run's tags."""
-
-    registered_model: str | None = None
-    registered_version: str | None = None
-    promotion: str | None = None
-    promotion_reason: str | None = None
-    beats_baseline: bool | None = None
+from pipelines.tracking import RunReport
 
 
 @dataclass(frozen=True)
@@ -51,6 +43,118 @@ class Ending:
     outcome: str
     exit_code: int | None = None
     error: str | None = None
+
+
+def insert_job(
+    url: str,
+    *,
+    job_id: str,
+    pair: str,
+    model_type: str,
+    params: dict[str, int | float],
+    priority: int,
+    requested_by: str,
+    max_attempts: int,
+    now: int,
+) -> None:
+    """Queue a new job; IntegrityError if the slot has an active job or the id exists."""
+    with write_session(url) as session:
+        session.add(
+            TrainingJob(
+                id=job_id,
+                pair=pair,
+                model_type=model_type,
+                params=params,
+                priority=priority,
+                status=QUEUED,
+                requested_by=requested_by,
+                attempts=0,
+                max_attempts=max_attempts,
+                queued_at=now,
+                available_at=now,
+            )
+        )
+
+
+def cancel_queued(url: str, *, job_id: str, reason: str, now: int) -> bool:
+    """Cancel a job that has not started; False if it is not queued (any more)."""
+    with write_session(url) as session:
+        result = session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job_id, TrainingJob.status == QUEUED)
+            .values(
+                status=CANCELLED, cancel_reason=reason, cancel_requested_at=now, finished_at=now
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return rowcount(result) == 1
+
+
+def emergency_stop(url: str, *, reason: str, now: int) -> tuple[list[str], list[str]]:
+    """Pause dispatch, cancel every queued job, ask for the training one to be killed.
+
+    Returns (the ids of the jobs training, the ids of the jobs cancelled).
+    """
+    with write_session(url) as session:
+        _set_paused(session, paused=True, reason=reason, now=now)
+        queued = list(session.scalars(select(TrainingJob.id).where(TrainingJob.status == QUEUED)))
+        session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id.in_(queued), TrainingJob.status == QUEUED)
+            .values(
+                status=CANCELLED, cancel_reason=reason, cancel_requested_at=now, finished_at=now
+            )
+            .execution_options(synchronize_session=False)
+        )
+        training = list(
+            session.scalars(select(TrainingJob.id).where(TrainingJob.status == TRAINING))
+        )
+        session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id.in_(training), TrainingJob.status == TRAINING)
+            .values(cancel_requested_at=now, cancel_reason=reason)
+            .execution_options(synchronize_session=False)
+        )
+    return training, queued
+
+
+def set_paused(url: str, *, paused: bool, reason: str | None, now: int) -> None:
+    """Pause or resume dispatch."""
+    with write_session(url) as session:
+        _set_paused(session, paused=paused, reason=reason, now=now)
+
+
+def _set_paused(session: Session, *, paused: bool, reason: str | None, now: int) -> None:
+    result = session.execute(
+        update(QueueControl)
+        .where(QueueControl.name == DISPATCH_CONTROL)
+        .values(paused=paused, reason=reason, changed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if rowcount(result) == 0:
+        session.add(
+            QueueControl(name=DISPATCH_CONTROL, paused=paused, reason=reason, changed_at=now)
+        )
+
+
+def clear_cooldowns(
+    url: str, *, pair: str | None, model_type: str | None, now: int
+) -> list[tuple[str, str]]:
+    """Delete the cooldowns of a pair (and model type), or all; return the (pair, type)s that
+    were still running."""
+    conditions = []
+    if pair is not None:
+        conditions.append(TrainingCooldown.pair == pair)
+    if model_type is not None:
+        conditions.append(TrainingCooldown.model_type == model_type)
+    with write_session(url) as session:
+        active = list(
+            session.scalars(
+                select(TrainingCooldown).where(TrainingCooldown.ends_at > now, *conditions)
+            )
+        )
+        session.execute(delete(TrainingCooldown).where(*conditions))
+        return [(row.pair, row.model_type) for row in active]
 
 
 def claim(url: str, *, job_id: str, worker_id: str, now: int) -> int | None:

@@ -15,6 +15,7 @@ from pipelines.features.spec import default_spec
 from service.deps import StateDep, valid_pair
 from service.errors import ApiError
 from service.predictor import epoch_ms
+from service.schemas import Features, errors
 from service.state import ServiceState
 
 router = APIRouter(prefix="/api", tags=["features"])
@@ -42,7 +43,12 @@ def feature_view(state: ServiceState, pair: str) -> dict[str, Any]:
     return {**body, "cached": False, "cacheAge": 0}
 
 
-@router.get("/features/{pair}")
+@router.get(
+    "/features/{pair}",
+    response_model=Features,
+    response_model_exclude_unset=True,
+    responses=errors(404, 422),
+)
 async def features(state: StateDep, pair: str) -> dict[str, Any]:
     """The features of the newest candle, named as in docs/features.md."""
     start = time.perf_counter()

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import StateDep
+from service.schemas import Health, errors
 from service.state import ServiceState
 
 router = APIRouter(prefix="/api", tags=["health"])
@@ -59,7 +60,7 @@ def health_body(state: ServiceState) -> dict[str, Any]:
     }
 
 
-@router.get("/health")
+@router.get("/health", response_model=Health, response_model_exclude_unset=True, responses=errors())
 async def health(state: StateDep) -> dict[str, Any]:
     """Service health: served models per pair, training queue, cache hits."""
     return await run_in_threadpool(health_body, state)

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipelines.settings import MODEL_TYPES
 from service.deps import StateDep, valid_pair
+from service.schemas import ModelStatus, errors
 from service.state import ServiceState
 
 router = APIRouter(prefix="/api", tags=["models"])
@@ -96,7 +97,12 @@ def model_status(state: ServiceState, pair: str) -> dict[str, Any]:
     }
 
 
-@router.get("/models/{pair}/status")
+@router.get(
+    "/models/{pair}/status",
+    response_model=ModelStatus,
+    response_model_exclude_unset=True,
+    responses=errors(404, 422),
+)
 async def status(state: StateDep, pair: str) -> dict[str, Any]:
     """Per model type: the served version, its test metrics and live accuracy, can it train."""
     symbol = valid_pair(state, pair)

@@ -26,6 +26,7 @@ from pipelines.candles.validate import CandleValidationError, validate_candles
 from service.deps import StateDep, get_state, valid_model_type, valid_pair
 from service.errors import ApiError
 from service.predictor import InsufficientCandlesError
+from service.schemas import AllPredictions, Prediction, PredictionHistory, errors
 from service.state import ServiceState
 
 router = APIRouter(prefix="/api", tags=["predictions"])
@@ -61,7 +62,7 @@ async def _predict(state: ServiceState, pair: str, model_type: str, ensemble: bo
         raise ApiError(422, str(exc)) from exc
 
 
-@router.get("/predictions")
+@router.get("/predictions", response_model=AllPredictions, responses=errors(422))
 async def all_predictions(
     state: StateDep, model: ModelQuery = None, ensemble: EnsembleQuery = False
 ) -> Response:
@@ -111,7 +112,12 @@ def _flag(name: str, value: str | None) -> bool:
     raise ApiError(422, f"{name}: Input should be a valid boolean (got {value!r})")
 
 
-@router.get("/predictions/{pair}", openapi_extra={"parameters": _PREDICTION_PARAMETERS})
+@router.get(
+    "/predictions/{pair}",
+    openapi_extra={"parameters": _PREDICTION_PARAMETERS},
+    response_model=Prediction,
+    responses=errors(404, 422),
+)
 async def prediction(request: Request) -> Response:
     """The prediction for one pair from the newest candles, cached 30 s per candle and version.
 
@@ -228,7 +234,7 @@ def candles_frame(body: CandlesBody, *, limit: int) -> pd.DataFrame:
     return frame
 
 
-@router.post("/predictions/{pair}")
+@router.post("/predictions/{pair}", response_model=Prediction, responses=errors(404, 413, 422))
 async def prediction_from_candles(
     state: StateDep,
     pair: str,
@@ -277,7 +283,11 @@ def parse_since(value: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
-@router.get("/predictions/{pair}/history")
+@router.get(
+    "/predictions/{pair}/history",
+    response_model=PredictionHistory,
+    responses=errors(404, 422),
+)
 async def prediction_history(
     state: StateDep,
     pair: str,

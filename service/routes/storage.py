@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import ApiKeyDep, StateDep
+from service.schemas import CleanupResult, SaveResult, StorageStats, errors
 from service.storage import checkpoint, cleanup, storage_stats
 
 router = APIRouter(prefix="/api/storage", tags=["storage"])
@@ -23,7 +24,12 @@ class CleanupBody(BaseModel):
     maxAgeHours: float | None = Field(None, gt=0, le=24 * 3650)  # noqa: N815 - original's name
 
 
-@router.get("/stats")
+@router.get(
+    "/stats",
+    response_model=StorageStats,
+    response_model_exclude_unset=True,
+    responses=errors(),
+)
 async def stats(state: StateDep) -> dict[str, Any]:
     """Database rows and sizes, `mlruns/` size, registry counts, cache sizes and hits."""
     body = await run_in_threadpool(storage_stats, state)
@@ -31,7 +37,13 @@ async def stats(state: StateDep) -> dict[str, Any]:
     return body
 
 
-@router.post("/save", dependencies=[ApiKeyDep])
+@router.post(
+    "/save",
+    dependencies=[ApiKeyDep],
+    response_model=SaveResult,
+    response_model_exclude_unset=True,
+    responses=errors(401),
+)
 async def save(state: StateDep) -> dict[str, Any]:
     """Checkpoint the service database (SQLite: WAL checkpoint and a backup copy)."""
     body = await run_in_threadpool(checkpoint, state)
@@ -39,7 +51,13 @@ async def save(state: StateDep) -> dict[str, Any]:
     return body
 
 
-@router.post("/cleanup", dependencies=[ApiKeyDep])
+@router.post(
+    "/cleanup",
+    dependencies=[ApiKeyDep],
+    response_model=CleanupResult,
+    response_model_exclude_unset=True,
+    responses=errors(401, 422),
+)
 async def clean(
     state: StateDep, body: Annotated[CleanupBody | None, Body()] = None
 ) -> dict[str, Any]:

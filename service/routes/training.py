@@ -16,11 +16,29 @@ from pipelines.queue.errors import (
     QueueValidationError,
     UnknownJobError,
 )
+from pipelines.queue.schemas import (
+    CancelResult,
+    ClearCooldownsResult,
+    EmergencyStopResult,
+    EnqueueResult,
+    JobView,
+    QueueStatusResponse,
+    ResumeResult,
+)
+from pipelines.training_params import body_schema
 from service.deps import ApiKeyDep, StateDep, valid_pair
 from service.errors import ApiError
+from service.schemas import DuplicateJobBody, JobConflictBody, QueueFieldBody, errors
 
 router = APIRouter(prefix="/api", tags=["training"])
 
+# Both training routes: the key, 202 with the job, and the queue's refusals.
+_TRAIN_ROUTE: dict[str, Any] = {
+    "dependencies": [ApiKeyDep],
+    "status_code": 202,
+    "response_model": EnqueueResult,
+    "responses": errors(401, 404, models={409: DuplicateJobBody, 422: QueueFieldBody}),
+}
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
@@ -28,12 +46,18 @@ def _snake(name: str) -> str:
     return _CAMEL.sub("_", name).lower()
 
 
-class TrainBody(BaseModel):
-    """`{epochs, priority, ...}`: priority 1 (highest) to 10, and `train` entry point params
-    (epochs, batchSize, sequenceLength, units, layers, dropout, learningRate, horizon, seed,
-    maxRows), camelCase or snake_case."""
+def _document_params(schema: dict[str, Any]) -> None:
+    # The parameters come from their one definition; the queue checks them (422 naming the
+    # value and the rule), so the body model only documents them.
+    schema.setdefault("properties", {}).update(body_schema())
 
-    model_config = ConfigDict(extra="allow")
+
+class TrainBody(BaseModel):
+    """`{epochs, priority, ...}`: priority 1 (highest) to 10, and training parameters
+    (pipelines/training_params.py), camelCase or snake_case; each one left out is the
+    setting's value."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra=_document_params)
 
     priority: Any = 5
 
@@ -76,7 +100,7 @@ async def _enqueue(state: Any, pair: str, model_type: str, body: TrainBody | Non
     return JSONResponse(result.to_json_dict(), status_code=202)
 
 
-@router.post("/train/{pair}", dependencies=[ApiKeyDep], status_code=202)
+@router.post("/train/{pair}", **_TRAIN_ROUTE)
 async def train_default(
     state: StateDep, pair: str, body: Annotated[TrainBody | None, Body()] = None
 ) -> Any:
@@ -84,7 +108,7 @@ async def train_default(
     return await _enqueue(state, pair, state.settings.enabled_models[0], body)
 
 
-@router.post("/train/{pair}/{model_type}", dependencies=[ApiKeyDep], status_code=202)
+@router.post("/train/{pair}/{model_type}", **_TRAIN_ROUTE)
 async def train(
     state: StateDep, pair: str, model_type: str, body: Annotated[TrainBody | None, Body()] = None
 ) -> Any:
@@ -92,14 +116,14 @@ async def train(
     return await _enqueue(state, pair, model_type, body)
 
 
-@router.get("/training/queue")
+@router.get("/training/queue", response_model=QueueStatusResponse, responses=errors())
 async def training_queue(state: StateDep) -> Any:
     """Active, queued (in dispatch order), recent history and cooldowns."""
     result = await run_in_threadpool(state.queue.queue_status)
     return result.to_json_dict()
 
 
-@router.get("/training/job/{job_id}")
+@router.get("/training/job/{job_id}", response_model=JobView, responses=errors(404, 422))
 async def training_job(state: StateDep, job_id: str) -> Any:
     """One job with every attempt."""
     try:
@@ -109,7 +133,12 @@ async def training_job(state: StateDep, job_id: str) -> Any:
     return job.to_json_dict()
 
 
-@router.delete("/training/job/{job_id}", dependencies=[ApiKeyDep])
+@router.delete(
+    "/training/job/{job_id}",
+    dependencies=[ApiKeyDep],
+    response_model=CancelResult,
+    responses=errors(401, 404, 422, models={409: JobConflictBody}),
+)
 async def cancel_job(
     state: StateDep, job_id: str, body: Annotated[CancelBody | None, Body()] = None
 ) -> Any:
@@ -125,7 +154,12 @@ async def cancel_job(
     return result.to_json_dict()
 
 
-@router.post("/training/emergency-stop", dependencies=[ApiKeyDep])
+@router.post(
+    "/training/emergency-stop",
+    dependencies=[ApiKeyDep],
+    response_model=EmergencyStopResult,
+    responses=errors(401, 422),
+)
 async def emergency_stop(state: StateDep, body: Annotated[CancelBody | None, Body()] = None) -> Any:
     """Kill the running training, cancel every queued job, pause dispatch until resume."""
     result = await run_in_threadpool(
@@ -134,13 +168,23 @@ async def emergency_stop(state: StateDep, body: Annotated[CancelBody | None, Bod
     return result.to_json_dict()
 
 
-@router.post("/training/resume", dependencies=[ApiKeyDep])
+@router.post(
+    "/training/resume",
+    dependencies=[ApiKeyDep],
+    response_model=ResumeResult,
+    responses=errors(401),
+)
 async def resume(state: StateDep) -> Any:
     """Dispatch again after an emergency stop."""
     return (await run_in_threadpool(state.queue.resume)).to_json_dict()
 
 
-@router.post("/training/clear-cooldowns", dependencies=[ApiKeyDep])
+@router.post(
+    "/training/clear-cooldowns",
+    dependencies=[ApiKeyDep],
+    response_model=ClearCooldownsResult,
+    responses=errors(401, 404, models={422: QueueFieldBody}),
+)
 async def clear_cooldowns(
     state: StateDep, body: Annotated[ClearCooldownsBody | None, Body()] = None
 ) -> Any:

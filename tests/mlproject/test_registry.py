@@ -8,6 +8,7 @@ decision can be checked without training anything.
 from __future__ import annotations
 
 import math
+import urllib.parse
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from mlproject.tracking import client_for, ensure_experiment
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import default_spec
 from pipelines.modelbundle import ModelBundle
+from pipelines.pyfunc_model import log_candle_model
 from pipelines.settings import Settings
 
 NAME = "BTC-lstm"
@@ -81,8 +83,6 @@ class Registry:
     ) -> str:
         self.count += 1
         spec = default_spec()
-        if spec_version is not None:
-            spec = replace(spec, version=spec_version)
         rng = np.random.default_rng(self.count)
         scaler = FeatureScaler.fit(rng.normal(size=(50, len(spec.names))), names=spec.names)
         directory = self.tmp / f"bundle{self.count}"
@@ -103,16 +103,23 @@ class Registry:
             "test_metrics": {"log_loss": 0.69},
             "baseline_metrics": {"majority": {"log_loss": 0.70}},
             "strongest_baseline": "majority",
+            "buy_threshold": 0.55,
+            "sell_threshold": 0.45,
         }
         ModelBundle(onnx_path=onnx_path, scaler=scaler, spec=spec, metadata=metadata).save(
             directory
         )
         with mlflow.start_run(experiment_id=self.experiment) as run:
-            mlflow.log_artifacts(str(directory), "bundle")
+            info = log_candle_model(directory, candles=self.candles)  # as a training logs it
+        if spec_version is not None:
+            # A version trained by other feature code: its logged spec names another version.
+            location = self.client.get_logged_model(info.model_id).artifact_location
+            logged = Path(urllib.parse.urlparse(location).path) / "artifacts" / "feature_spec.json"
+            replace(spec, version=spec_version).save(logged)
         if not self.client.search_registered_models(f"name = '{NAME}'"):
             self.client.create_registered_model(NAME)
         created = self.client.create_model_version(
-            NAME, source=f"runs:/{run.info.run_id}/bundle", run_id=run.info.run_id
+            NAME, source=info.model_uri, run_id=run.info.run_id
         )
         return str(created.version)
 

@@ -97,18 +97,28 @@ def test_run_records_params_epoch_metrics_and_tags(trained: Trained) -> None:
     assert tags["beats_baseline"] in {"true", "false"}
 
 
-def test_run_artifacts_hold_plots_summary_bundle_and_model(trained: Trained) -> None:
+def test_run_artifacts_hold_plots_summary_keras_model_and_the_model_its_bundle(
+    trained: Trained,
+) -> None:
     artifacts = _artifacts(trained.client, trained.champion.run_id)
 
     plots = {"learning_curves", "confusion_matrix", "reliability", "equity"}
     assert {f"plots/{name}.png" for name in plots} <= artifacts
+    assert {"summary.md", "keras/model.keras"} <= artifacts
+    assert not any(path.startswith("bundle/") for path in artifacts)
+    version = trained.client.get_model_version(NAME, trained.champion.version or "")
+    model_files = {
+        item.path
+        for item in trained.client.list_logged_model_artifacts(
+            str(version.source).removeprefix("models:/"), "artifacts"
+        )
+    }
     assert {
-        "summary.md",
-        "bundle/model.onnx",
-        "bundle/scaler.json",
-        "bundle/feature_spec.json",
-        "bundle/metadata.json",
-    } <= artifacts
+        "artifacts/model.onnx",
+        "artifacts/scaler.json",
+        "artifacts/feature_spec.json",
+        "artifacts/metadata.json",
+    } <= model_files
     local = Path(trained.client.download_artifacts(trained.champion.run_id, "plots/equity.png"))
     assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = trained.client.download_artifacts(trained.champion.run_id, "summary.md")
@@ -117,14 +127,25 @@ def test_run_artifacts_hold_plots_summary_bundle_and_model(trained: Trained) -> 
     assert "buy_hold" in text
 
 
-def test_keras_model_is_logged_with_signature_and_input_example(trained: Trained) -> None:
+def test_registered_model_is_a_pyfunc_of_candles_with_signature_and_input_example(
+    trained: Trained,
+) -> None:
     version = trained.client.get_model_version(NAME, trained.champion.version or "")
-    info = mlflow.models.get_model_info(version.source)
+    info = mlflow.models.get_model_info(str(version.source))
 
     assert info.signature is not None
-    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 12, 69)
+    assert info.signature.inputs.input_names() == [
+        "timestamp",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+    ]
+    assert "probability" in info.signature.outputs.input_names()
     assert info.saved_input_example_info is not None
-    assert "tensorflow" in info.flavors
+    assert set(info.flavors) == {"python_function"}
+    assert info.flavors["python_function"]["code"] == "code"
 
 
 def test_first_version_is_registered_and_made_production(trained: Trained) -> None:
@@ -228,7 +249,7 @@ def _copy_version(trained: Trained, name: str, outcome: TrainingOutcome) -> str:
     if not trained.client.search_registered_models(f"name = '{name}'"):
         trained.client.create_registered_model(name)
     copy = trained.client.create_model_version(
-        name, source=source.source, run_id=outcome.run_id, tags={"pair": "BTC"}
+        name, source=str(source.source), run_id=outcome.run_id, tags={"pair": "BTC"}
     )
     return str(copy.version)
 
@@ -258,7 +279,7 @@ def test_unproven_first_version_is_promoted_and_marked(
 def test_promote_command_replaces_a_worse_production_version(
     trained: Trained, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines.cli import app
+    from tbml.cli import app
 
     worse = _copy_version(trained, "XMR-cnn", trained.challenger)
     better = _copy_version(trained, "XMR-cnn", trained.champion)
@@ -282,9 +303,13 @@ def test_promote_command_replaces_a_worse_production_version(
 
 
 def test_downloaded_bundle_matches_the_keras_model(trained: Trained, tmp_path: Path) -> None:
-    version = trained.client.get_model_version(NAME, "1")
-    bundle = download_bundle(trained.client, name=NAME, version="1", dst=tmp_path)
-    keras_model = mlflow.tensorflow.load_model(version.source)
+    import keras
+
+    bundle = download_bundle(trained.client, name=NAME, version="1", dst=tmp_path / "bundle")
+    local = trained.client.download_artifacts(
+        trained.champion.run_id, "keras/model.keras", str(tmp_path)
+    )
+    keras_model = keras.saving.load_model(local)
     rng = np.random.default_rng(0)
     windows = rng.normal(size=(64, 12, len(bundle.spec.names))).astype(np.float32)
 

@@ -16,12 +16,12 @@ from pipelines.db import (
     _Engines,
     dispose_engine,
     get_engine,
-    load_models,
     migrate,
     read_session,
     write_session,
 )
 from pipelines.settings import PROJECT_ROOT, Settings
+from tbml.schema import metadata
 
 QUEUE_TABLES = {
     "training_jobs",
@@ -65,7 +65,7 @@ def test_migrations_match_the_models(settings: Settings) -> None:
         context = MigrationContext.configure(
             connection, opts={"compare_type": True, "include_object": ours}
         )
-        assert compare_metadata(context, load_models()) == []
+        assert compare_metadata(context, metadata()) == []
 
 
 def test_alembic_command_line_takes_the_url_from_settings(tmp_path: Path) -> None:

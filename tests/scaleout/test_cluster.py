@@ -362,7 +362,8 @@ def test_a_new_production_version_is_served_by_both_replicas_within_one_refresh(
     (first,) = client.search_model_versions("name = 'BTC-lstm'")
     run = client.get_run(first.run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # uploaded through the server
-    assert list(cluster.server.artifacts.rglob("bundle/model.onnx"))
+    # The registered pyfunc model's bundle files, uploaded through the server.
+    assert list(cluster.server.artifacts.rglob("models/m-*/artifacts/artifacts/model.onnx"))
     assert [_served_version(cluster, r) for r in (0, 1)] == [None, None]
 
     timings = {}

@@ -280,7 +280,7 @@ def test_the_service_requirements_hold_no_tensorflow_or_keras() -> None:
 def test_the_service_and_the_worker_commands_import_no_tensorflow() -> None:
     probe = (
         "import sys\n"
-        "import pipelines.cli, service.app, service.model_cache, pipelines.queue.runtime\n"
+        "import tbml.cli, service.app, service.model_cache, pipelines.queue.runtime\n"
         "from service.app import create_app\n"
         "create_app()\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'tensorflow', 'keras'})\n"

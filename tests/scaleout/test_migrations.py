@@ -19,8 +19,9 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from pipelines.db import ALEMBIC_INI, get_engine, load_models, migrate
+from pipelines.db import ALEMBIC_INI, get_engine, migrate
 from pipelines.settings import PROJECT_ROOT
+from tbml.schema import metadata
 from tests.pipelines.queue.conftest import make_settings
 from tests.scaleout.conftest import Postgres
 
@@ -62,7 +63,7 @@ def test_migrations_bring_postgres_to_the_models_schema(postgres: Postgres, tmp_
         context = MigrationContext.configure(
             connection, opts={"compare_type": True, "include_object": _ours}
         )
-        assert compare_metadata(context, load_models()) == []
+        assert compare_metadata(context, metadata()) == []
         assert context.get_current_revision() == _head()
         assert connection.exec_driver_sql("SELECT count(*) FROM queue_control").scalar() == 1
         assert connection.exec_driver_sql("SELECT count(*) FROM scheduler_leases").scalar() == 1

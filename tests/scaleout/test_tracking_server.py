@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 from mlflow.exceptions import MlflowException
 
-from pipelines import experiments
-from pipelines.queue import tracking
+from pipelines import tracking
 from pipelines.settings import Settings
 from tests.conftest import free_port
 from tests.pipelines.queue.conftest import make_settings
@@ -44,16 +43,16 @@ def test_the_queue_leaves_artifact_locations_to_the_tracking_server(
     server_settings: Settings,
 ) -> None:
     client = _client(server_settings)
-    experiment_id = tracking.ensure_experiment(client, server_settings)
+    experiment_id = tracking.ensure_training_experiment(client, server_settings)
 
     experiment = client.get_experiment(experiment_id)
     assert experiment.artifact_location.startswith("mlflow-artifacts:/")
-    assert tracking.ensure_experiment(client, server_settings) == experiment_id
+    assert tracking.ensure_training_experiment(client, server_settings) == experiment_id
 
 
 def test_a_local_tracking_store_keeps_artifacts_under_the_artifact_root(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)  # sqlite:///.../mlflow.db
-    location = experiments.artifact_location(settings, "trading bot")
+    location = tracking.artifact_location(settings, "trading bot")
     assert location == (settings.artifact_root / "trading_bot").as_uri()
 
 
@@ -90,10 +89,10 @@ def test_the_promotion_gate_can_mirror_the_production_stage_on_postgres(
     _, run_id = tracking.create_job_run(
         server_settings, job_id="ETH_lstm_1", attempt=1, pair="ETH", model_type="lstm"
     )
-    client.log_text(run_id, "a model", "bundle/README.txt")
+    client.log_text(run_id, "a model", "model/README.txt")
     name = f"probe-{uuid.uuid4().hex[:8]}"
     client.create_registered_model(name)
-    source = f"{client.get_run(run_id).info.artifact_uri}/bundle"
+    source = f"{client.get_run(run_id).info.artifact_uri}/model"
     first = client.create_model_version(name, source, run_id=run_id).version
     second = client.create_model_version(name, source, run_id=run_id).version
 
@@ -119,7 +118,7 @@ def test_an_unreachable_registry_is_not_taken_for_no_production_version(
         production_version(client, name="BTC-lstm")
 
 
-def test_the_serving_side_reads_production_and_bundle_through_the_rest_api(
+def test_the_serving_side_reads_production_and_the_models_bundle_through_the_rest_api(
     server_settings: Settings, tmp_path: Path
 ) -> None:
     from service.registry import BUNDLE_FILES, RestReader, reader_for
@@ -128,16 +127,24 @@ def test_the_serving_side_reads_production_and_bundle_through_the_rest_api(
     _, run_id = tracking.create_job_run(
         server_settings, job_id="XMR_lstm_1", attempt=1, pair="XMR", model_type="lstm"
     )
-    files = tmp_path / "bundle"
-    files.mkdir()
+    # A logged model laid out as the training's pyfunc: the bundle files in `artifacts/`.
+    model_dir = tmp_path / "model"
+    files = model_dir / "artifacts"
+    files.mkdir(parents=True)
     for number, name in enumerate(BUNDLE_FILES):
         (files / name).write_bytes(f"{name} {number}".encode())
-    client.log_artifacts(run_id, str(files), "bundle")  # uploaded through the server
+    experiment_id = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
+    client.log_model_artifacts(model.model_id, str(model_dir))  # uploaded through the server
+    assert model.artifact_location.startswith("mlflow-artifacts:")
     name = f"probe-{uuid.uuid4().hex[:8]}"
     client.create_registered_model(name)
-    source = f"{client.get_run(run_id).info.artifact_uri}/bundle"
     version = client.create_model_version(
-        name, source, run_id=run_id, tags={"tbml.unproven": "true"}
+        name,
+        f"models:/{model.model_id}",
+        run_id=run_id,
+        tags={"tbml.unproven": "true"},
+        model_id=model.model_id,
     )
     reader = reader_for(server_settings.tracking_uri)
     assert isinstance(reader, RestReader)

@@ -207,26 +207,45 @@ def register_variant(
 ) -> str:
     """A new version of `name` whose bundle is `from_version`'s, changed by `edit(bundle_dir)`.
 
-    Logged as the bundle of a new run, as a training logs it; returns the new version number.
+    `from_version`'s logged pyfunc model is copied whole (MLmodel, code, artifacts) into a new
+    logged model of a new run, its `artifacts/` folder edited, and that model registered, as a
+    training registers its model; returns the new version number.
     """
-    from pipelines.modelbundle import BUNDLE_ARTIFACT_PATH, download_bundle
+    import mlflow
+    from mlflow.artifacts import download_artifacts
+    from mlflow.entities import LoggedModelStatus
+
+    from pipelines.modelbundle import PYFUNC_ARTIFACTS_DIR, logged_model_id
 
     client = registry(settings)
     work = tmp_path / f"variant-{time.monotonic_ns()}"
-    bundle = download_bundle(client, name=name, version=from_version, dst=work)
-    directory = bundle.onnx_path.parent
+    work.mkdir()
+    source_id = logged_model_id(client.get_model_version(name, from_version).source)
+    assert source_id is not None
+    location = client.get_logged_model(source_id).artifact_location
+    directory = Path(download_artifacts(artifact_uri=location, dst_path=str(work)))
     if edit is not None:
-        edit(directory)
+        edit(directory / PYFUNC_ARTIFACTS_DIR)
     experiment = client.get_experiment_by_name("trading-bot-ml")
     run = client.create_run(experiment.experiment_id, run_name=f"{name}-variant")
-    client.log_artifacts(run.info.run_id, str(directory), BUNDLE_ARTIFACT_PATH)
-    client.set_terminated(run.info.run_id)
-    version = client.create_model_version(
-        name,
-        source=f"{run.info.artifact_uri}/{BUNDLE_ARTIFACT_PATH}",
-        run_id=run.info.run_id,
-        tags=tags or {},
+    model = client.create_logged_model(
+        experiment.experiment_id, name="model", source_run_id=run.info.run_id
     )
+    client.log_model_artifacts(model.model_id, str(directory))
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    client.set_terminated(run.info.run_id)
+    # MLflow resolves a `models:/m-...` source through the process's tracking URI.
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    try:
+        version = client.create_model_version(
+            name,
+            source=f"models:/{model.model_id}",
+            run_id=run.info.run_id,
+            tags=tags or {},
+        )
+    finally:
+        mlflow.set_tracking_uri(previous)
     return str(version.version)
 
 

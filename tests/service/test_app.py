@@ -58,7 +58,7 @@ def test_the_service_binds_loopback_unless_told_otherwise(
 CHILD = """
 import json, os, sys, threading, time
 import httpx
-from pipelines.cli import app
+from tbml.cli import app
 
 port = sys.argv[1]
 args = ["serve", "--port", port, "--no-scheduler", "--log-level", "warning"]

@@ -22,8 +22,9 @@ from mlflow import MlflowClient
 
 from pipelines.modelbundle import PRODUCTION_ALIAS, production_version
 from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.queue.runtime import TrainingScheduler
 from service.bootstrap import Progress, missing_production_models, train_slot
-from tests.conftest import BUNDLED
+from tests.conftest import BUNDLED, write_newer_candles
 
 TINY = {
     "sequence_length": 12,
@@ -87,6 +88,7 @@ def test_bootstrap_training_is_an_mlflow_project_run_that_reaches_production(
     tmp_path: Path,
 ) -> None:
     settings = _settings(tmp_path, pairs=["BTC"], **TINY)
+    newest = write_newer_candles(settings.data_dir, hours=24)
     seen: list[Progress] = []
 
     result = train_slot(
@@ -99,7 +101,10 @@ def test_bootstrap_training_is_an_mlflow_project_run_that_reaches_production(
     run = client.get_run(str(result.run_id))
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.project.entryPoint"] == "train"
-    assert run.data.tags["tbml.bootstrap"] == "true"
+    # A queue job like any other, that says why it exists, on the ingested candles too.
+    assert run.data.tags["tbml.requested_by"] == "bootstrap"
+    assert run.data.tags["tbml.job_id"] == result.job_id
+    assert run.data.tags["data_range"].endswith(newest)
     # The bootstrap budget and the settings' model are the run's parameters.
     assert run.data.params["epochs"] == "2"
     assert run.data.params["max_rows"] == "600"
@@ -110,7 +115,7 @@ def test_bootstrap_training_is_an_mlflow_project_run_that_reaches_production(
     assert seen[-1].stage == "finishing"
     assert seen[-1].epoch == 2
     assert all(set(epoch) >= {"loss", "val_loss"} for epoch in seen[-1].history)
-    assert result.log_path.is_file()
+    assert result.log_path is not None and result.log_path.is_file()
     assert missing_production_models(settings, client=client) == []
 
 
@@ -124,10 +129,48 @@ def test_failed_bootstrap_training_is_reported_with_its_log(tmp_path: Path) -> N
     assert not result.ok
     assert result.returncode != 0
     assert "error:" in result.error
-    assert result.log_path.is_file()
+    assert result.log_path is not None and result.log_path.is_file()
     client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
     assert client.get_run(str(result.run_id)).info.status == "FAILED"
     assert missing_production_models(settings, client=client) == [("BTC", "lstm")]
+
+
+@pytest.mark.slow
+def test_bootstrap_jobs_wait_their_turn_behind_a_running_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TBML_SMOKE_SECONDS", "3")
+    settings = _settings(
+        tmp_path,
+        pairs=["BTC", "ETH"],
+        training_entry_point="smoke",
+        training_cooldown_ms=0,
+        queue_processing_interval_ms=200,
+        scheduler_lease_ms=2_000,
+    )
+    worker = TrainingScheduler(settings).start()
+    try:
+        first = worker.queue.enqueue(pair="ETH", requested_by="cli")
+        deadline = time.monotonic() + 60
+        while worker.queue.get_job(job_id=first.job_id).status != "training":
+            assert time.monotonic() < deadline, "the worker never started its job"
+            time.sleep(0.1)
+        seen: list[Progress] = []
+
+        result = train_slot(
+            settings, pair="BTC", model_type="lstm", on_progress=seen.append, poll_s=0.1
+        )
+
+        before = worker.queue.get_job(job_id=first.job_id)
+        after = worker.queue.get_job(job_id=str(result.job_id))
+    finally:
+        worker.shutdown()
+    assert after.requested_by == "bootstrap"
+    assert after.status == "succeeded"
+    # It waited, said behind what, and started only once the worker's training had ended.
+    assert any(p.stage == "queued" and p.waiting_for == first.job_id for p in seen)
+    assert before.finished_at is not None and after.started_at is not None
+    assert after.started_at >= before.finished_at
 
 
 def _free_port() -> int:

@@ -15,6 +15,7 @@ from service.registry import MlflowReader, RegistryError, SqlReader, reader_for
 from tests.conftest import free_port
 from tests.service.conftest import (
     Trained,
+    edit_json,
     make_settings,
     register_variant,
     registry,
@@ -74,6 +75,32 @@ def test_sql_reader_copies_the_same_bundle_mlflow_downloads(
     assert ours.onnx_path.read_bytes() == theirs.onnx_path.read_bytes()
     assert ours.spec == theirs.spec
     assert ours.metadata == theirs.metadata
+
+
+def test_sql_reader_copies_the_bundle_of_the_versions_own_logged_model(
+    tmp_path: Path, trained: Trained
+) -> None:
+    settings = make_settings(tmp_path, trained)
+    version = register_variant(
+        settings,
+        tmp_path,
+        name="BTC-lstm",
+        edit=lambda d: edit_json(d / "metadata.json", beats_baseline=False, marker="variant"),
+    )
+    set_production(settings, "BTC-lstm", version)
+    reader = SqlReader(settings.tracking_uri)
+    info = reader.production("BTC-lstm")
+    assert info is not None
+
+    ours = ModelBundle.load(reader.download_bundle(info, tmp_path / "ours"))
+    theirs = download_bundle(
+        registry(settings), name="BTC-lstm", version=version, dst=tmp_path / "x"
+    )
+
+    assert info.source == registry(settings).get_model_version("BTC-lstm", version).source
+    assert str(info.source).startswith("models:/m-")
+    assert ours.metadata["marker"] == theirs.metadata["marker"] == "variant"
+    assert ours.onnx_path.read_bytes() == theirs.onnx_path.read_bytes()
 
 
 def test_summary_counts_what_mlflow_counts(tmp_path: Path, trained: Trained) -> None:

@@ -76,3 +76,18 @@ def test_without_a_configured_key_nothing_asks_for_one(serve: Callable[..., Live
     server = serve()
 
     assert server.client.post("/api/training/resume").status_code == 200
+
+
+def test_key_header_name_is_case_insensitive_and_no_other_header_counts(
+    guarded: LiveServer,
+) -> None:
+    client = guarded.client
+
+    assert client.post("/api/training/resume", headers={"x-api-key": KEY}).status_code == 200
+    response = client.post("/api/training/resume", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 401
+    assert response.json() == {
+        "error": "missing or wrong X-API-Key header: this endpoint changes state and "
+        "ML_API_KEY is set",
+        "status": 401,
+    }

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.cli import app
 from pipelines.settings import get_settings
+from tbml.cli import app
 from tests.conftest import BUNDLED
 from tests.pipelines.candles.fake_binance import FakeBinance
 

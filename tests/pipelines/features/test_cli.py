@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.cli import app
 from pipelines.features.compute import compute_features
 from pipelines.features.spec import default_spec
 from pipelines.settings import PROJECT_ROOT, get_settings
+from tbml.cli import app
 
 BUNDLED = PROJECT_ROOT / "data" / "ohlcv"
 

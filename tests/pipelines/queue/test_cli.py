@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.cli import app
 from pipelines.queue.childenv import settings_environment
 from pipelines.settings import Settings, get_settings
+from tbml.cli import app
 from tests.pipelines.queue.conftest import make_settings
 
 

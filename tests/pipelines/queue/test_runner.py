@@ -11,7 +11,7 @@ import psutil
 
 from pipelines.queue import runner
 from pipelines.settings import PROJECT_ROOT
-from tests.pipelines.queue.conftest import make_settings, wait_until
+from tests.pipelines.queue.conftest import alive, make_settings, wait_until
 
 # A child that starts two grandchildren in its process group, like `mlflow run` -> bash -> python.
 TREE = """
@@ -60,7 +60,7 @@ def test_kill_tree_leaves_a_recycled_pid_alone() -> None:
         # Same pid, another start time: not the process the job row recorded.
         assert runner.kill_tree(process.pid, started_at=tree[0].create_time() - 100) == []
         time.sleep(0.2)
-        assert all(runner.is_alive(p) for p in tree)
+        assert alive(tree) == [p.pid for p in tree]
     finally:
         runner.kill_tree(process.pid, started_at=None)
         process.wait(timeout=10)

@@ -14,8 +14,9 @@ import psutil
 import pytest
 from sqlalchemy import select, text
 
+from pipelines import tracking
 from pipelines.db import get_engine, read_session
-from pipelines.queue import lease, tracking, transitions
+from pipelines.queue import lease, transitions
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.clock import now_ms
 from pipelines.queue.models import TrainingAttempt

@@ -1,5 +1,8 @@
 """`tbml`: the platform's command line. Each command group lives beside the code it drives.
 
+It sits above every layer (`pipelines`, `mlproject`, `service`) because it registers all of
+their commands; no layer imports it.
+
 Commands import their heavy dependencies (ccxt, TensorFlow, MLflow, uvicorn) inside the command,
 so `tbml --help` is instant and a command never pays for another's imports.
 """

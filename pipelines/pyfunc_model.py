@@ -1,0 +1,243 @@
+"""The registered model: one MLflow pyfunc that answers a DataFrame of candles, on onnxruntime.
+
+A registered version is this `CandleModel` with the four bundle files as its artifacts (they
+land in the model directory's `artifacts/` folder) and the few modules it runs shipped as
+`code/pipelines/...`, so `mlflow models serve -m models:/BTC-lstm@production` and
+`mlflow.pyfunc.load_model(...)` work in a process that has neither this project nor
+TensorFlow installed.
+
+Contract (docs/model-format.md): the input DataFrame is ONE candle history of the model's
+pair, oldest first, columns `timestamp` (ISO 8601 text, or epoch milliseconds), `open`, `high`,
+`low`, `close`, `volume`; the output is one row for its newest candle: `candle_time`,
+`probability` (of "up", full precision) and the service's `prediction`, `confidence`,
+`direction`, `signal`, `modelType`, plus `unproven`. At least `spec.warmup + sequence_length`
+candles are needed; with `spec.lookback + sequence_length` or more the probability equals the
+service's exactly (the service reads that many).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc.model import PythonModel, PythonModelContext
+
+from pipelines.features.compute import CANDLE_COLUMNS, latest_features
+from pipelines.modelbundle import (
+    METADATA_FILE,
+    MODEL_FILE,
+    SCALER_FILE,
+    SPEC_FILE,
+    BundleError,
+    ModelBundle,
+)
+from pipelines.signals import describe_probability
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from mlflow.models.model import ModelInfo
+
+MODEL_NAME = "model"  # the logged model's name in the run
+ARTIFACT_KEYS = {
+    "onnx_model": MODEL_FILE,
+    "scaler": SCALER_FILE,
+    "feature_spec": SPEC_FILE,
+    "metadata": METADATA_FILE,
+}
+TIMESTAMP_COLUMN = "timestamp"
+INPUT_COLUMNS = (TIMESTAMP_COLUMN, *CANDLE_COLUMNS)
+# The modules the loaded model imports, relative to `pipelines/`: nothing that reaches settings,
+# the candle store, MLflow's tracking or TensorFlow.
+_CODE = (
+    "__init__.py",
+    "modelbundle.py",
+    "pyfunc_model.py",
+    "signals.py",
+    "features/__init__.py",
+    "features/compute.py",
+    "features/params.py",
+    "features/registry.py",
+    "features/scaler.py",
+    "features/spec.py",
+    "features/windows.py",
+    "features/groups",
+)
+# Distributions the model needs at load and predict time (MLflow adds itself).
+_REQUIREMENTS = (
+    ("onnxruntime", "onnxruntime"),
+    ("numpy", "numpy"),
+    ("pandas", "pandas"),
+    ("TA-Lib", "ta-lib"),
+    ("cloudpickle", "cloudpickle"),
+)
+
+
+class CandleModel(PythonModel):
+    """The pyfunc wrapper of a ModelBundle: candles in, the newest candle's prediction out."""
+
+    def __init__(self) -> None:
+        self.bundle: ModelBundle | None = None
+
+    def load_context(self, context: PythonModelContext) -> None:
+        self.bundle = ModelBundle.load(Path(context.artifacts["onnx_model"]).parent)
+
+    def predict(
+        self,
+        context: PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        if self.bundle is None:
+            raise BundleError("the model's artifacts are not loaded (load_context was not run)")
+        try:
+            return predict_newest(self.bundle, model_input)
+        except ValueError as exc:  # BundleError, InvalidCandlesError: the caller's input
+            # As MLflow's own error, so that `mlflow models serve` answers 400 with these words.
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+
+
+def minimum_candles(bundle: ModelBundle) -> int:
+    """The fewest candles that give one complete window: feature warm-up + sequence_length."""
+    return bundle.spec.warmup + bundle.sequence_length
+
+
+def exact_candles(bundle: ModelBundle) -> int:
+    """Candles from which on the answer equals the service's exactly (what the service reads)."""
+    return bundle.spec.lookback + bundle.sequence_length
+
+
+def candle_frame(model_input: pd.DataFrame) -> pd.DataFrame:
+    """The input's candles indexed by a UTC DatetimeIndex, as the feature code takes them."""
+    if not isinstance(model_input, pd.DataFrame):
+        raise BundleError(
+            f"the input must be a DataFrame of candles with columns {', '.join(INPUT_COLUMNS)}, "
+            f"got {type(model_input).__name__}"
+        )
+    missing = [c for c in INPUT_COLUMNS if c not in model_input.columns]
+    if missing:
+        raise BundleError(
+            f"the candles lack column(s) {', '.join(missing)}; expected {', '.join(INPUT_COLUMNS)}"
+        )
+    stamps = model_input[TIMESTAMP_COLUMN]
+    if pd.api.types.is_numeric_dtype(stamps):
+        index = pd.DatetimeIndex(pd.to_datetime(stamps, unit="ms", utc=True))
+    else:
+        index = pd.DatetimeIndex(pd.to_datetime(stamps, utc=True, format="ISO8601"))
+    frame = model_input.loc[:, list(CANDLE_COLUMNS)].astype(np.float64)
+    frame.index = index.rename(TIMESTAMP_COLUMN)
+    return frame
+
+
+def predict_newest(bundle: ModelBundle, model_input: pd.DataFrame) -> pd.DataFrame:
+    """One row for the newest candle of `model_input`: its probability of "up" and signal."""
+    candles = candle_frame(model_input)
+    length = bundle.sequence_length
+    needed = minimum_candles(bundle)
+    rows = (
+        latest_features(candles, rows=length, spec=bundle.spec).to_numpy(dtype=np.float64)
+        if len(candles) >= needed
+        else np.empty((0, len(bundle.spec.names)))
+    )
+    if len(rows) < length or not np.isfinite(rows).all():
+        raise BundleError(
+            f"{len(candles)} candles give no complete window of {length} feature rows: at least "
+            f"{needed} candles are needed ({bundle.spec.warmup} warm-up + {length} window), "
+            f"{exact_candles(bundle)} for exactly the service's value"
+        )
+    probability = float(bundle.predict_proba(rows[np.newaxis, :, :])[0])
+    metadata = bundle.metadata
+    missing = [k for k in ("buy_threshold", "sell_threshold") if k not in metadata]
+    if missing:
+        raise BundleError(f"the model's metadata lacks {', '.join(missing)}")
+    described = describe_probability(
+        probability,
+        model_type=str(metadata["model_type"]),
+        buy_threshold=float(metadata["buy_threshold"]),
+        sell_threshold=float(metadata["sell_threshold"]),
+        hold_only=not bundle.beats_baseline,
+    )
+    row = {
+        "candle_time": candles.index[-1].isoformat(),
+        "probability": probability,
+        **described,
+        "unproven": not bundle.beats_baseline,
+    }
+    return pd.DataFrame([row])
+
+
+def example_candles(candles: pd.DataFrame, *, rows: int) -> pd.DataFrame:
+    """The newest `rows` candles of a DatetimeIndex frame in the model's input shape."""
+    tail = candles.iloc[-rows:]
+    frame = tail.loc[:, list(CANDLE_COLUMNS)].astype(np.float64).reset_index(drop=True)
+    stamps = pd.DatetimeIndex(tail.index).tz_convert("UTC")
+    frame.insert(0, TIMESTAMP_COLUMN, [s.strftime("%Y-%m-%dT%H:%M:%SZ") for s in stamps])
+    # Object-typed column names: MLflow compares them with a `range` when it saves an input
+    # example, which pandas 3 deprecates for its string-typed names (a warning per log).
+    frame.columns = pd.Index(list(frame.columns), dtype=object)
+    return frame
+
+
+def serving_requirements() -> list[str]:
+    """Pinned pip requirements of the pyfunc model, as installed here."""
+    pins = []
+    for dist, name in _REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={version(dist)}")
+        except PackageNotFoundError as exc:
+            raise BundleError(f"{dist} is not installed, so the model's pins are unknown") from exc
+    return pins
+
+
+def log_candle_model(directory: Path, *, candles: pd.DataFrame) -> ModelInfo:
+    """Log the bundle in `directory` as the active run's pyfunc model `model`.
+
+    Args:
+        directory: a ModelBundle directory (the four files).
+        candles: real candles (DatetimeIndex, oldest first); the newest of them are the input
+            example, and the signature is inferred from them and the model's answer.
+    """
+    from mlflow.models import infer_signature
+
+    bundle = ModelBundle.load(directory)
+    example = example_candles(candles, rows=min(len(candles), exact_candles(bundle)))
+    signature = infer_signature(example, predict_newest(bundle, example))
+    with _staged_code() as code:
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=CandleModel(),
+            artifacts={key: str(directory / file) for key, file in ARTIFACT_KEYS.items()},
+            code_paths=[str(code)],
+            signature=signature,
+            input_example=example,
+            # Given, so that MLflow does not spawn a process to infer them.
+            pip_requirements=serving_requirements(),
+        )
+
+
+@contextmanager
+def _staged_code() -> Iterator[Path]:
+    """A temporary `pipelines/` holding only the modules in `_CODE`."""
+    source = Path(__file__).resolve().parent
+    with tempfile.TemporaryDirectory(prefix="tbml-code-") as tmp:
+        target = Path(tmp) / source.name
+        for relative in _CODE:
+            path = source / relative
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                shutil.copytree(
+                    path, target / relative, ignore=shutil.ignore_patterns("__pycache__")
+                )
+            else:
+                shutil.copyfile(path, target / relative)
+        yield target

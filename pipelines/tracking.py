@@ -1,0 +1,228 @@
+"""The lifecycle's MLflow contract and bookkeeping: one place for names, stores and runs.
+
+Training (`mlproject/`), the queue, `tbml up` and the service agree through what is defined
+here: the tag names a training leaves on its run and version (which the queue reads back as
+the job's outcome), the experiment a run goes to and where its artifacts live, and the runs
+the queue creates, ends and undoes. What a training writes beyond that lives in
+`mlproject/tracking.py`; what serving reads, in `service/registry_reader.py`.
+
+Where artifacts go: with a local store (`sqlite:///...`) under `settings.artifact_root`. A
+tracking server (`http(s)://`, started with `--serve-artifacts`) chooses for itself
+(`mlflow-artifacts:/`), so every client uploads to and downloads from the server: a `file://`
+location would send a worker's artifacts to its own disk, where API replicas on other machines
+cannot read them.
+
+MLflow is imported inside the functions: it takes seconds to import, and a scheduler that does
+not dispatch, or an API process, never needs it for these.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pipelines.settings import PROJECT_ROOT, Settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+# --- the run of a queued job ----------------------------------------------------------------
+TAG_JOB_ID = "tbml.job_id"
+TAG_ATTEMPT = "tbml.attempt"
+TAG_REQUESTED_BY = "tbml.requested_by"  # why the job exists: api, cli, schedule, bootstrap
+TAG_PAIR = "tbml.pair"
+TAG_MODEL_TYPE = "tbml.model_type"
+# --- what a training reports on its run (the queue reads these back) -------------------------
+TAG_REGISTERED_MODEL = "tbml.registered_model"
+TAG_REGISTERED_VERSION = "tbml.registered_version"
+TAG_PROMOTION = "tbml.promotion"  # promoted | rejected | not_requested | not_registered
+TAG_PROMOTION_REASON = "tbml.promotion_reason"  # one sentence: why
+TAG_BEATS_BASELINE = "tbml.beats_baseline"  # true | false
+# --- on registered versions too ---------------------------------------------------------------
+TAG_UNPROVEN = "tbml.unproven"  # true: promoted without beating its strongest baseline
+PRODUCTION_ALIAS = "production"
+# What the registry answers for a model or alias that does not exist (file, SQL and REST stores).
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a finished training reported through its MLflow run's tags."""
+
+    registered_model: str | None = None
+    registered_version: str | None = None
+    promotion: str | None = None
+    promotion_reason: str | None = None
+    beats_baseline: bool | None = None
+
+
+def registered_model_name(pair: str, model_type: str) -> str:
+    """The registry name of a pair's model of one architecture: `BTC-lstm`."""
+    from pipelines.pairs import check_model_type, normalize_symbol
+
+    return f"{normalize_symbol(pair)}-{check_model_type(model_type)}"
+
+
+def production_version(client: MlflowClient, *, name: str) -> str | None:
+    """The version number behind the `production` alias of `name`, or None if there is none.
+
+    Any other failure (an unreachable tracking server, say) is raised, not taken for "no
+    production version": the service keeps serving what it has while the registry is away.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, PRODUCTION_ALIAS).version)
+    except MlflowException as exc:
+        if exc.error_code in NOT_FOUND_CODES:
+            return None
+        raise
+
+
+_SERVER_SCHEMES = ("http", "https")
+
+
+def is_tracking_server(uri: str) -> bool:
+    """Whether `uri` names an `mlflow server` (which stores artifacts itself) or a local store."""
+    return uri.split(":", 1)[0].lower() in _SERVER_SCHEMES
+
+
+def artifact_location(settings: Settings, name: str) -> str | None:
+    """Where a new experiment's artifacts go: under the artifact root, or the server's choice."""
+    if is_tracking_server(settings.tracking_uri):
+        return None
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    return (settings.artifact_root / slug).as_uri()
+
+
+def ensure_experiment(client: MlflowClient, *, name: str, settings: Settings) -> str:
+    """The id of experiment `name`, created at `artifact_location` if it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(
+            client.create_experiment(name, artifact_location=artifact_location(settings, name))
+        )
+    except MlflowException:
+        # Another process (the queue, a second training) created it since the lookup.
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def client_for(settings: Settings) -> MlflowClient:
+    """A client on the settings' tracking and registry store (no global MLflow state)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def ensure_training_experiment(client: MlflowClient, settings: Settings) -> str:
+    """The id of the settings' experiment (`ML_EXPERIMENT_NAME`), created if new."""
+    return ensure_experiment(client, name=settings.experiment_name, settings=settings)
+
+
+def create_project_run(
+    settings: Settings,
+    *,
+    run_name: str,
+    pair: str,
+    model_type: str,
+    tags: dict[str, str] | None = None,
+) -> tuple[str, str]:
+    """Create a run of the project's `train` entry point, for a child process to fill.
+
+    Returns (experiment id, run id). This is what `mlflow run` does before it runs the entry
+    point; doing it here lets the caller know the run before the child starts, watch it, and
+    end it whatever the child does.
+    """
+    from mlflow.entities import SourceType
+    from mlflow.utils.mlflow_tags import (
+        MLFLOW_PROJECT_ENTRY_POINT,
+        MLFLOW_SOURCE_NAME,
+        MLFLOW_SOURCE_TYPE,
+    )
+
+    client = client_for(settings)
+    experiment_id = ensure_training_experiment(client, settings)
+    run = client.create_run(
+        experiment_id,
+        run_name=run_name,
+        tags={
+            MLFLOW_SOURCE_NAME: str(PROJECT_ROOT),
+            MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.PROJECT),
+            MLFLOW_PROJECT_ENTRY_POINT: settings.training_entry_point,
+            TAG_PAIR: pair,
+            TAG_MODEL_TYPE: model_type,
+            **(tags or {}),
+        },
+    )
+    return experiment_id, str(run.info.run_id)
+
+
+def create_job_run(
+    settings: Settings,
+    *,
+    job_id: str,
+    attempt: int,
+    pair: str,
+    model_type: str,
+    requested_by: str = "api",
+) -> tuple[str, str]:
+    """Create the MLflow run an attempt's child will fill; return (experiment id, run id)."""
+    return create_project_run(
+        settings,
+        run_name=f"{job_id}-attempt-{attempt}",
+        pair=pair,
+        model_type=model_type,
+        tags={TAG_JOB_ID: job_id, TAG_ATTEMPT: str(attempt), TAG_REQUESTED_BY: requested_by},
+    )
+
+
+def read_report(settings: Settings, run_id: str) -> RunReport:
+    """The outcome a finished training wrote into its run's tags."""
+    tags = client_for(settings).get_run(run_id).data.tags
+    beats = tags.get(TAG_BEATS_BASELINE)
+    return RunReport(
+        registered_model=tags.get(TAG_REGISTERED_MODEL),
+        registered_version=tags.get(TAG_REGISTERED_VERSION),
+        promotion=tags.get(TAG_PROMOTION),
+        promotion_reason=tags.get(TAG_PROMOTION_REASON),
+        beats_baseline=None if beats is None else beats.strip().lower() == "true",
+    )
+
+
+def end_run(settings: Settings, run_id: str, *, status: str) -> bool:
+    """End the run with `status` (KILLED, FAILED, FINISHED) unless it has already ended."""
+    from mlflow.entities import RunStatus
+
+    client = client_for(settings)
+    # RunInfo.status is the status's name ("KILLED"); is_terminated takes its number.
+    if RunStatus.is_terminated(RunStatus.from_string(client.get_run(run_id).info.status)):
+        return False
+    client.set_terminated(run_id, status=status)
+    return True
+
+
+def force_status(settings: Settings, run_id: str, *, status: str) -> None:
+    """Set the run's status even if it has ended (a killed run is KILLED, whatever it said)."""
+    client_for(settings).set_terminated(run_id, status=status)
+
+
+def delete_versions_of_run(settings: Settings, run_id: str) -> list[tuple[str, str]]:
+    """Delete every registered model version made from this run; return (name, version)s."""
+    client = client_for(settings)
+    deleted = []
+    for version in client.search_model_versions(f"run_id = '{run_id}'"):
+        client.delete_model_version(version.name, version.version)
+        deleted.append((str(version.name), str(version.version)))
+        logger.info("deleted %s version %s (its run %s was killed)", *deleted[-1], run_id)
+    return deleted

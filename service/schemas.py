@@ -1,0 +1,402 @@
+"""Response bodies of the REST API, as pydantic models, so the OpenAPI document states them.
+
+Field names are the original service's camelCase JSON names (snake_case here, camelCase on
+the wire through the alias generator). The models allow fields they do not name, so a field
+added to an answer is passed on, never dropped; tests/service/test_openapi.py checks that
+every real answer is fully described. Routes that answer pre-serialised orjson bodies (the
+prediction routes) declare their model for the document only; the others are serialised
+through it with `response_model_exclude_unset`, so a key that an answer omits stays omitted.
+The training queue's bodies are the queue's own models (`pipelines.queue.schemas`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from pipelines.queue.schemas import ActiveJobs, CanTrain, CooldownView, JobView, QueuedJobs
+from pipelines.queue.schemas import QueueStatus as QueueStatus
+
+
+class Schema(BaseModel):
+    """camelCase on the wire; fields the model does not name pass through."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True, extra="allow"
+    )
+
+
+class Timed(Schema):
+    """The per-request fields most answers end with."""
+
+    timestamp: int = Field(description="When the answer was made, epoch milliseconds.")
+
+
+# Errors
+
+
+class ErrorBody(Schema):
+    """Every error: the words a user can act on, and the HTTP status again."""
+
+    error: str
+    status: int
+
+
+class DuplicateJobBody(ErrorBody):
+    """409 of a training request: a job for the pair and model type is already active."""
+
+    existing: JobView
+
+
+class QueueFieldBody(ErrorBody):
+    """422 of the queue: `field` names the parameter that was refused."""
+
+    field: str | None = None
+
+
+class JobConflictBody(ErrorBody):
+    """409 of a cancel: the job has ended and cannot be cancelled."""
+
+    job: JobView
+
+
+_DESCRIPTIONS = {
+    401: "Missing or wrong `X-API-Key` header (only when ML_API_KEY is set).",
+    404: "Unknown pair, model type, job or candle file; the message names what is allowed.",
+    409: "Conflicts with the queue's state.",
+    413: "Request body too large.",
+    422: "Invalid parameter or body; the message names the value and what is allowed.",
+    503: "The service is starting.",
+}
+
+
+def errors(
+    *codes: int, models: Mapping[int, type[ErrorBody]] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: its error statuses (503 always: the service may be starting),
+    each with `ErrorBody` or the model `models` names for it."""
+    special = dict(models or {})
+    return {
+        code: {"model": special.get(code, ErrorBody), "description": _DESCRIPTIONS[code]}
+        for code in sorted({*codes, *special, 503})
+    }
+
+
+# Health
+
+
+class SlotState(Schema):
+    """What is served for one pair and model type, and why not when nothing is."""
+
+    state: str = Field(
+        description="loaded, no_production_model, refused, load_failed, registry_unreachable "
+        "or not_enabled."
+    )
+    version: str | None
+    failed_version: str | None
+    message: str
+
+
+class HealthSlot(SlotState):
+    unproven: bool | None = Field(description="The served version did not beat its baselines.")
+
+
+class TrainingQueueSummary(Schema):
+    active: ActiveJobs | None = None
+    queued: QueuedJobs | None = None
+    cooldowns: list[CooldownView] | None = None
+
+
+class SchedulerHealth(Schema):
+    in_process: bool
+    holds_lease: bool | None
+
+
+class TrainingHealth(Schema):
+    queue: TrainingQueueSummary
+    paused: bool | None
+    max_concurrent: int
+    cooldown_minutes: int
+    scheduler: SchedulerHealth
+
+
+class RegistryHealth(Schema):
+    last_refresh: int | None
+    refresh_interval_ms: int
+    swaps: int
+
+
+class HistoryHealth(Schema):
+    rows_dropped: int
+
+
+class CacheCounts(Schema):
+    predictions: int
+    features: int
+    model_status: int
+
+
+class HealthPerformance(Schema):
+    cache_hits: CacheCounts
+    cache_misses: CacheCounts
+
+
+class Health(Timed):
+    """`GET /api/health`."""
+
+    status: Literal["healthy", "degraded"]
+    service: str
+    quick_mode: bool
+    uptime_seconds: float
+    models: dict[str, dict[str, HealthSlot]] = Field(description="Pair -> model type -> slot.")
+    training: TrainingHealth
+    registry: RegistryHealth
+    history: HistoryHealth
+    performance: HealthPerformance
+
+
+# Predictions
+
+
+class PredictionDetail(Schema):
+    """The prediction object of the original service."""
+
+    prediction: float = Field(description='Probability of "up".')
+    confidence: float
+    direction: Literal["up", "down", "neutral"]
+    signal: Literal["BUY", "SELL", "HOLD"]
+    model_type: str
+
+
+class EnsembleMember(Schema):
+    prediction: float
+    version: str
+
+
+class PredictionBody(Schema):
+    """One pair's prediction (cached per newest candle and served versions)."""
+
+    pair: str
+    prediction: PredictionDetail
+    model_version: str | dict[str, str] | None = Field(
+        description="The served version; per model type for an ensemble; null for a fallback."
+    )
+    candle_time: int
+    ensemble: bool
+    fallback: bool = Field(description="No model could answer: a neutral HOLD.")
+    unproven: bool
+    models: dict[str, EnsembleMember] | None = Field(None, description="Ensembles only.")
+    reason: str | None = Field(None, description="Why a fallback, or which model is unproven.")
+    source: Literal["store", "request"] | None = Field(
+        None, description="Candles of the store, or of the request body."
+    )
+    cached: bool
+    cache_age: int = Field(description="Milliseconds since the answer was computed.")
+
+
+class Prediction(PredictionBody, Timed):
+    """`GET /api/predictions/{pair}` and `POST /api/predictions/{pair}`."""
+
+    response_time: float = Field(description="Milliseconds spent on this request.")
+
+
+class PairError(Schema):
+    """A pair of `GET /api/predictions` that could not be answered."""
+
+    pair: str
+    error: str
+    status: int
+
+
+class AllPredictions(Timed):
+    """`GET /api/predictions`."""
+
+    predictions: dict[str, PredictionBody | PairError]
+    count: int
+    ensemble: bool
+    response_time: float
+
+
+class HistoryRow(Schema):
+    id: int
+    pair: str
+    model_type: str
+    model_version: str
+    candle_time: int
+    horizon: int
+    timestamp: int
+    prediction: float
+    direction: str
+    signal: str
+    unproven: bool
+    outcome: Literal["up", "down"] | None
+    correct: bool | None
+
+
+class PredictionHistory(Timed):
+    """`GET /api/predictions/{pair}/history`: newest first."""
+
+    pair: str
+    count: int
+    total_count: int
+    predictions: list[HistoryRow]
+    response_time: float
+
+
+# Features
+
+
+class Features(Timed):
+    """`GET /api/features/{pair}`."""
+
+    pair: str
+    candle_time: int
+    feature_count: int
+    feature_set_version: str
+    warmup: int
+    lookback: int
+    features: dict[str, float | None] = Field(description="Name -> value (null while warming).")
+    cached: bool
+    cache_age: int
+    response_time: float
+
+
+# Model status
+
+
+class LiveAccuracy(Schema):
+    predictions: int
+    correct: int
+    accuracy: float | None
+
+
+class ModelInfo(Schema):
+    name: str
+    version: str
+    feature_set_version: str
+    feature_count: int
+    sequence_length: int
+    horizon: int
+    minimum_candles: int
+    beats_baseline: bool | None
+    unproven: bool
+    data_range: dict[str, Any] | None
+    test_metrics: dict[str, Any] | None
+    baseline_metrics: dict[str, Any] | None
+    loaded_at: int
+
+
+class ModelTypeStatus(Schema):
+    has_model: bool
+    status: SlotState
+    model_info: ModelInfo | None = None
+    live_accuracy: dict[str, LiveAccuracy] = Field(description="Version -> live accuracy.")
+    training: CanTrain
+
+
+class ModelStatus(Timed):
+    """`GET /api/models/{pair}/status`."""
+
+    pair: str
+    feature_count: int | None
+    individual: dict[str, ModelTypeStatus]
+    training_queue: QueueStatus
+    quick_mode: bool
+    cached: bool
+    cache_age: int
+
+
+# Storage
+
+
+class DatabaseStats(Schema):
+    dialect: str
+    url: str
+    size_bytes: int
+    tables: dict[str, int]
+
+
+class FolderStats(Schema):
+    path: str
+    size_bytes: int
+    files: int
+
+
+class LoadedModel(Schema):
+    pair: str
+    model_type: str
+    version: str
+
+
+class ModelCacheStats(FolderStats):
+    loaded: list[LoadedModel]
+
+
+class RegistryStats(Schema):
+    """Counts of the registry, or `error` when it cannot be reached."""
+
+    registered_models: int | None = None
+    versions: int | None = None
+    production: dict[str, str] | None = None
+    error: str | None = None
+
+
+class RowCount(Schema):
+    count: int
+
+
+class StorageParts(Schema):
+    database: DatabaseStats
+    mlruns: FolderStats
+    registry: RegistryStats
+    model_cache: ModelCacheStats
+    predictions: RowCount
+
+
+class StoragePerformance(HealthPerformance):
+    prediction_cache_size: int
+    feature_cache_size: int
+    model_status_cache_size: int
+
+
+class StorageStats(Timed):
+    """`GET /api/storage/stats`."""
+
+    storage: StorageParts
+    performance: StoragePerformance
+    training_queue: QueueStatus
+
+
+class Checkpoint(Schema):
+    busy: bool
+    wal_pages: int
+    checkpointed_pages: int
+
+
+class Backup(Schema):
+    path: str
+    size_bytes: int
+
+
+class SaveResult(Timed):
+    """`POST /api/storage/save`: SQLite gets a checkpoint and a backup; a server a `note`."""
+
+    saved: bool
+    database: str
+    checkpoint: Checkpoint | None = None
+    backup: Backup | None = None
+    backups_removed: int | None = None
+    note: str | None = None
+
+
+class CleanupResult(Timed):
+    """`POST /api/storage/cleanup`."""
+
+    max_age_hours: float
+    predictions_deleted: int
+    model_copies_deleted: list[str]
+    kept: list[str] | None = Field(None, description="Model copies kept (name/version).")
+    note: str | None = Field(None, description="Why no model copy was deleted.")

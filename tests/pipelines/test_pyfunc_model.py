@@ -1,0 +1,166 @@
+"""The registered pyfunc model: candles in, the newest candle's prediction out, on onnxruntime.
+
+A real ONNX graph (sigmoid of the window mean, from test_modelbundle) and real BTC candles; the
+logging test goes through a real MLflow tracking store in `tmp_path`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.candles.store import CandleStore
+from pipelines.features.compute import latest_features
+from pipelines.features.scaler import FeatureScaler
+from pipelines.features.spec import default_spec
+from pipelines.modelbundle import BundleError, ModelBundle, download_bundle
+from pipelines.pyfunc_model import (
+    exact_candles,
+    example_candles,
+    log_candle_model,
+    minimum_candles,
+    predict_newest,
+    serving_requirements,
+)
+from tests.conftest import BUNDLED
+from tests.pipelines.test_modelbundle import LENGTH, _mean_sigmoid_onnx
+
+
+@pytest.fixture(scope="module")
+def candles() -> pd.DataFrame:
+    return CandleStore(bundled_dir=BUNDLED, data_dir=BUNDLED / "none").load("BTC")
+
+
+@pytest.fixture
+def bundle_dir(tmp_path: Path) -> Path:
+    spec = default_spec()
+    rng = np.random.default_rng(0)
+    scaler = FeatureScaler.fit(rng.normal(0.0, 1.0, size=(200, len(spec.names))), names=spec.names)
+    onnx_path = _mean_sigmoid_onnx(tmp_path / "source.onnx", len(spec.names))
+    metadata = {
+        "pair": "BTC",
+        "model_type": "lstm",
+        "sequence_length": LENGTH,
+        "horizon": 1,
+        "beats_baseline": True,
+        "buy_threshold": 0.5,
+        "sell_threshold": 0.4,
+    }
+    bundle = ModelBundle(onnx_path=onnx_path, scaler=scaler, spec=spec, metadata=metadata)
+    return bundle.save(tmp_path / "files")
+
+
+def test_answer_is_the_probability_of_the_newest_window_with_the_services_fields(
+    bundle_dir: Path, candles: pd.DataFrame
+) -> None:
+    bundle = ModelBundle.load(bundle_dir)
+    frame = example_candles(candles, rows=exact_candles(bundle))
+
+    answer = predict_newest(bundle, frame)
+
+    rows = latest_features(candles, rows=LENGTH, spec=bundle.spec).to_numpy()
+    expected = float(bundle.predict_proba(rows[np.newaxis])[0])
+    assert len(answer) == 1
+    row = answer.iloc[0]
+    assert row["probability"] == pytest.approx(expected, abs=1e-12)
+    assert row["candle_time"] == candles.index[-1].isoformat()
+    assert row["direction"] == ("up" if expected >= 0.5 else "down")
+    assert row["signal"] == ("BUY" if expected >= 0.5 else "SELL" if expected <= 0.4 else "HOLD")
+    assert row["confidence"] == pytest.approx(max(expected, 1 - expected), abs=1e-6)
+    assert row["modelType"] == "lstm"
+    assert not row["unproven"]
+
+
+def test_epoch_millisecond_timestamps_give_the_same_answer(
+    bundle_dir: Path, candles: pd.DataFrame
+) -> None:
+    bundle = ModelBundle.load(bundle_dir)
+    frame = example_candles(candles, rows=exact_candles(bundle))
+    millis = frame.assign(
+        timestamp=[int(pd.Timestamp(t).timestamp() * 1000) for t in frame["timestamp"]]
+    )
+    assert millis["timestamp"].iloc[-1] == candles.index[-1].value // 10**6
+
+    pd.testing.assert_frame_equal(predict_newest(bundle, millis), predict_newest(bundle, frame))
+
+
+def test_too_few_candles_are_refused_with_the_number_needed(
+    bundle_dir: Path, candles: pd.DataFrame
+) -> None:
+    bundle = ModelBundle.load(bundle_dir)
+    needed = minimum_candles(bundle)
+    assert needed == bundle.spec.warmup + LENGTH
+    frame = example_candles(candles, rows=needed - 1)
+
+    with pytest.raises(BundleError, match=rf"{needed - 1} candles .* at least {needed} candles"):
+        predict_newest(bundle, frame)
+    assert len(predict_newest(bundle, example_candles(candles, rows=needed))) == 1
+
+
+def test_a_missing_candle_column_is_named(bundle_dir: Path, candles: pd.DataFrame) -> None:
+    bundle = ModelBundle.load(bundle_dir)
+    frame = example_candles(candles, rows=exact_candles(bundle)).drop(columns=["volume"])
+
+    with pytest.raises(BundleError, match=r"lack column.*volume; expected timestamp, open"):
+        predict_newest(bundle, frame)
+
+
+def test_requirements_are_pinned_and_name_no_tensorflow() -> None:
+    pins = serving_requirements()
+
+    assert {p.split("==")[0] for p in pins} >= {"onnxruntime", "numpy", "pandas", "ta-lib"}
+    assert all("==" in p for p in pins)
+    assert not any(p.startswith(("tensorflow", "keras")) for p in pins)
+
+
+def test_logged_model_loads_as_pyfunc_and_its_bundle_downloads(
+    bundle_dir: Path, candles: pd.DataFrame, tmp_path: Path
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("pyfunc", artifact_location=(tmp_path / "a").as_uri())
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_candle_model(bundle_dir, candles=candles)
+        client.create_registered_model("BTC-lstm")
+        version = client.create_model_version("BTC-lstm", source=info.model_uri)
+        frame = example_candles(candles, rows=exact_candles(ModelBundle.load(bundle_dir)))
+        loaded = mlflow.pyfunc.load_model(f"models:/BTC-lstm/{version.version}")
+        answer = loaded.predict(frame)
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+
+    downloaded = download_bundle(client, name="BTC-lstm", version="1", dst=tmp_path / "copy")
+    expected = predict_newest(downloaded, frame)
+    assert answer["probability"].iloc[0] == pytest.approx(expected["probability"].iloc[0])
+    assert downloaded.onnx_path.read_bytes() == (bundle_dir / "model.onnx").read_bytes()
+    location = client.get_logged_model(info.model_id).artifact_location
+    code = Path(mlflow.artifacts.download_artifacts(f"{location}/code", dst_path=str(tmp_path)))
+    shipped = {p.relative_to(code).as_posix() for p in code.rglob("*.py")}
+    assert "pipelines/pyfunc_model.py" in shipped
+    assert "pipelines/features/compute.py" in shipped
+    assert not {"pipelines/settings.py", "pipelines/pairs.py"} & shipped
+
+
+def test_the_loaded_model_reports_bad_input_as_mlflow_s_invalid_parameter(
+    bundle_dir: Path, candles: pd.DataFrame
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.pyfunc_model import CandleModel
+
+    model = CandleModel()
+    model.bundle = ModelBundle.load(bundle_dir)
+
+    with pytest.raises(MlflowException, match=r"at least \d+ candles are needed") as caught:
+        model.predict(None, example_candles(candles, rows=10))  # type: ignore[arg-type]
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
