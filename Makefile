@@ -13,7 +13,7 @@ PAIR ?= BTC
 UI_PORT ?= 5000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install run test test-fast lint format bench ui train migrate lock clean
+.PHONY: help install run test test-fast lint audit format bench ui train migrate lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,10 +49,17 @@ test: install ## Run the test suite (installs first if needed)
 test-fast: install ## Run the tests not marked slow
 	$(PY) -m pytest -m "not slow"
 
-lint: install ## Ruff (lint and format check) and mypy
+lint: install audit ## Ruff (lint and format check), mypy and the dependency audit
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+audit: install ## Known vulnerabilities of the locked dependencies (pip-audit, PyPI's data)
+	@# One lock a run: pip-audit refuses a package pinned twice. Ignored IDs and their reasons:
+	@# requirements/audit-ignore.txt.
+	for lock in requirements/service.lock requirements/dev.lock; do \
+		$(PY) requirements/audit.py $$lock || exit 1; \
+	done
 
 format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .

@@ -13,6 +13,7 @@ BENCHMARKS: tuple[str, ...] = (
     "bench.train_overhead",
     "bench.predict_latency",
     "bench.replicas",
+    "bench.registry_cost",
 )
 
 

@@ -31,7 +31,7 @@ from pipelines.db import get_engine, migrate, write_session
 from pipelines.queue import lease, transitions
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.clock import now_ms
-from pipelines.queue.models import TrainingAttempt, TrainingJob
+from pipelines.queue.tables import TrainingAttempt, TrainingJob
 from pipelines.settings import Settings
 
 HISTORY = 1_000

@@ -101,9 +101,9 @@ def bare_fit() -> dict[str, Any]:
     """The bare side, in this process: arrays from the platform's data code, a plain fit."""
     import keras
 
+    from mlproject.architectures import build_model
     from mlproject.config import TrainConfig
     from mlproject.data import fit_scaler, labels, time_split, windows
-    from mlproject.models import build_model
     from mlproject.train import load_dataset
     from pipelines.settings import get_settings
 

@@ -1,7 +1,7 @@
 """The MLflow Project entry points (`python -m mlproject.cli ...`) and the `tbml` commands.
 
 `train`, `evaluate` and `promote` are thin typed CLIs over `mlproject.train.train`,
-`mlproject.evaluate.evaluate` and `mlproject.registry.apply_gate`. TensorFlow and MLflow are
+`mlproject.evaluate.evaluate` and `mlproject.gate.apply_gate`. TensorFlow and MLflow are
 imported inside the commands, so registering them with `tbml` costs nothing.
 """
 
@@ -188,7 +188,7 @@ def promote(
     """Apply the promotion gate to a registered version."""
     from mlflow.exceptions import MlflowException
 
-    from mlproject.registry import apply_gate
+    from mlproject.gate import apply_gate
     from mlproject.tracking import client_for
     from pipelines.candles.store import CandleStore
     from pipelines.modelbundle import BundleError

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from mlproject.architectures import build_model
 from mlproject.config import TrainConfig
 from mlproject.data import Dataset, Split, fit_scaler, labels, next_returns, windows
 from mlproject.fit import EpochSink, FitResult, fit_model, make_deterministic
-from mlproject.models import build_model
 from mlproject.scoring import Scores, fit_baselines, score
 from pipelines.features.scaler import FeatureScaler
 from pipelines.settings import Settings

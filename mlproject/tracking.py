@@ -1,4 +1,9 @@
-"""Where runs go: tracking URI and experiments from settings, and the run a training writes into.
+"""What a training writes to MLflow: its run, its registered model and versions, the alias.
+
+One registered model per pair and architecture (`pipelines.tracking.registered_model_name`,
+e.g. `BTC-lstm`). "Production" is the alias `production`; the legacy stage "Production" is
+mirrored while MLflow still has stages, so `models:/BTC-lstm@production` and the UI's stage
+column agree. The names and tags that others read back are `pipelines.tracking`'s.
 
 Nothing is set at import time. A run started by `mlflow run` (or by the training queue) is
 named by MLFLOW_RUN_ID in the environment and is resumed; otherwise a run is created in the
@@ -10,14 +15,16 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from pipelines.settings import PROJECT_ROOT, Settings
-from pipelines.tracking import ensure_experiment
+from pipelines.tracking import ARCHIVED_STAGE, PRODUCTION_ALIAS, PRODUCTION_STAGE, ensure_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -66,3 +73,54 @@ def git_commit() -> tuple[str, bool]:
     except (OSError, subprocess.SubprocessError):
         return "unknown", False
     return commit, bool(status.strip())
+
+
+def ensure_registered_model(client: MlflowClient, *, name: str, pair: str, model_type: str) -> None:
+    """Create the registered model `name` unless it exists."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(
+            name,
+            tags={"pair": pair, "model_type": model_type},
+            description=f"{model_type} direction model of {pair} (probability of up)",
+        )
+
+
+def register_version(
+    client: MlflowClient,
+    *,
+    name: str,
+    model_uri: str,
+    model_id: str,
+    run_id: str,
+    tags: dict[str, str],
+    description: str,
+) -> str:
+    """Register the logged model `model_id` of run `run_id` as a new version of `name`."""
+    version = client.create_model_version(
+        name,
+        source=model_uri,
+        run_id=run_id,
+        tags=tags,
+        description=description,
+        model_id=model_id,
+    )
+    return str(version.version)
+
+
+def set_production(client: MlflowClient, *, name: str, version: str) -> None:
+    """Point the `production` alias at `version` and mirror the legacy stage."""
+    client.set_registered_model_alias(name, PRODUCTION_ALIAS, version)
+    # Stages are deprecated in MLflow (FutureWarning) but still shown by the UI; the alias is
+    # the source of truth and the stage only mirrors it while it exists. The previous holders
+    # are archived one by one: `archive_existing_versions=True` fails on a PostgreSQL-backed
+    # registry in MLflow 3.17 (it compares the integer version column with a string).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        client.transition_model_version_stage(
+            name, version, PRODUCTION_STAGE, archive_existing_versions=False
+        )
+        for other in client.search_model_versions(f"name = '{name}'"):
+            if str(other.version) != str(version) and other.current_stage == PRODUCTION_STAGE:
+                client.transition_model_version_stage(name, other.version, ARCHIVED_STAGE)

@@ -27,34 +27,34 @@ from mlproject.config import TrainConfig
 from mlproject.data import Dataset, Split, build_dataset, time_split
 from mlproject.export import export_bundle
 from mlproject.fold import FoldResult, fit_and_score
-from mlproject.registry import (
-    GateDecision,
-    apply_gate,
-    ensure_registered_model,
-    register_version,
-)
+from mlproject.gate import GateDecision, apply_gate
 from mlproject.scoring import MODEL, Scores
 from mlproject.summary import run_summary
-from mlproject.tracking import active_run, client_for, git_commit
+from mlproject.tracking import (
+    active_run,
+    client_for,
+    ensure_registered_model,
+    git_commit,
+    register_version,
+)
 from pipelines.candles.store import CandleStore
 from pipelines.features.spec import default_spec
-from pipelines.modelbundle import (
-    TAG_BEATS_BASELINE,
-    TAG_PROMOTION,
-    TAG_REASON,
-    registered_model_name,
-)
 from pipelines.pairs import check_pair
 from pipelines.pyfunc_model import log_candle_model
 from pipelines.settings import Settings
+from pipelines.tracking import (
+    TAG_BEATS_BASELINE,
+    TAG_PROMOTION,
+    TAG_PROMOTION_REASON,
+    TAG_REGISTERED_MODEL,
+    TAG_REGISTERED_VERSION,
+    registered_model_name,
+)
 
 logger = logging.getLogger(__name__)
 
 KERAS_ARTIFACT_PATH = "keras"  # the run's Keras model, for fine-tuning
 KERAS_MODEL_FILE = "model.keras"
-
-TAG_REGISTERED_MODEL = "tbml.registered_model"
-TAG_REGISTERED_VERSION = "tbml.registered_version"
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
                     TAG_REGISTERED_MODEL: outcome.registered_model,
                     TAG_REGISTERED_VERSION: outcome.version,
                     TAG_PROMOTION: outcome.promotion,
-                    TAG_REASON: outcome.reason,
+                    TAG_PROMOTION_REASON: outcome.reason,
                 }.items()
                 if v is not None
             }

@@ -26,8 +26,11 @@ from pipelines.settings import PROJECT_ROOT, Settings
 
 logger = logging.getLogger(__name__)
 
-# Seconds a SQLite connection waits for the write lock before giving up.
-SQLITE_BUSY_TIMEOUT_S = 30.0
+# Seconds a SQLite connection waits for the write lock before giving up: well under a third of
+# the dispatch lease (ML_SCHEDULER_LEASE, 30 s by default), so a lease renewal stuck behind a
+# writer fails and retries long before the lease could run out.
+SQLITE_BUSY_TIMEOUT_S = 5.0
+PG_CONNECT_TIMEOUT_S = 5
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
 _READONLY = "tbml_readonly"
 # PostgreSQL advisory lock key held while migrating (any constant unique to this application).
@@ -67,6 +70,11 @@ def is_sqlite(url: str) -> bool:
 
 def create_db_engine(url: str) -> Engine:
     """A new engine for `url`, with the SQLite settings described in the module docstring."""
+    if url.startswith("postgresql"):
+        # A database that does not answer fails a connection in seconds, never hangs a caller.
+        return create_engine(
+            url, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        )
     if not is_sqlite(url):
         return create_engine(url, pool_pre_ping=True)
     path = url.split(":///", 1)[1] if ":///" in url else ""

@@ -12,8 +12,8 @@ through its bundle). Layout:
     metadata.json       pair, model type, sequence_length, horizon, data range, test window,
                         test and baseline metrics, beats_baseline, feature-set version
 
-Registered model names are `registered_model_name(pair, model_type)`: `{PAIR}-{model_type}`,
-e.g. `BTC-lstm`, one registered model per pair and architecture.
+Registered model names are `pipelines.tracking.registered_model_name(pair, model_type)`:
+`{PAIR}-{model_type}`, e.g. `BTC-lstm`, one registered model per pair and architecture.
 """
 
 from __future__ import annotations
@@ -42,26 +42,10 @@ MODEL_FILE = "model.onnx"
 SCALER_FILE = "scaler.json"
 SPEC_FILE = "feature_spec.json"
 METADATA_FILE = "metadata.json"
-PRODUCTION_ALIAS = "production"
-# What the registry answers for a model or alias that does not exist (file, SQL and REST stores).
-_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
-# Tags the training writes on registered versions (and the same tbml.* keys on its run).
-TAG_PROMOTION = "tbml.promotion"  # promoted | rejected
-TAG_REASON = "tbml.promotion_reason"  # one sentence: why
-TAG_BEATS_BASELINE = "tbml.beats_baseline"  # true | false
-TAG_UNPROVEN = "tbml.unproven"  # true: promoted without beating its strongest baseline
 
 
 class BundleError(ValueError):
     """A bundle directory is incomplete or inconsistent; the message names the problem."""
-
-
-def registered_model_name(pair: str, model_type: str) -> str:
-    """The registry name of a pair's model of one architecture: `BTC-lstm`."""
-    # Imported here: the pyfunc model ships this module without settings (and pydantic).
-    from pipelines.pairs import check_model_type, normalize_symbol
-
-    return f"{normalize_symbol(pair)}-{check_model_type(model_type)}"
 
 
 @dataclass
@@ -207,22 +191,6 @@ def logged_model_id(source: str | None, model_id: str | None = None) -> str | No
         if rest.startswith("m-") and "/" not in rest:
             return rest
     return None
-
-
-def production_version(client: MlflowClient, *, name: str) -> str | None:
-    """The version number behind the `production` alias of `name`, or None if there is none.
-
-    Any other failure (an unreachable tracking server, say) is raised, not taken for "no
-    production version": the service keeps serving what it has while the registry is away.
-    """
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(name, PRODUCTION_ALIAS).version)
-    except MlflowException as exc:
-        if exc.error_code in _NOT_FOUND:
-            return None
-        raise
 
 
 def _strict(value: Any) -> Any:

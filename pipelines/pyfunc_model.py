@@ -64,7 +64,7 @@ _CODE = (
     "features/__init__.py",
     "features/compute.py",
     "features/params.py",
-    "features/registry.py",
+    "features/catalog.py",
     "features/scaler.py",
     "features/spec.py",
     "features/windows.py",

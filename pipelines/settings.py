@@ -62,6 +62,28 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", validation_alias=AliasChoices("HOST", "ML_HOST"))
     port: int = Field(3001, ge=1, le=65535, validation_alias=AliasChoices("PORT", "ML_PORT"))
     api_key: str | None = Field(None, validation_alias="ML_API_KEY")
+    # --- HTTP surface hardening (service/security.py; docs/service.md, "Security") -----------
+    # Serve a non-loopback address without ML_API_KEY anyway (state-changing routes open to
+    # anyone who reaches it): only for those who mean it.
+    allow_unauthenticated: bool = Field(False, validation_alias="ML_ALLOW_UNAUTHENTICATED")
+    # Origins (`https://dash.example.org`) allowed to send state-changing requests besides the
+    # service's own; empty = only its own.
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="ML_ALLOWED_ORIGINS"
+    )
+    # `Host` names (no port) the service answers; empty = the bind host and the loopback
+    # names, or any name for a 0.0.0.0 / :: bind.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="ML_ALLOWED_HOSTS"
+    )
+
+    @field_validator("allowed_origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _split_http_lists(cls, value: object) -> object:
+        value = _csv(value)
+        if isinstance(value, list):
+            return [str(item).strip().rstrip("/").lower() for item in value]
+        return value
 
     # --- candles ------------------------------------------------------------------------------
     pairs: Annotated[list[str], NoDecode] = Field(
@@ -175,6 +197,13 @@ class Settings(BaseSettings):
     retrain_interval_hours: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict, validation_alias="ML_RETRAIN_INTERVAL_HOURS"
     )
+    # --- training queue: bounds and retention (docs/queue.md) --------------------------------
+    # An attempt running longer than this is killed and fails ("timed out after ...").
+    training_timeout_ms: int = Field(21_600_000, ge=1_000, validation_alias="ML_TRAINING_TIMEOUT")
+    # Queued jobs at most; an enqueue beyond it is refused (HTTP 429).
+    max_queued_jobs: int = Field(100, ge=1, validation_alias="ML_MAX_QUEUED_JOBS")
+    # Ended jobs (with their attempts) and training logs older than this are deleted.
+    job_retention_hours: float = Field(720, gt=0, validation_alias="ML_JOB_RETENTION_HOURS")
 
     @field_validator("retrain_interval_hours", mode="before")
     @classmethod

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,13 @@ TAG_PROMOTION_REASON = "tbml.promotion_reason"  # one sentence: why
 TAG_BEATS_BASELINE = "tbml.beats_baseline"  # true | false
 # --- on registered versions too ---------------------------------------------------------------
 TAG_UNPROVEN = "tbml.unproven"  # true: promoted without beating its strongest baseline
+# On a version that was production when its run was cancelled: true, and what happened.
+TAG_ROLLED_BACK = "tbml.rolled_back"
+TAG_ROLLED_BACK_REASON = "tbml.rolled_back_reason"
 PRODUCTION_ALIAS = "production"
+# The legacy stages `set_production` mirrors the alias into (the UI still shows them).
+PRODUCTION_STAGE = "Production"
+ARCHIVED_STAGE = "Archived"
 # What the registry answers for a model or alias that does not exist (file, SQL and REST stores).
 NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
@@ -226,3 +233,57 @@ def delete_versions_of_run(settings: Settings, run_id: str) -> list[tuple[str, s
         deleted.append((str(version.name), str(version.version)))
         logger.info("deleted %s version %s (its run %s was killed)", *deleted[-1], run_id)
     return deleted
+
+
+def undo_versions_of_run(settings: Settings, run_id: str) -> list[str]:
+    """Undo what a cancelled run registered, without ever leaving its pair without production.
+
+    A version of the run that is not production is deleted. One that became production hands
+    the alias back to the version it replaced (the most recently archived one), which returns
+    to the Production stage; the cancelled version is archived and tagged `tbml.rolled_back`,
+    not deleted, because predictions were served from it and their history names it. With no
+    earlier version to go back to, it stays production (tagged so): the pair keeps a model.
+    Returns one line per version saying what was done.
+    """
+    client = client_for(settings)
+    done = []
+    for version in client.search_model_versions(f"run_id = '{run_id}'"):
+        name, number = str(version.name), str(version.version)
+        if production_version(client, name=name) != number:
+            client.delete_model_version(name, number)
+            done.append(f"{name} version {number} deleted")
+        else:
+            done.append(_roll_back(client, name=name, version=number, run_id=run_id))
+        logger.info("run %s cancelled: %s", run_id, done[-1])
+    return done
+
+
+def _roll_back(client: MlflowClient, *, name: str, version: str, run_id: str) -> str:
+    previous = _previous_production(client, name=name, run_id=run_id)
+    if previous is None:
+        reason = f"run {run_id} was cancelled; kept as production: no earlier version to restore"
+        client.set_model_version_tag(name, version, TAG_ROLLED_BACK, "false")
+        client.set_model_version_tag(name, version, TAG_ROLLED_BACK_REASON, reason)
+        return f"{name} version {version} kept as production (no earlier version)"
+    client.set_registered_model_alias(name, PRODUCTION_ALIAS, previous)
+    with warnings.catch_warnings():  # stages are deprecated, still shown by the UI
+        warnings.simplefilter("ignore", FutureWarning)
+        client.transition_model_version_stage(name, previous, PRODUCTION_STAGE)
+        client.transition_model_version_stage(name, version, ARCHIVED_STAGE)
+    reason = f"run {run_id} was cancelled; production restored to version {previous}"
+    client.set_model_version_tag(name, version, TAG_ROLLED_BACK, "true")
+    client.set_model_version_tag(name, version, TAG_ROLLED_BACK_REASON, reason)
+    return f"{name} version {version} rolled back to version {previous}"
+
+
+def _previous_production(client: MlflowClient, *, name: str, run_id: str) -> str | None:
+    """The version the cancelled run's production replaced: one of another run still in the
+    Production stage (the run was killed between moving the alias and archiving it), else
+    the most recently archived one."""
+    others = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id != run_id]
+    for stage in (PRODUCTION_STAGE, ARCHIVED_STAGE):
+        found = [v for v in others if v.current_stage == stage]
+        if found:
+            latest = max(found, key=lambda v: (v.last_updated_timestamp or 0, int(v.version)))
+            return str(latest.version)
+    return None

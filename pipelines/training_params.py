@@ -12,6 +12,7 @@ this definition.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -173,13 +174,65 @@ def check_params(raw: Mapping[str, object] | None) -> dict[str, int | float]:
     return checked
 
 
+@dataclass(frozen=True)
+class ProductBound:
+    """A limit on the product of several parameters: what one training may cost."""
+
+    names: tuple[str, ...]
+    limit: int
+    why: str
+
+    def check(self, values: Mapping[str, object]) -> None:
+        """Raise `TrainingParamError` naming the product, its factors and the limit."""
+        factors = [values[name] for name in self.names]
+        if not all(isinstance(f, int | float) for f in factors):
+            return  # a single parameter's check reports what is wrong with it
+        product = math.prod(float(f) for f in factors if isinstance(f, int | float))
+        if product > self.limit:
+            shown = " x ".join(f"{name} {values[name]}" for name in self.names)
+            raise TrainingParamError(
+                f"model too large: {shown} = {product:.0f}, above the limit "
+                f"{' x '.join(self.names)} <= {self.limit} ({self.why})",
+                name=self.names[0],
+                value={name: values[name] for name in self.names},
+            )
+
+
+# Sized for 2 cores and 24 GiB: the defaults (50 x 2 x 60 = 6000; 32 x 60 = 1920) have ten
+# times and more headroom, and ML_TRAINING_TIMEOUT stops whatever still runs too long.
+PRODUCT_BOUNDS = (
+    ProductBound(
+        ("units", "layers", "sequence_length"),
+        64_000,
+        "training time: a larger model does not train in a few hours on this machine",
+    ),
+    ProductBound(
+        ("batch_size", "sequence_length"),
+        262_144,
+        "memory: one batch of windows (and a transformer's attention) must fit in memory",
+    ),
+)
+
+
+def check_bounds(values: Mapping[str, object]) -> None:
+    """Refuse a combination of parameters beyond `PRODUCT_BOUNDS` (each one may be in bounds)."""
+    for bound in PRODUCT_BOUNDS:
+        bound.check(values)
+
+
 def resolve(settings: Any, overrides: Mapping[str, object] | None = None) -> dict[str, Any]:
-    """Every parameter: the checked `overrides`, and the settings' values for the others."""
+    """Every parameter: the checked `overrides`, and the settings' values for the others.
+
+    The combination is checked too (`PRODUCT_BOUNDS`), so a request, a queued job and a
+    training started by hand are held to the same limits.
+    """
     given = check_params(overrides)
-    return {
+    values = {
         name: given[name] if name in given else getattr(settings, param.setting)
         for name, param in PARAMS.items()
     }
+    check_bounds(values)
+    return values
 
 
 def body_schema() -> dict[str, Any]:

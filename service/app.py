@@ -10,16 +10,19 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.db import migrate
-from pipelines.settings import Settings, get_settings
+from pipelines.periodic import redact
+from pipelines.settings import MODEL_TYPES, Settings, get_settings
 from service.errors import install_error_handlers
 from service.metrics import BodyLimitMiddleware, LatencyMiddleware, Metrics
 from service.routes import features, health, metrics, models, predictions, storage, training
-from service.state import ServiceState
+from service.security import GuardMiddleware, check_bind, document_guards
+from service.state import DATABASE_CHORE, ServiceState
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +31,14 @@ VERSION = "0.1.0"
 
 def start_service(settings: Settings) -> ServiceState:
     """Everything the lifespan opens, in order (blocking; run it off the event loop)."""
-    migrate(settings)
     state = ServiceState.build(settings)
+    try:
+        migrate(settings)
+        state.migrated = True
+        state.chores.record(DATABASE_CHORE, None)
+    except Exception as error:  # serve from memory; the database chore migrates once it is back
+        logger.error("the service database is unreachable at start (%s)", redact(error))
+        state.chores.record(DATABASE_CHORE, error)
     try:
         _start(state)
     except BaseException:
@@ -52,7 +61,7 @@ def _start(state: ServiceState) -> None:
         state.models.refresh()
     else:
         state.models.trigger()
-    state.models.start(interval_s=settings.model_refresh_interval_ms / 1000)
+    state.models.start(interval_s=settings.model_refresh_interval_ms / 1000, chores=state.chores)
     state.predictor.warm()
     if settings.run_scheduler:
         from pipelines.queue.runtime import TrainingScheduler
@@ -70,6 +79,10 @@ def _start(state: ServiceState) -> None:
         "outcome-filler",
         lambda: state.history.fill_outcomes(store=state.store, timeframe=settings.timeframe),
     )
+    from service.storage import RETENTION_INTERVAL_S, retention
+
+    state.every(RETENTION_INTERVAL_S, "retention", lambda: retention(state))
+    state.start_background()
 
 
 def stop_service(state: ServiceState) -> None:
@@ -81,9 +94,53 @@ def stop_service(state: ServiceState) -> None:
     state.history_writer.stop()
 
 
+# Parameters whose allowed values the document lists (path, query and body names).
+_MODEL_TYPE_PARAMS = frozenset({"model_type", "modelType", "model"})
+
+
+def _enumerate(schema: dict[str, Any], values: list[str]) -> None:
+    target = next((s for s in schema.get("anyOf", []) if s.get("type") == "string"), schema)
+    target["enum"] = list(values)
+
+
+def contract(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The generated document, made exact for this instance: pairs (from the settings) and
+    model types as enums, the key scheme only when ML_API_KEY is set, the guards' answers."""
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            for param in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                if param["name"] == "pair":
+                    _enumerate(param["schema"], settings.pairs)
+                elif param["name"] in _MODEL_TYPE_PARAMS:
+                    _enumerate(param["schema"], list(MODEL_TYPES))
+    body = schema.get("components", {}).get("schemas", {}).get("ClearCooldownsBody")
+    if body is not None:
+        _enumerate(body["properties"]["pair"], settings.pairs)
+        _enumerate(body["properties"]["modelType"], list(MODEL_TYPES))
+    if not settings.api_key:
+        _drop_key(schema)
+    document_guards(schema)
+    return schema
+
+
+def _drop_key(schema: dict[str, Any]) -> None:
+    # Without ML_API_KEY nothing asks for a key: the document says so (no scheme, no 401).
+    schema.get("components", {}).pop("securitySchemes", None)
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            if isinstance(operation, dict):
+                operation.pop("security", None)
+                operation.get("responses", {}).pop("401", None)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app; nothing is opened until its lifespan starts."""
+    """The app; nothing is opened until its lifespan starts.
+
+    Raises:
+        UnsafeBindError: a non-loopback host without ML_API_KEY (service.security.check_bind).
+    """
     settings = settings or get_settings()
+    check_bind(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,6 +165,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, predictions, features, training, models, storage, metrics):
         app.include_router(module.router)
+    app.include_router(health.probes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, metrics=meters)
+    # Outermost: a foreign Host or Origin is refused before anything else runs.
+    app.add_middleware(GuardMiddleware, settings=settings)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = contract(generate(), settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -437,6 +437,7 @@ def up(
     """Migrate, train bootstrap models for pairs without a production model, and serve."""
     from pipelines.db import migrate
     from pipelines.settings import get_settings
+    from service.cli import check_bind_or_exit
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         # Alembic (ours and MLflow's) logs every migration step at INFO; `-v` shows them.
@@ -445,6 +446,7 @@ def up(
     base = get_settings()
     updates = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = base.model_copy(update=updates)
+    check_bind_or_exit(settings)  # before any training: serving would refuse at the end
     if not _port_free(settings.host, settings.port):
         typer.echo(
             f"error: {settings.host}:{settings.port} is in use; stop what runs there or choose "

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from pipelines.settings import Settings
+
+
+def check_bind_or_exit(settings: Settings) -> None:
+    """`check_bind` for a command line: its message on stderr and exit status 2, no traceback."""
+    from service.security import UnsafeBindError, check_bind
+
+    try:
+        check_bind(settings)
+    except UnsafeBindError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
 
 
 def serve(
@@ -35,6 +49,7 @@ def serve(
     if port is not None:
         updates["port"] = port
     settings = base.model_copy(update=updates)
+    check_bind_or_exit(settings)
     typer.echo(
         f"trading-bot-ml on http://{settings.host}:{settings.port}  "
         f"(docs: /docs, metrics: /metrics; MLflow UI: `make ui`)",

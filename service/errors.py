@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from pipelines.pairs import InvalidNameError, MalformedNameError
 
@@ -22,6 +23,16 @@ class ApiError(Exception):
         self.status_code = status_code
         self.message = message
         self.extra = extra
+
+
+def no_candles(exc: LookupError, *, pair: str, timeframe: str) -> ApiError:
+    """404 for a pair without candles: the files it looked for go to the log, not the client."""
+    logger.warning("%s", exc)
+    return ApiError(
+        404,
+        f"no candles for {pair} at {timeframe} in the candle store (`tbml ingest --pair {pair}` "
+        "fetches them; the service log names the files it looked for)",
+    )
 
 
 def _body(message: str, status_code: int, **extra: object) -> dict[str, object]:
@@ -46,13 +57,33 @@ def location(loc: tuple[int | str, ...] | list[int | str]) -> str:
     return text or "body"
 
 
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
         value = err.get("input")
-        shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+        shown = "" if isinstance(value, dict | list) or value is None else f" (got {_short(value)})"
         parts.append(f"{location(err.get('loc', ()))}: {err.get('msg', 'invalid')}{shown}")
     return "; ".join(parts) or "invalid request"
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route of the app answers on this path (Starlette's 405 names only the
+    first matching route's, and included routers nest theirs)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    ]
+    return ", ".join(allowed)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -81,4 +112,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(_body(str(exc.detail), exc.status_code), exc.status_code)
+        if exc.status_code == 405:
+            allowed = allowed_methods(request)
+            return JSONResponse(
+                _body(f"{request.method} is not allowed here: allowed are {allowed}", 405),
+                405,
+                headers={"Allow": allowed},
+            )
+        # `Allow` on 405 (and any other header the exception carries) is part of the answer.
+        return JSONResponse(
+            _body(str(exc.detail), exc.status_code), exc.status_code, headers=exc.headers
+        )

@@ -28,18 +28,20 @@ from typing import Any
 import numpy as np
 
 from pipelines.features.spec import FeatureSpecMismatchError, ensure_compatible
-from pipelines.modelbundle import (
-    TAG_UNPROVEN,
-    BundleError,
-    ModelBundle,
-    registered_model_name,
-)
-from service.registry import RegistryReader, VersionInfo, reader_for
+from pipelines.modelbundle import BundleError, ModelBundle
+from pipelines.periodic import Chores
+from pipelines.tracking import TAG_UNPROVEN, registered_model_name
+from service.registry_reader import RegistryReader, VersionInfo, reader_for
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 INDEX_FILE = "production.json"
+REFRESH_CHORE = "model-refresh"
+
+
+class RegistryUnreachableError(RuntimeError):
+    """A registry poll could not reach the registry (the model-refresh chore failed)."""
 
 
 def _prepare(
@@ -369,32 +371,41 @@ class ModelCache:
     # --- background polling -------------------------------------------------------------------
 
     def trigger(self) -> None:
-        """Refresh now (called when a training finishes); returns at once."""
-        self._wake.set()
+        """Refresh now (called when a training finishes); returns at once.
 
-    def start(self, *, interval_s: float) -> None:
-        if self._thread is not None:
+        Before `start()` this only asks that the first refresh run as soon as it starts.
+        """
+        chores: Chores | None = getattr(self, "_chores", None)
+        if chores is None:
+            self._wake.set()
+        else:
+            chores.trigger(REFRESH_CHORE)
+
+    def start(self, *, interval_s: float, chores: Chores) -> None:
+        """Poll the registry every `interval_s`: the chore `model-refresh` of `chores`.
+
+        A refresh that cannot reach the registry counts as a failure of the chore (health shows
+        it, and it retries with backoff); the served models stay as they are meanwhile.
+        """
+        if getattr(self, "_chores", None) is not None:
             return
-        self._stop.clear()
+        self._chores: Chores | None = chores
+        chores.add(REFRESH_CHORE, self._poll, interval_s=interval_s, run_now=self._wake.is_set())
+        self._wake.clear()
 
-        def loop() -> None:
-            while not self._stop.is_set():
-                self._wake.wait(interval_s)
-                self._wake.clear()
-                if self._stop.is_set():
-                    break
-                try:
-                    self.refresh()
-                except Exception:  # the poller must outlive any one bad refresh
-                    logger.exception("model refresh failed")
-
-        self._thread = threading.Thread(target=loop, name="model-refresh", daemon=True)
-        self._thread.start()
+    def _poll(self) -> None:
+        self.refresh()
+        unreachable = [
+            f"{pair}-{kind}"
+            for (pair, kind), status in self.statuses().items()
+            if status.state == "registry_unreachable"
+        ]
+        if unreachable:
+            raise RegistryUnreachableError(
+                f"the registry did not answer for {', '.join(sorted(unreachable))}"
+            )
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        """Forget the chores (their owner shuts them down) and close the registry reader."""
+        self._chores = None
         self.reader.close()

@@ -147,12 +147,14 @@ class Predictor:
     def predict_candles(
         self, *, pair: str, model_type: str, ensemble: bool, candles: pd.DataFrame
     ) -> dict[str, Any]:
-        """Predict from candles a client sent; never cached (the client owns the data)."""
+        """Predict from candles a client sent; never cached (the client owns the data) and never
+        recorded: the history holds the service's own predictions, whose outcomes it can fill
+        in, and a client posting candles must not be able to grow it without bound."""
         served = self._served(pair, model_type, ensemble)
         windows = [
             self._window(pair=pair, served=m, candles=candles, use_cache=False) for m in served
         ]
-        body = self._answer(pair, model_type, ensemble, served, candles, windows)
+        body = self._answer(pair, model_type, ensemble, served, candles, windows, record=False)
         return {**body, "source": "request", "cached": False, "cacheAge": 0}
 
     def warm(self) -> int:
@@ -196,6 +198,8 @@ class Predictor:
         served: list[ServedModel],
         candles: pd.DataFrame,
         windows: list[np.ndarray],
+        *,
+        record: bool = True,
     ) -> dict[str, Any]:
         label = "ensemble" if ensemble else model_type
         if not served:
@@ -203,7 +207,12 @@ class Predictor:
                 pair=pair, model_type=label, ensemble=ensemble, newest=candles.index[-1]
             )
         return self._compute(
-            pair=pair, label=label, served=served, windows=windows, newest=candles.index[-1]
+            pair=pair,
+            label=label,
+            served=served,
+            windows=windows,
+            newest=candles.index[-1],
+            record=record,
         )
 
     def _served(self, pair: str, model_type: str, ensemble: bool) -> list[ServedModel]:
@@ -270,6 +279,7 @@ class Predictor:
         served: list[ServedModel],
         windows: list[np.ndarray],
         newest: pd.Timestamp,
+        record: bool = True,
     ) -> dict[str, Any]:
         created = now_ms()
         probabilities: list[float] = []
@@ -328,7 +338,7 @@ class Predictor:
             body["reason"] = f"{which}: {UNPROVEN_REASON}" + (
                 "; signal held at HOLD (ML_SERVE_UNPROVEN=false)" if hold else ""
             )
-        if self._record is not None:
+        if record and self._record is not None:
             try:
                 self._record(records)
             except Exception:  # losing a history row must not lose the answer

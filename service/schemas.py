@@ -400,3 +400,55 @@ class CleanupResult(Timed):
     model_copies_deleted: list[str]
     kept: list[str] | None = Field(None, description="Model copies kept (name/version).")
     note: str | None = Field(None, description="Why no model copy was deleted.")
+
+
+# Background work and probes
+
+
+class ChoreHealth(Schema):
+    """One piece of background work: its latest outcome and when it tries again."""
+
+    state: Literal["ok", "failing"]
+    interval_seconds: float | None = Field(description="Its period; null for a thread.")
+    last_success: int | None
+    last_error: str | None = Field(description="Exception type and a short, redacted message.")
+    last_error_at: int | None
+    consecutive_failures: int
+    next_retry: int | None = Field(description="When a failing chore tries again, epoch ms.")
+
+
+class DatabaseHealth(Schema):
+    state: Literal["up", "down"]
+    migrated: bool = Field(description="The schema was brought to head since this process began.")
+    last_error: str | None
+
+
+class HealthReport(Health):
+    """`GET /api/health`: `Health` plus the database and every piece of background work."""
+
+    database: DatabaseHealth
+    background: dict[str, ChoreHealth] = Field(description="Chore name -> its state.")
+
+
+class Liveness(Timed):
+    """`GET /livez`: the process answers (nothing else is asked)."""
+
+    status: Literal["alive"]
+    uptime_seconds: float
+
+
+class Readiness(Timed):
+    """`GET /readyz` 200: the database and the registry are reachable."""
+
+    status: Literal["ready"]
+    database: Literal["up"]
+    registry: Literal["up"]
+
+
+class NotReady(ErrorBody):
+    """`GET /readyz` 503: what is down, and its redacted error."""
+
+    database: Literal["up", "down"]
+    registry: Literal["up", "down"]
+    down: list[str] = Field(description="What is not reachable.")
+    errors: dict[str, str] = Field(description="What is down -> its redacted error.")

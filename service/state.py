@@ -1,17 +1,24 @@
-"""What one API process holds while it runs, built and torn down by the app's lifespan."""
+"""What one API process holds while it runs, built and torn down by the app's lifespan.
+
+Its periodic chores (database check and migration, model refresh, outcome filler, retention)
+run on one `pipelines.periodic.Chores`; the history writer's thread reports into it, so health
+sees every piece of background work in one place.
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sqlalchemy import text
 
 from pipelines.candles.store import CandleStore
+from pipelines.db import migrate, read_session
+from pipelines.periodic import Chores, ChoreStatus
 from pipelines.settings import Settings
 from service.caches import TTLCache
 from service.candles import ServingCandleStore
@@ -21,6 +28,10 @@ from service.model_cache import ModelCache
 from service.predictor import Predictor
 
 logger = logging.getLogger(__name__)
+
+DATABASE_CHORE = "database"
+HISTORY_WRITER = "history-writer"
+DATABASE_CHECK_S = 5.0
 
 
 @dataclass
@@ -40,8 +51,8 @@ class ServiceState:
     queue: Any  # pipelines.queue.api.TrainingQueue (imported lazily: it pulls in MLflow)
     scheduler: Any = None  # pipelines.queue.runtime.TrainingScheduler when run in-process
     started_at: float = field(default_factory=time.time)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    chores: Chores = field(default_factory=Chores)
+    migrated: bool = False
 
     @classmethod
     def build(cls, settings: Settings) -> ServiceState:
@@ -58,7 +69,13 @@ class ServiceState:
             slots=[(p, m) for p in settings.pairs for m in settings.enabled_models],
         )
         history = PredictionHistory(url=settings.database_url)
-        writer = HistoryWriter(store=history.record)
+        chores = Chores()
+        writer = HistoryWriter(
+            store=history.record,
+            on_outcome=lambda error, retry_s: chores.record(
+                HISTORY_WRITER, error, next_retry_s=retry_s
+            ),
+        )
         prediction_cache: TTLCache[dict[str, Any]] = TTLCache(
             name="predictions", ttl_ms=settings.prediction_cache_ttl_ms
         )
@@ -87,6 +104,7 @@ class ServiceState:
                 name="modelStatus", ttl_ms=settings.model_status_cache_ttl_ms
             ),
             queue=None,
+            chores=chores,
         )
 
     def cache_hits(self) -> dict[str, int]:
@@ -106,22 +124,35 @@ class ServiceState:
         }
 
     def every(self, interval_s: float, name: str, action: Callable[[], object]) -> None:
-        """Run `action()` every `interval_s` in a daemon thread until `stop_background()`."""
+        """Run `action()` every `interval_s` as the chore `name` (survives its failures)."""
+        self.chores.add(name, action, interval_s=interval_s)
 
-        def loop() -> None:
-            while not self._stop.wait(interval_s):
-                try:
-                    action()
-                except Exception:  # a periodic chore must outlive one failure
-                    logger.exception("%s failed", name)
+    def check_database(self) -> None:
+        """The database chore: migrate once it is reachable (a start while it was down), then
+        check it answers; raises while it does not (health: `database` down)."""
+        if not self.migrated:
+            migrate(self.settings)
+            self.migrated = True
+            logger.info("service database reachable and migrated")
+        self.ping_database()
 
-        thread = threading.Thread(target=loop, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
+    def ping_database(self) -> None:
+        """One `SELECT 1`; raises when the database does not answer."""
+        with read_session(self.settings.database_url) as session:
+            session.execute(text("SELECT 1"))
+
+    def start_background(self) -> None:
+        """Start the chores (the database check first, every `DATABASE_CHECK_S`)."""
+        self.chores.add(DATABASE_CHORE, self.check_database, interval_s=DATABASE_CHECK_S)
+        self.chores.start()
+
+    def background(self) -> dict[str, ChoreStatus]:
+        """Every chore's state: this process's, and the in-process scheduler's (lease...)."""
+        statuses = self.chores.statuses()
+        if self.scheduler is not None:
+            statuses.update(self.scheduler.background())
+        return statuses
 
     def stop_background(self) -> None:
-        """Stop the periodic chores started by `every`."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=10)
-        self._threads.clear()
+        """Stop the chores (a running one finishes first)."""
+        self.chores.shutdown()

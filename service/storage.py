@@ -12,7 +12,7 @@ from sqlalchemy import func, inspect, select, table, text
 from sqlalchemy.engine import make_url
 
 from pipelines.db import get_engine, is_sqlite, read_session
-from pipelines.modelbundle import registered_model_name
+from pipelines.tracking import registered_model_name
 from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
@@ -200,3 +200,22 @@ def cleanup(state: ServiceState, *, max_age_hours: float) -> dict[str, Any]:
         "modelCopiesDeleted": removed,
         "kept": sorted(f"{n}/{v}" for n, v in kept),
     }
+
+
+# How often the service applies its retention (`retention`).
+RETENTION_INTERVAL_S = 3600.0
+
+
+def retention(state: ServiceState) -> dict[str, Any]:
+    """The service's scheduled retention: `cleanup` with `ML_STORAGE_MAX_AGE_HOURS`.
+
+    Prediction history older than that and model copies neither served nor production go;
+    the queue's own rows and logs are pruned by `pipelines.queue.retention`.
+    """
+    result = cleanup(state, max_age_hours=state.settings.storage_max_age_hours)
+    logger.info(
+        "retention: %s prediction(s), %d model copy(ies) deleted",
+        result["predictionsDeleted"],
+        len(result["modelCopiesDeleted"]),
+    )
+    return result

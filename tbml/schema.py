@@ -10,7 +10,7 @@ from sqlalchemy import MetaData
 
 from pipelines.db import load_models
 
-TABLE_MODULES: tuple[str, ...] = ("pipelines.queue.models", "service.history.models")
+TABLE_MODULES: tuple[str, ...] = ("pipelines.queue.tables", "service.history.tables")
 
 
 def metadata() -> MetaData:

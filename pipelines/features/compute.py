@@ -12,9 +12,9 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from pipelines.features.catalog import Inputs, epoch_seconds
 from pipelines.features.groups import GROUPS
 from pipelines.features.params import FeatureParams
-from pipelines.features.registry import Inputs, epoch_seconds
 from pipelines.features.spec import FeatureSpec, resolve_spec
 
 CANDLE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")

@@ -20,9 +20,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pipelines.features.catalog import FeatureDef
 from pipelines.features.groups import GROUPS
 from pipelines.features.params import FeatureParams, InvalidFeatureParamsError
-from pipelines.features.registry import FeatureDef
 
 # Bump when a formula changes (see the module docstring).
 REVISION = 1

@@ -24,10 +24,6 @@ from pipelines.queue.errors import (
     QueueValidationError,
     UnknownJobError,
 )
-from pipelines.queue.models import (
-    QUEUED,
-    TRAINING,
-)
 from pipelines.queue.params import (
     PRIORITY_DEFAULT,
     validate_params,
@@ -44,6 +40,10 @@ from pipelines.queue.schemas import (
     JobView,
     QueueStatusResponse,
     ResumeResult,
+)
+from pipelines.queue.tables import (
+    QUEUED,
+    TRAINING,
 )
 from pipelines.queue.views import COOLDOWN, PAUSED, can_train, load_job_view, queue_status
 from pipelines.settings import Settings
@@ -121,7 +121,7 @@ class TrainingQueue:
         """
         symbol, kind = validate_target(pair, model_type, pairs=self._settings.pairs)
         rank = validate_priority(priority)
-        checked = validate_params(params)
+        checked = validate_params(params, settings=self._settings)
         if requested_by not in REQUESTERS:
             raise ValueError(f"requested_by {requested_by!r}: expected one of {REQUESTERS}")
         now = now_ms()
@@ -163,6 +163,7 @@ class TrainingQueue:
                     requested_by=requested_by,
                     max_attempts=self._settings.training_max_attempts,
                     now=now,
+                    max_queued=self._settings.max_queued_jobs,
                 )
                 return job_id
             except IntegrityError:

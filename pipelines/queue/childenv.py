@@ -1,8 +1,14 @@
-"""The environment of a training child: the parent's, plus the parent's settings spelled out.
+"""The environment of a training child: what it needs of the parent's, and its settings.
 
 A scheduler may run on settings that did not come from its environment (tests build them in
 code; the service may too). Writing every setting into the child's environment under its own
 variable name makes the child's `get_settings()` equal the parent's, whatever their origin.
+
+Only what a training needs crosses over: the system basics (PATH, HOME, locale, temporary
+directory), the settings (ML_*) and MLflow's variables (MLFLOW_*, with the credentials of an
+authenticated tracking server), the numeric libraries' knobs (TF_*, OMP_*, ...), PYTHON*, the
+artifact store's AWS_* and the tests' TBML_*. Never the API key, nor the service database's
+URL (a training never opens it, and it may carry a password), nor anything else the parent has.
 """
 
 from __future__ import annotations
@@ -18,6 +24,25 @@ from pipelines.settings import Settings
 
 # Variables a parent may carry from an MLflow run of its own; `mlflow run` sets its child's.
 _DROPPED = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+# Settings a training does not need and must not see.
+_WITHHELD_SETTINGS = ("api_key", "database_url", "scheduler_database_url")
+KEPT_NAMES = frozenset(
+    {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "USER", "LOGNAME"}
+)
+KEPT_PREFIXES = (
+    "LC_",
+    "ML_",
+    "MLFLOW_",
+    "TF_",
+    "OMP_",
+    "OPENBLAS_",
+    "MKL_",
+    "KMP_",
+    "CUDA_",
+    "PYTHON",
+    "AWS_",
+    "TBML_",
+)
 
 
 def _variable(alias: object) -> str | None:
@@ -50,15 +75,37 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+def withheld_variables() -> set[str]:
+    """The environment variables of `_WITHHELD_SETTINGS` (every name each is read from)."""
+    names: set[str] = set()
+    for name in _WITHHELD_SETTINGS:
+        alias = Settings.model_fields[name].validation_alias
+        if isinstance(alias, str):
+            names.add(alias)
+        elif isinstance(alias, AliasChoices):
+            names.update(choice for choice in alias.choices if isinstance(choice, str))
+    return names
+
+
+def _kept(name: str, withheld: set[str]) -> bool:
+    if name in _DROPPED or name in withheld:
+        return False
+    return name in KEPT_NAMES or name.startswith(KEPT_PREFIXES)
+
+
 def child_environment(settings: Settings, *, extra: dict[str, str]) -> dict[str, str]:
-    """The parent's environment, its settings, `extra`, and this interpreter's bin on PATH.
+    """What the child needs of the parent's environment, its settings, `extra`, and this
+    interpreter's bin on PATH.
 
     `mlflow run` starts the entry point's `python ...` through a shell, so the directory of
     the interpreter running the scheduler goes first on PATH: the child runs in the same venv
     even when the scheduler was started as `.venv/bin/tbml` without an activated venv.
     """
-    env = {key: value for key, value in os.environ.items() if key not in _DROPPED}
-    env.update(settings_environment(settings))
+    withheld = withheld_variables()
+    env = {key: value for key, value in os.environ.items() if _kept(key, withheld)}
+    env.update(
+        (key, value) for key, value in settings_environment(settings).items() if key not in withheld
+    )
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)

@@ -19,13 +19,13 @@ from pipelines import tracking
 from pipelines.db import read_session
 from pipelines.queue import runner, store, transitions
 from pipelines.queue.clock import now_ms
-from pipelines.queue.models import CANCELLED, FAILED, INTERRUPTED, SUCCEEDED, TRAINING
+from pipelines.queue.redact import redact, secret_values
 from pipelines.queue.runner import Child
 from pipelines.queue.schemas import JobView
+from pipelines.queue.tables import CANCELLED, FAILED, INTERRUPTED, SUCCEEDED, TRAINING
 from pipelines.queue.transitions import Ending
 from pipelines.queue.views import load_job_view
 from pipelines.settings import Settings
-from pipelines.tracking import RunReport
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,7 +40,9 @@ class Running:
     max_attempts: int
     run_id: str
     child: Child
+    started_ms: int = 0
     killed: bool = False
+    timed_out: bool = False
 
 
 def backoff_ms(settings: Settings, *, attempt: int) -> int:
@@ -71,6 +73,8 @@ class Dispatcher:
         self._on_child_exit = on_child_exit
         self._lock = threading.RLock()
         self._running: Running | None = None
+        # Infrastructure failures per job in a row (they set the backoff, not the attempts).
+        self._outages: dict[str, int] = {}
 
     @property
     def running(self) -> Running | None:
@@ -94,9 +98,11 @@ class Dispatcher:
         running = self._running
         assert running is not None
         code = running.child.process.poll()
+        with read_session(self._url) as session:
+            job = store.get_job(session, running.job_id)
+        if code is not None and job is not None and job.cancel_requested_at is not None:
+            running.killed = True  # it ended by itself after the cancel: still a cancel
         if code is None:
-            with read_session(self._url) as session:
-                job = store.get_job(session, running.job_id)
             if job is None or job.status != TRAINING or job.worker_id != self.worker_id:
                 # A successor recovered this job while we lost the lease: end the child
                 # and leave the row to whoever has it.
@@ -104,11 +110,16 @@ class Dispatcher:
                 runner.stop_child(running.child, job_id=running.job_id)
                 self._running = None
                 return True
-            if job.cancel_requested_at is None:
+            overdue = now_ms() - running.started_ms > self._settings.training_timeout_ms
+            if job.cancel_requested_at is None and not overdue:
                 return False
             pids = runner.stop_child(running.child, job_id=running.job_id)
-            logger.info("job %s cancelled: killed pids %s", running.job_id, pids)
-            running.killed = True
+            if job.cancel_requested_at is None:
+                running.timed_out = True
+                logger.warning("job %s timed out: killed pids %s", running.job_id, pids)
+            else:
+                running.killed = True
+                logger.info("job %s cancelled: killed pids %s", running.job_id, pids)
             code = running.child.process.returncode
         self._finish(running, code)
         self._running = None
@@ -122,6 +133,8 @@ class Dispatcher:
             self._finish_succeeded(running, now)
         else:
             error = f"exit code {code}"
+            if running.timed_out:
+                error = f"timed out after {_duration(self._settings.training_timeout_ms)}"
             tail = runner.log_tail(running.child.log_path)
             self._finish_failed(
                 running.job_id,
@@ -137,7 +150,7 @@ class Dispatcher:
             job = store.get_job(session, running.job_id)
             reason = (job.cancel_reason if job else None) or "cancelled"
         self._mlflow(tracking.force_status, self._settings, running.run_id, status="KILLED")
-        self._mlflow(tracking.delete_versions_of_run, self._settings, running.run_id)
+        self._mlflow(tracking.undo_versions_of_run, self._settings, running.run_id)
         transitions.finish_attempt(
             self._url,
             job_id=running.job_id,
@@ -149,7 +162,20 @@ class Dispatcher:
         self._notify(running.job_id)
 
     def _finish_succeeded(self, running: Running, now: int) -> None:
-        report = self._mlflow(tracking.read_report, self._settings, running.run_id)
+        try:
+            report = tracking.read_report(self._settings, running.run_id)
+        except Exception as error:
+            # The training ran; the tracking store did not answer. Not the training's fault.
+            self._finish_failed(
+                running.job_id,
+                attempt=running.attempt,
+                max_attempts=running.max_attempts,
+                run_id="",
+                error=f"could not read the report: {error}",
+                code=0,
+                counted=False,
+            )
+            return
         self._mlflow(tracking.end_run, self._settings, running.run_id, status="FINISHED")
         transitions.finish_attempt(
             self._url,
@@ -158,7 +184,7 @@ class Dispatcher:
             attempt=running.attempt,
             ending=Ending(SUCCEEDED, 0),
             now=now,
-            report=report or RunReport(),
+            report=report,
             cooldown_ms=self._settings.training_cooldown_ms,
         )
         logger.info("job %s attempt %d succeeded", running.job_id, running.attempt)
@@ -173,12 +199,23 @@ class Dispatcher:
         run_id: str,
         error: str,
         code: int | None,
+        counted: bool = True,
     ) -> None:
+        """Record a failed attempt and requeue the job while it may retry.
+
+        `counted=False` is an infrastructure failure (the tracking store or the database did
+        not answer): the attempt is not used up, and the backoff doubles over the outages of
+        this job in a row instead.
+        """
         now = now_ms()
+        error = redact(error, secrets=secret_values(self._settings))
         if run_id:
             self._mlflow(tracking.end_run, self._settings, run_id, status="FAILED")
         retry_at = None
-        if attempt < max_attempts:
+        if not counted:
+            outages = self._outages[job_id] = self._outages.get(job_id, 0) + 1
+            retry_at = now + backoff_ms(self._settings, attempt=outages)
+        elif attempt < max_attempts:
             retry_at = now + backoff_ms(self._settings, attempt=attempt)
         moved = transitions.finish_attempt(
             self._url,
@@ -189,13 +226,19 @@ class Dispatcher:
             now=now,
             requeue_at=retry_at,
             cooldown_ms=None if retry_at is not None else self._settings.training_cooldown_ms,
+            counted=counted,
         )
         if not moved:
             return
         if retry_at is not None:
             first_line = error.splitlines()[0] if error else "failed"
             logger.warning(
-                "job %s attempt %d failed (%s); retry at %d", job_id, attempt, first_line, retry_at
+                "job %s attempt %d failed (%s)%s; retry at %d",
+                job_id,
+                attempt,
+                first_line,
+                "" if counted else ", not counted",
+                retry_at,
             )
             self._schedule_retry(job_id, retry_at)
         else:
@@ -251,6 +294,8 @@ class Dispatcher:
             )
         except Exception as error:
             logger.exception("job %s attempt %d could not start", job.id, attempt)
+            # Nothing of the training ran: the tracking store, the database or the machine
+            # failed, so the attempt does not count.
             self._finish_failed(
                 job.id,
                 attempt=attempt,
@@ -258,9 +303,11 @@ class Dispatcher:
                 run_id=run_id,
                 error=f"could not start: {error}",
                 code=None,
+                counted=False,
             )
             return
-        self._running = Running(job.id, attempt, job.max_attempts, run_id, child)
+        self._outages.pop(job.id, None)
+        self._running = Running(job.id, attempt, job.max_attempts, run_id, child, now_ms())
         threading.Thread(
             target=self._watch, args=(child,), name=f"tbml-child-{child.pid}", daemon=True
         ).start()
@@ -307,7 +354,7 @@ class Dispatcher:
         if job.cancel_requested_at is not None:
             if job.run_id:
                 self._mlflow(tracking.force_status, self._settings, job.run_id, status="KILLED")
-                self._mlflow(tracking.delete_versions_of_run, self._settings, job.run_id)
+                self._mlflow(tracking.undo_versions_of_run, self._settings, job.run_id)
             ending = Ending(CANCELLED, None, job.cancel_reason or "cancelled")
         else:
             if job.run_id:
@@ -378,3 +425,14 @@ class Dispatcher:
         except Exception:
             logger.exception("MLflow call %s failed", getattr(fn, "__name__", fn))
             return None
+
+
+def _duration(ms: int) -> str:
+    """`6 h`, `90 s`, `1500 ms`: a timeout in words."""
+    if ms % 3_600_000 == 0:
+        return f"{ms // 3_600_000} h"
+    if ms % 60_000 == 0:
+        return f"{ms // 60_000} min"
+    if ms % 1_000 == 0:
+        return f"{ms // 1_000} s"
+    return f"{ms} ms"

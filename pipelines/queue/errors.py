@@ -43,3 +43,15 @@ class JobNotCancellableError(QueueError):
     def __init__(self, job: JobView) -> None:
         super().__init__(f"job {job.id} has already ended ({job.status}); nothing to cancel")
         self.job = job
+
+
+class QueueFullError(QueueError):
+    """The queue already holds its most queued jobs, `ML_MAX_QUEUED_JOBS` (HTTP 429)."""
+
+    def __init__(self, *, queued: int, limit: int) -> None:
+        super().__init__(
+            f"the training queue is full: {queued} jobs queued, at most {limit} allowed "
+            "(ML_MAX_QUEUED_JOBS); retry when some have started"
+        )
+        self.queued = queued
+        self.limit = limit

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from pipelines.pairs import InvalidNameError, check_model_type, check_pair
 from pipelines.queue.errors import QueueValidationError
-from pipelines.training_params import Param, TrainingParamError, check_params
+from pipelines.training_params import Param, TrainingParamError, check_params, resolve
 
 PRIORITY_HIGHEST = 1
 PRIORITY_LOWEST = 10
@@ -14,12 +14,17 @@ PRIORITY_DEFAULT = 5
 _PRIORITY = Param("priority", int, PRIORITY_HIGHEST, PRIORITY_LOWEST, setting="", help="")
 
 
-def validate_params(raw: Mapping[str, object] | None) -> dict[str, int | float]:
+def validate_params(
+    raw: Mapping[str, object] | None, *, settings: object | None = None
+) -> dict[str, int | float]:
     """Check the training parameters of a request (pipelines.training_params); unknown refused.
 
     Only the given parameters are kept: the others are the settings' values when it trains.
+    With `settings`, the combination with those values is checked against the size bounds.
     """
     try:
+        if settings is not None:
+            resolve(settings, raw)
         return check_params(raw)
     except TrainingParamError as error:
         raise QueueValidationError(str(error), field=error.name, value=error.value) from None

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,10 +162,24 @@ def kill_tree(
 def wait_gone(processes: list[psutil.Process], *, timeout: float = _KILL_WAIT_S) -> bool:
     """Wait until none of `processes` runs; False if some outlive `timeout`.
 
-    A zombie whose parent has not reaped it yet counts as gone: it runs nothing any more.
+    A zombie whose parent has not reaped it yet counts as gone: it runs nothing any more. A
+    child of this very process is only watched, never reaped here: `psutil.wait_procs` would
+    reap it, and its `Popen` would then read exit status 0 instead of how it really ended.
     """
-    _, alive = psutil.wait_procs(processes, timeout=timeout)
-    return all(_is_zombie(process) for process in alive)
+    deadline = time.monotonic() + timeout
+    mine = [process for process in processes if _is_child(process)]
+    others = [process for process in processes if process not in mine]
+    _, alive = psutil.wait_procs(others, timeout=timeout)
+    while not all(_is_zombie(process) for process in mine) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return all(_is_zombie(process) for process in [*alive, *mine])
+
+
+def _is_child(process: psutil.Process) -> bool:
+    try:
+        return process.ppid() == os.getpid()
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _is_zombie(process: psutil.Process) -> bool:

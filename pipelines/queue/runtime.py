@@ -1,6 +1,8 @@
 """`TrainingScheduler`: the scheduler a process runs (the API's lifespan, or `tbml worker`).
 
-A lease thread takes and renews the dispatch lease (a database row). Only while this process
+Two chores (`pipelines.periodic.Chores`) take and renew the dispatch lease (a database row) and
+take over when it is newly held; both survive their exceptions and retry with backoff, and their
+state is in `background()` (health shows it). Only while this process
 holds it does its APScheduler run: a second scheduler started by mistake waits on standby and
 never dispatches, and takes over (recovering the crashed holder's training) once the lease
 expires. APScheduler keeps the dispatcher tick, the retry triggers and the scheduled
@@ -13,16 +15,17 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Self
 
 from pipelines import tracking
-from pipelines.db import get_engine, migrate, read_session
+from pipelines.db import SQLITE_BUSY_TIMEOUT_S, get_engine, is_sqlite, migrate, read_session
+from pipelines.periodic import Chores, ChoreStatus
 from pipelines.queue import jobs, lease, store
 from pipelines.queue.api import TrainingQueue
-from pipelines.queue.clock import now_ms
 from pipelines.queue.dispatcher import Dispatcher
 from pipelines.queue.errors import DuplicateJobError
 from pipelines.queue.params import PRIORITY_LOWEST
@@ -34,6 +37,8 @@ logger = logging.getLogger(__name__)
 DISPATCH_JOB_ID = "tbml-dispatch"
 RETRY_JOB_PREFIX = "tbml-retry-"
 RETRAIN_JOB_PREFIX = "tbml-retrain-"
+LEASE_CHORE = "lease"
+TAKEOVER_CHORE = "takeover"
 SCHEDULED_PRIORITY = PRIORITY_LOWEST
 
 
@@ -61,9 +66,20 @@ class TrainingScheduler:
         )
         self._callbacks: list[Callable[[JobView], None]] = []
         self._holds = False
-        self._lease_until = 0
+        self._dispatching = False
+        self._migrated = False
+        self._lease_until = 0.0  # time.monotonic() seconds: no other host's clock involved
         self._stop = threading.Event()
-        self._lease_thread: threading.Thread | None = None
+        self._chores: Chores | None = None
+        if is_sqlite(settings.database_url) and (
+            settings.scheduler_lease_ms <= SQLITE_BUSY_TIMEOUT_S * 1000 * 3
+        ):
+            logger.warning(
+                "ML_SCHEDULER_LEASE=%d ms is under three times the SQLite busy timeout (%g s): "
+                "a renewal waiting on a writer could outlast the lease",
+                settings.scheduler_lease_ms,
+                SQLITE_BUSY_TIMEOUT_S,
+            )
         # Held while taking over (recovery, starting APScheduler) or standing down, so the two
         # never interleave; the lease thread itself only renews and never waits on a takeover.
         self._transition = threading.RLock()
@@ -79,6 +95,10 @@ class TrainingScheduler:
         """Whether this scheduler is the one that dispatches."""
         return self._holds
 
+    def background(self) -> dict[str, ChoreStatus]:
+        """The state of the lease and takeover chores (empty before `start()`)."""
+        return self._chores.statuses() if self._chores is not None else {}
+
     def on_training_finished(self, callback: Callable[[JobView], None]) -> None:
         """Call `callback(job)` in the scheduler's thread each time a job ends for good.
 
@@ -91,19 +111,28 @@ class TrainingScheduler:
         """Migrate the database, try for the lease, and keep trying (or renewing) in a thread.
 
         When the lease is free, this returns once the takeover is done (orphaned trainings
-        recovered, APScheduler running); the lease is renewed meanwhile.
+        recovered, APScheduler running); the lease is renewed meanwhile. With the database
+        unreachable this returns at once; the lease chore migrates and takes over once it is back.
         """
-        migrate(self.settings)
         if self.jobstore_url != self.settings.database_url:
             get_engine(self.jobstore_url)  # creates the SQLite file's directory
         self._stop.clear()
-        held = self._renew()
-        self._lease_thread = threading.Thread(
-            target=self._lease_loop, name="tbml-lease", daemon=True
-        )
-        self._lease_thread.start()
+        period_s = self.settings.scheduler_lease_ms / 3 / 1000
+        self._chores = Chores(retry_base_s=min(1.0, period_s / 2), retry_cap_s=period_s)
+        self._chores.add(LEASE_CHORE, self._lease_tick, interval_s=period_s)
+        self._chores.add(TAKEOVER_CHORE, self._takeover_tick, interval_s=period_s)
+        try:
+            self._migrate_once()
+            held = self._renew()
+        except Exception as error:
+            logger.error("scheduler %s starts without the database: %s", self.worker_id, error)
+            self._chores.record(LEASE_CHORE, error)
+            self._chores.start()
+            return self
+        self._chores.record(LEASE_CHORE, None)
+        self._chores.start()
         if held:
-            self._take_over()
+            self._try_take_over()  # on failure the takeover chore tries again
         else:
             state = lease.current(self.settings.database_url)
             logger.warning(
@@ -118,17 +147,20 @@ class TrainingScheduler:
     def shutdown(self) -> None:
         """Stop dispatching: interrupt (and requeue) a running training, release the lease."""
         self._stop.set()
-        if self._lease_thread is not None:
-            self._lease_thread.join(timeout=30)
-            self._lease_thread = None
+        if self._chores is not None:
+            self._chores.shutdown(wait=True)
         with self._transition:
+            self._dispatching = False
             if self._scheduler is not None:
                 self._scheduler.shutdown(wait=True)
                 self._scheduler = None
             jobs.unregister(self.key, self)
             self.dispatcher.abandon("the scheduler shut down during the training")
             if self._holds:
-                lease.release(self.settings.database_url, holder=self.worker_id)
+                try:
+                    lease.release(self.settings.database_url, holder=self.worker_id)
+                except Exception as error:  # it expires on its own
+                    logger.warning("could not release the dispatch lease: %s", error)
                 self._holds = False
         logger.info("training scheduler %s stopped", self.worker_id)
 
@@ -180,38 +212,61 @@ class TrainingScheduler:
 
     def _holds_now(self) -> bool:
         """Whether we hold the lease and it has not run out (the dispatcher's guard)."""
-        return self._holds and now_ms() < self._lease_until
+        return self._holds and time.monotonic() < self._lease_until
 
-    def _lease_loop(self) -> None:
-        period = self.settings.scheduler_lease_ms / 3 / 1000
-        while not self._stop.wait(period):
-            was_holding = self._holds
+    def _migrate_once(self) -> None:
+        if not self._migrated:
+            migrate(self.settings)
+            self._migrated = True
+
+    def _lease_tick(self) -> None:
+        """The lease chore: renew (or take) the lease; hand a new tenure to the takeover chore."""
+        was_holding = self._holds
+        try:
+            self._migrate_once()
             held = self._renew()
-            if held and not was_holding:
-                # Taking over can take long (importing MLflow, a slow tracking server, killing
-                # an orphaned training); renewal must go on meanwhile, or the lease would run
-                # out under us and a standby scheduler would take over too.
-                threading.Thread(target=self._take_over, name="tbml-takeover", daemon=True).start()
-            elif not held and was_holding:
+        finally:
+            if was_holding and not self._holds:
                 self._lost()
+        if held and not was_holding and self._chores is not None:
+            # Taking over can take long (importing MLflow, a slow tracking server, killing an
+            # orphaned training); it runs as its own chore so renewal goes on meanwhile, or the
+            # lease would run out under us and a standby scheduler would take over too.
+            self._chores.trigger(TAKEOVER_CHORE)
+
+    def _takeover_tick(self) -> None:
+        """The takeover chore: dispatch while we hold the lease (a failed takeover retries)."""
+        if self._holds and not self._dispatching:
+            self._take_over()
+
+    def _try_take_over(self) -> bool:
+        try:
+            self._take_over()
+        except Exception as error:
+            logger.exception("takeover failed; the takeover chore retries")
+            if self._chores is not None:
+                self._chores.record(TAKEOVER_CHORE, error)
+            return False
+        return True
 
     def _renew(self) -> bool:
-        """Take or renew the lease (one UPDATE); returns whether we hold it now."""
-        now = now_ms()
+        """Take or renew the lease (one UPDATE, the database's clock); whether we hold it now.
+
+        A database error is raised (the lease chore records it and retries soon), but it is not
+        a lost lease: ours holds until it would have expired, and no one can take it before.
+        """
+        started = time.monotonic()
         try:
             held = lease.acquire(
                 self.settings.database_url,
                 holder=self.worker_id,
                 ttl_ms=self.settings.scheduler_lease_ms,
-                now=now,
             )
-            if held:
-                self._lease_until = now + self.settings.scheduler_lease_ms
         except Exception:
-            logger.exception("could not reach the database to renew the dispatch lease")
-            # A database hiccup is not a lost lease: ours holds until it expires, and no one
-            # else can take it before then.
-            held = self._holds and now < self._lease_until
+            self._holds = self._holds and time.monotonic() < self._lease_until
+            raise
+        if held:
+            self._lease_until = started + self.settings.scheduler_lease_ms / 1000
         if held and not self._holds:
             logger.info("scheduler %s holds the dispatch lease", self.worker_id)
         self._holds = held
@@ -220,7 +275,7 @@ class TrainingScheduler:
     def _take_over(self) -> None:
         """Recover what a stopped scheduler left training, then start dispatching."""
         with self._transition:
-            if not self._holds or self._stop.is_set():
+            if not self._holds or self._stop.is_set() or self._dispatching:
                 return
             if self._has_work():
                 self._warm_tracking()
@@ -238,6 +293,7 @@ class TrainingScheduler:
             else:
                 jobs.register(self.key, self)
                 self._scheduler.resume()
+            self._dispatching = True
         self.wake()
 
     def _has_work(self) -> bool:
@@ -257,6 +313,7 @@ class TrainingScheduler:
     def _lost(self) -> None:
         logger.error("scheduler %s lost the dispatch lease; standing by", self.worker_id)
         with self._transition:
+            self._dispatching = False
             if self._scheduler is not None:
                 self._scheduler.pause()
             self.dispatcher.abandon("the scheduler lost its dispatch lease during the training")

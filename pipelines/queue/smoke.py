@@ -9,6 +9,13 @@ from the environment, so one scheduler's tests can vary it job by job:
     TBML_SMOKE_FAIL            1: always fail (exit 3)
     TBML_SMOKE_FAIL_ATTEMPTS   fail while the attempt number (TBML_JOB_ATTEMPT) is at most N
     TBML_SMOKE_REGISTER        1: register a model version before sleeping
+    TBML_SMOKE_PROMOTE         1: also make it production (alias and stage), archiving the
+                               version that was
+    TBML_SMOKE_PROMOTE_DELAY   seconds to sleep between registering and promoting (the chaos
+                               test kills the scheduler in that window)
+    TBML_SMOKE_MARKER          a file each training holds an exclusive lock on while it runs;
+                               one that finds it locked (two trainings at once) appends a line to
+                               `<marker>.overlap` and fails
     TBML_SMOKE_FAIL_PAIRS      comma-separated pairs that always fail
     TBML_SMOKE_TRACK           0: skip MLflow altogether (it takes seconds to import; tests of
                                ordering and timing that never look inside the run use this)
@@ -18,10 +25,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import logging
 import os
 import sys
 import time
+from pathlib import Path
+from typing import IO
 
 logger = logging.getLogger("pipelines.queue.smoke")
 
@@ -58,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the stand-in training; the exit status is what the queue sees."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s smoke: %(message)s")
     args = _parse(sys.argv[1:] if argv is None else argv)
+    marker = _hold_marker(args.pair)  # held (the file stays open) until this process ends
+    if marker is False:
+        return EXIT_FAILED
     attempt = int(os.environ.get("TBML_JOB_ATTEMPT", "1"))
     seconds = float(os.environ.get("TBML_SMOKE_SECONDS", "0.2"))
     if os.environ.get("TBML_SMOKE_TRACK", "1").strip() == "0":
@@ -69,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlflow
 
-    from pipelines.modelbundle import registered_model_name
+    from pipelines.tracking import registered_model_name
 
     # `mlflow run` put MLFLOW_RUN_ID in our environment: start_run() resumes the queue's run.
     run_id = mlflow.start_run().info.run_id
@@ -85,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     registered: tuple[str, str] | None = None
     if _flag("TBML_SMOKE_REGISTER"):
         registered = _register(run_id, registered_model_name(args.pair, args.model_type))
+        if _flag("TBML_SMOKE_PROMOTE"):
+            time.sleep(float(os.environ.get("TBML_SMOKE_PROMOTE_DELAY", "0") or 0))
+            _promote(*registered)
     time.sleep(seconds)
     if should_fail(pair=args.pair, attempt=attempt):
         logger.info("failing on purpose (attempt %d)", attempt)
@@ -105,6 +121,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _hold_marker(pair: str) -> IO[str] | bool | None:
+    """Lock `TBML_SMOKE_MARKER` for this process's life; False if another training holds it."""
+    path = os.environ.get("TBML_SMOKE_MARKER")
+    if not path:
+        return None
+    handle = Path(path).open("a")  # noqa: SIM115 (kept open: the lock lasts as long as we do)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        with Path(f"{path}.overlap").open("a") as overlap:
+            overlap.write(f"pid {os.getpid()} ({pair}) found another training running\n")
+        logger.error("another training holds %s: two trainings at once", path)
+        return False
+    return handle
+
+
 def _register(run_id: str, name: str) -> tuple[str, str]:
     import mlflow
     from mlflow import MlflowClient
@@ -118,6 +150,25 @@ def _register(run_id: str, name: str) -> tuple[str, str]:
     version = client.create_model_version(name, source, run_id=run_id)
     logger.info("registered %s version %s", name, version.version)
     return name, str(version.version)
+
+
+def _promote(name: str, version: str) -> None:
+    """What the gate does for a promoted version: the alias, and the stage mirroring it."""
+    import warnings
+
+    from mlflow import MlflowClient
+
+    from pipelines.tracking import ARCHIVED_STAGE, PRODUCTION_ALIAS, PRODUCTION_STAGE
+
+    client = MlflowClient()
+    client.set_registered_model_alias(name, PRODUCTION_ALIAS, version)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        for other in client.search_model_versions(f"name = '{name}'"):
+            if other.current_stage == PRODUCTION_STAGE:
+                client.transition_model_version_stage(name, other.version, ARCHIVED_STAGE)
+        client.transition_model_version_stage(name, version, PRODUCTION_STAGE)
+    logger.info("promoted %s version %s", name, version)
 
 
 if __name__ == "__main__":

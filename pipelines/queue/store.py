@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import Session
 
-from pipelines.queue.models import (
+from pipelines.queue.tables import (
     DISPATCH_CONTROL,
     QUEUED,
     TERMINAL_STATUSES,

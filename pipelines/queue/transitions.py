@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from pipelines.db import write_session
-from pipelines.queue.models import (
+from pipelines.queue.errors import QueueFullError
+from pipelines.queue.store import rowcount
+from pipelines.queue.tables import (
     CANCELLED,
     DISPATCH_CONTROL,
     DISPATCH_LEASE,
@@ -25,6 +27,7 @@ from pipelines.queue.models import (
     INTERRUPTED,
     QUEUED,
     SUCCEEDED,
+    TERMINAL_STATUSES,
     TRAINING,
     QueueControl,
     SchedulerLease,
@@ -32,7 +35,6 @@ from pipelines.queue.models import (
     TrainingCooldown,
     TrainingJob,
 )
-from pipelines.queue.store import rowcount
 from pipelines.tracking import RunReport
 
 
@@ -56,9 +58,20 @@ def insert_job(
     requested_by: str,
     max_attempts: int,
     now: int,
+    max_queued: int | None = None,
 ) -> None:
-    """Queue a new job; IntegrityError if the slot has an active job or the id exists."""
+    """Queue a new job; IntegrityError if the slot has an active job or the id exists.
+
+    `QueueFullError` if `max_queued` jobs are queued already (counted in the same transaction,
+    which SQLite serialises; on PostgreSQL two racing requests may pass the bound by one).
+    """
     with write_session(url) as session:
+        if max_queued is not None:
+            queued = int(
+                session.scalar(select(func.count()).where(TrainingJob.status == QUEUED)) or 0
+            )
+            if queued >= max_queued:
+                raise QueueFullError(queued=queued, limit=max_queued)
         session.add(
             TrainingJob(
                 id=job_id,
@@ -171,12 +184,25 @@ def claim(url: str, *, job_id: str, worker_id: str, now: int) -> int | None:
     )
     paused = exists().where(QueueControl.name == DISPATCH_CONTROL, QueueControl.paused.is_(True))
     with write_session(url) as session:
+        # A cancel is final: a queued job that carries a cancel request ends cancelled here
+        # instead of starting, and the claim below leaves the request in place.
+        session.execute(
+            update(TrainingJob)
+            .where(
+                TrainingJob.id == job_id,
+                TrainingJob.status == QUEUED,
+                TrainingJob.cancel_requested_at.is_not(None),
+            )
+            .values(status=CANCELLED, finished_at=now)
+            .execution_options(synchronize_session=False)
+        )
         result = session.execute(
             update(TrainingJob)
             .where(
                 TrainingJob.id == job_id,
                 TrainingJob.status == QUEUED,
                 TrainingJob.available_at <= now,
+                TrainingJob.cancel_requested_at.is_(None),
                 holds_lease,
                 ~paused,
             )
@@ -190,7 +216,6 @@ def claim(url: str, *, job_id: str, worker_id: str, now: int) -> int | None:
                 pid=None,
                 pid_started_at=None,
                 log_path=None,
-                cancel_requested_at=None,
             )
             .execution_options(synchronize_session=False)
         )
@@ -276,8 +301,12 @@ def finish_attempt(
     requeue_at: int | None = None,
     report: RunReport | None = None,
     cooldown_ms: int | None = None,
+    counted: bool = True,
 ) -> bool:
     """End the running attempt; move the job to its next state in the same transaction.
+
+    A cancel is final: a job whose cancel was requested is never requeued, it ends
+    `cancelled` unless its attempt succeeded.
 
     Args:
         url: Service database URL.
@@ -289,7 +318,61 @@ def finish_attempt(
         requeue_at: Put the job back in the queue, startable from this time (a retry).
         report: The training's report, when it succeeded.
         cooldown_ms: Start the pair's cooldown of this length (a training that finished).
+        counted: False for an infrastructure failure (MLflow or the database unreachable):
+            the attempt is forgotten (its number is used again), its error kept on the job.
     """
+    with write_session(url) as session:
+        job = session.get(TrainingJob, job_id)
+        if job is None:
+            return False
+        # A training that succeeded before the kill came stays succeeded (its report is real).
+        cancelled = job.cancel_requested_at is not None and ending.outcome != SUCCEEDED
+        if cancelled and requeue_at is not None:
+            requeue_at, cooldown_ms = None, None
+        values = _next_values(ending, now=now, requeue_at=requeue_at, report=report)
+        if cancelled and requeue_at is None:
+            values.update(status=CANCELLED, error=job.cancel_reason or "cancelled")
+        if not counted and requeue_at is not None:
+            values["attempts"] = TrainingJob.attempts - 1
+        result = session.execute(
+            update(TrainingJob)
+            .where(*_owned(job_id, worker_id))
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if rowcount(result) != 1:
+            return False
+        this_attempt = (TrainingAttempt.job_id == job_id, TrainingAttempt.number == attempt)
+        if "attempts" in values:
+            session.execute(delete(TrainingAttempt).where(*this_attempt))
+        else:
+            session.execute(
+                update(TrainingAttempt)
+                .where(*this_attempt)
+                .values(
+                    outcome=ending.outcome,
+                    finished_at=now,
+                    exit_code=ending.exit_code,
+                    error=ending.error,
+                )
+                .execution_options(synchronize_session=False)
+            )
+        if cooldown_ms is not None and cooldown_ms > 0:
+            start_cooldown(
+                session,
+                pair=job.pair,
+                model_type=job.model_type,
+                job_id=job_id,
+                now=now,
+                length_ms=cooldown_ms,
+            )
+        return True
+
+
+def _next_values(
+    ending: Ending, *, now: int, requeue_at: int | None, report: RunReport | None
+) -> dict[str, object]:
+    """The job's columns after an attempt ended this way."""
     values: dict[str, object] = {"pid": None, "pid_started_at": None}
     if requeue_at is not None:
         values.update(status=QUEUED, available_at=requeue_at, worker_id=None)
@@ -307,37 +390,28 @@ def finish_attempt(
             promotion_reason=rep.promotion_reason,
             beats_baseline=rep.beats_baseline,
         )
+    return values
+
+
+def delete_ended_jobs(url: str, *, finished_before: int) -> list[str]:
+    """Delete ended jobs (and their attempts) that finished before this time; return their ids."""
     with write_session(url) as session:
-        job = session.get(TrainingJob, job_id)
-        result = session.execute(
-            update(TrainingJob)
-            .where(*_owned(job_id, worker_id))
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        if job is None or rowcount(result) != 1:
-            return False
-        session.execute(
-            update(TrainingAttempt)
-            .where(TrainingAttempt.job_id == job_id, TrainingAttempt.number == attempt)
-            .values(
-                outcome=ending.outcome,
-                finished_at=now,
-                exit_code=ending.exit_code,
-                error=ending.error,
+        ids = list(
+            session.scalars(
+                select(TrainingJob.id).where(
+                    TrainingJob.status.in_(TERMINAL_STATUSES),
+                    TrainingJob.finished_at < finished_before,
+                )
             )
-            .execution_options(synchronize_session=False)
         )
-        if cooldown_ms is not None and cooldown_ms > 0:
-            start_cooldown(
-                session,
-                pair=job.pair,
-                model_type=job.model_type,
-                job_id=job_id,
-                now=now,
-                length_ms=cooldown_ms,
+        if ids:
+            session.execute(delete(TrainingAttempt).where(TrainingAttempt.job_id.in_(ids)))
+            session.execute(
+                delete(TrainingJob)
+                .where(TrainingJob.id.in_(ids), TrainingJob.status.in_(TERMINAL_STATUSES))
+                .execution_options(synchronize_session=False)
             )
-        return True
+        return ids
 
 
 def _job_status(outcome: str) -> str:

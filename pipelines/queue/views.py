@@ -6,7 +6,6 @@ from sqlalchemy.orm import Session
 
 from pipelines.queue import store
 from pipelines.queue.clock import minutes_left
-from pipelines.queue.models import TRAINING, TrainingAttempt, TrainingJob
 from pipelines.queue.schemas import (
     ActiveJob,
     ActiveJobs,
@@ -19,6 +18,7 @@ from pipelines.queue.schemas import (
     QueuedJobs,
     QueueStatus,
 )
+from pipelines.queue.tables import TRAINING, TrainingAttempt, TrainingJob
 from pipelines.settings import Settings
 
 ALLOWED = "Can start immediately"

@@ -15,7 +15,7 @@ from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 
 from pipelines.candles.store import CandlesNotFoundError, CandleStore
 from pipelines.db import read_session, write_session
-from service.history.models import PredictionRow
+from service.history.tables import PredictionRow
 from service.predictor import PredictionRecord
 
 logger = logging.getLogger(__name__)

@@ -6,31 +6,51 @@ load that is one insert per half second instead of one per prediction, and the i
 compete with the requests for the interpreter). `flush()` writes at once and waits until
 everything submitted so far is stored (tests, shutdown). A crash loses at most the rows of
 the last moment, never an answer.
+
+A batch the database refuses (it is down) goes back to the front of the queue and is retried
+after an exponential backoff (capped), so an outage loses nothing until `MAX_PENDING` rows wait
+(then the oldest go, counted in `dropped`). Each outcome is reported to `on_outcome` (health
+shows the writer as failing meanwhile). The thread is supervised: should its loop itself raise,
+it is restarted.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from pipelines.periodic import backoff_s
 from service.predictor import PredictionRecord
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 MAX_PENDING = 100_000  # beyond this (the database is down for long) the oldest rows are dropped
+RETRY_BASE_S = 0.5
+RETRY_CAP_S = 30.0
 
 
 class HistoryWriter:
     """Batches `PredictionRecord`s into `store(records)` calls from a background thread."""
 
     def __init__(
-        self, *, store: Callable[[Sequence[PredictionRecord]], None], delay_s: float = 0.5
+        self,
+        *,
+        store: Callable[[Sequence[PredictionRecord]], None],
+        delay_s: float = 0.5,
+        on_outcome: Callable[[BaseException | None, float | None], None] | None = None,
+        retry_base_s: float = RETRY_BASE_S,
+        retry_cap_s: float = RETRY_CAP_S,
     ) -> None:
         self._store = store
         self.delay_s = delay_s
+        self._on_outcome = on_outcome
+        self.retry_base_s = retry_base_s
+        self.retry_cap_s = retry_cap_s
+        self.failures = 0
         self._flushing = 0
         self._pending: deque[PredictionRecord] = deque()
         self._cond = threading.Condition()
@@ -48,21 +68,27 @@ class HistoryWriter:
             was_empty = not self._pending
             self._pending.extend(records)
             self._submitted += len(records)
-            overflow = len(self._pending) - MAX_PENDING
-            for _ in range(max(overflow, 0)):
-                self._pending.popleft()
-                self._done += 1
-                self.dropped += 1
+            self._drop_overflow()
             # Wake the writer only when it has something new to wait on: the first record of a
             # batch starts its delay, a full batch ends it. Waking it on every record would
             # cost the request path a thread switch each time.
             if was_empty or len(self._pending) >= MAX_BATCH:
                 self._cond.notify_all()
 
+    def _drop_overflow(self) -> None:
+        # Under self._cond.
+        for _ in range(max(len(self._pending) - MAX_PENDING, 0)):
+            self._pending.popleft()
+            self._done += 1
+            self.dropped += 1
+
     def start(self) -> None:
+        """Start the writer thread (idempotent)."""
         if self._thread is None:
             self._stop = False
-            self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
+            self._thread = threading.Thread(
+                target=self._supervise, name="history-writer", daemon=True
+            )
             self._thread.start()
 
     def flush(self, timeout: float = 30.0) -> bool:
@@ -85,6 +111,16 @@ class HistoryWriter:
             self._thread.join(timeout=timeout)
             self._thread = None
 
+    def _supervise(self) -> None:
+        while True:
+            try:
+                self._run()
+                return
+            except Exception as error:  # a bug in the loop must not end the history for good
+                logger.exception("the history writer's loop failed; restarting it")
+                self._report(error, self.retry_base_s)
+                time.sleep(self.retry_base_s)
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -96,11 +132,48 @@ class HistoryWriter:
                     timeout=self.delay_s,
                 )
                 batch = [self._pending.popleft() for _ in range(min(len(self._pending), MAX_BATCH))]
+                stopping = self._stop
             try:
                 self._store(batch)
-            except Exception:  # the history must not take the writer down
-                logger.exception("could not store %d prediction history rows", len(batch))
-                self.dropped += len(batch)
+            except Exception as error:  # the history must not take the writer down
+                self._failed(batch, error, stopping=stopping)
+                continue
+            if self.failures:
+                logger.info("prediction history writes recovered after %d failures", self.failures)
+            self.failures = 0
+            self._report(None, None)
             with self._cond:
                 self._done += len(batch)
                 self._cond.notify_all()
+
+    def _failed(self, batch: list[PredictionRecord], error: Exception, *, stopping: bool) -> None:
+        self.failures += 1
+        delay = backoff_s(self.failures, base_s=self.retry_base_s, cap_s=self.retry_cap_s)
+        logger.warning(
+            "could not store %d prediction history rows (%d failures in a row), retrying in "
+            "%.1f s: %s: %s",
+            len(batch),
+            self.failures,
+            delay,
+            type(error).__name__,
+            str(error).splitlines()[0][:200] if str(error) else "",
+        )
+        self._report(error, delay)
+        with self._cond:
+            if stopping:  # shutting down: one more try was all there was time for
+                self._done += len(batch)
+                self.dropped += len(batch)
+                self._cond.notify_all()
+                return
+            self._pending.extendleft(reversed(batch))
+            self._drop_overflow()
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._stop, timeout=delay)
+
+    def _report(self, error: BaseException | None, retry_in_s: float | None) -> None:
+        if self._on_outcome is None:
+            return
+        try:
+            self._on_outcome(error, retry_in_s)
+        except Exception:
+            logger.exception("the history writer's outcome callback failed")

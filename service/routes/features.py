@@ -13,7 +13,7 @@ from pipelines.candles.store import CandlesNotFoundError
 from pipelines.features.compute import latest_features
 from pipelines.features.spec import default_spec
 from service.deps import StateDep, valid_pair
-from service.errors import ApiError
+from service.errors import no_candles
 from service.predictor import epoch_ms
 from service.schemas import Features, errors
 from service.state import ServiceState
@@ -56,7 +56,7 @@ async def features(state: StateDep, pair: str) -> dict[str, Any]:
     try:
         body = await run_in_threadpool(feature_view, state, symbol)
     except CandlesNotFoundError as exc:
-        raise ApiError(404, str(exc)) from exc
+        raise no_candles(exc, pair=symbol, timeframe=state.settings.timeframe) from exc
     body["responseTime"] = round((time.perf_counter() - start) * 1000, 3)
     body["timestamp"] = int(time.time() * 1000)
     return body

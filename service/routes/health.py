@@ -1,21 +1,39 @@
-"""`GET /api/health`: models, queue, caches, in the original's shape plus what is new."""
+"""`GET /api/health` (models, queue, caches, database, background work in the original's shape
+plus what is new), `GET /livez` (the process answers) and `GET /readyz` (database and registry
+reachable). None of them fails when the database is down: they say so."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from pipelines.periodic import redact
 from service.deps import StateDep
-from service.schemas import Health, errors
-from service.state import ServiceState
+from service.model_cache import REFRESH_CHORE
+from service.schemas import HealthReport, Liveness, NotReady, Readiness, errors
+from service.state import DATABASE_CHORE, ServiceState
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api", tags=["health"])
+probes = APIRouter(tags=["health"])
 
 # Slot states that mean something is wrong (as opposed to "nothing trained yet").
 _DEGRADED = {"refused", "load_failed", "registry_unreachable"}
+
+
+def _queue(state: ServiceState) -> tuple[dict[str, Any], str | None]:
+    """The queue's summary, or nothing and the error when the database does not answer."""
+    try:
+        return state.queue.queue_status(history_limit=0).queue.to_json_dict(), None
+    except Exception as error:
+        logger.warning("health: the queue is unreadable: %s", redact(error))
+        return {}, redact(error)
 
 
 def health_body(state: ServiceState) -> dict[str, Any]:
@@ -29,7 +47,11 @@ def health_body(state: ServiceState) -> dict[str, Any]:
         entry["unproven"] = served.unproven if served else None
         models.setdefault(pair, {})[model_type] = entry
         degraded |= status.state in _DEGRADED
-    queue = state.queue.queue_status(history_limit=0).queue.to_json_dict()
+    queue, queue_error = _queue(state)
+    background = state.background()
+    database = background.get(DATABASE_CHORE)
+    database_error = queue_error or (database.last_error if database and database.failing else None)
+    degraded |= database_error is not None or any(c.failing for c in background.values())
     scheduler = state.scheduler
     return {
         "status": "degraded" if degraded else "healthy",
@@ -56,11 +78,71 @@ def health_body(state: ServiceState) -> dict[str, Any]:
         },
         "history": {"rowsDropped": state.history_writer.dropped},
         "performance": {"cacheHits": state.cache_hits(), "cacheMisses": state.cache_misses()},
+        "database": {
+            "state": "down" if database_error else "up",
+            "migrated": state.migrated,
+            "lastError": database_error,
+        },
+        "background": {name: chore.to_dict() for name, chore in sorted(background.items())},
         "timestamp": int(time.time() * 1000),
     }
 
 
-@router.get("/health", response_model=Health, response_model_exclude_unset=True, responses=errors())
+@router.get(
+    "/health", response_model=HealthReport, response_model_exclude_unset=True, responses=errors()
+)
 async def health(state: StateDep) -> dict[str, Any]:
-    """Service health: served models per pair, training queue, cache hits."""
+    """Service health: served models per pair, training queue, caches, database, background."""
     return await run_in_threadpool(health_body, state)
+
+
+@probes.get("/livez", response_model=Liveness, responses=errors())
+async def livez(state: StateDep) -> dict[str, Any]:
+    """The process is alive: asks neither the database nor the registry (a liveness probe)."""
+    return {
+        "status": "alive",
+        "uptimeSeconds": round(time.time() - state.started_at, 1),
+        "timestamp": int(time.time() * 1000),
+    }
+
+
+def readiness(state: ServiceState) -> dict[str, Any]:
+    """What of the database (reachable and migrated) and the registry is down now."""
+    problems: dict[str, str] = {}
+    try:
+        state.ping_database()
+    except Exception as error:
+        problems["database"] = redact(error)
+    else:
+        if not state.migrated:
+            problems["database"] = "reachable, not migrated yet (the database chore migrates it)"
+    refresh = state.chores.statuses().get(REFRESH_CHORE)
+    unreachable = any(s.state == "registry_unreachable" for s in state.models.statuses().values())
+    if refresh is not None and refresh.failing:
+        problems["registry"] = refresh.last_error or "unreachable"
+    elif unreachable:
+        problems["registry"] = "the registry did not answer the last poll"
+    return problems
+
+
+@probes.get(
+    "/readyz",
+    response_model=Readiness,
+    responses=errors(models={503: NotReady}),
+)
+async def readyz(state: StateDep) -> Any:
+    """Ready for traffic: 200 when the database and the registry are reachable, else 503
+    naming what is down."""
+    problems = await run_in_threadpool(readiness, state)
+    now = int(time.time() * 1000)
+    if not problems:
+        return {"status": "ready", "database": "up", "registry": "up", "timestamp": now}
+    body = NotReady(
+        error=f"not ready: {', '.join(sorted(problems))} down",
+        status=503,
+        database="down" if "database" in problems else "up",
+        registry="down" if "registry" in problems else "up",
+        down=sorted(problems),
+        errors=problems,
+    )
+    return JSONResponse(status_code=503, content=body.model_dump())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    TypeAdapter,
     field_validator,
 )
 from starlette.concurrency import run_in_threadpool
@@ -24,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from pipelines.candles.store import CandlesNotFoundError
 from pipelines.candles.validate import CandleValidationError, validate_candles
 from service.deps import StateDep, get_state, valid_model_type, valid_pair
-from service.errors import ApiError
+from service.errors import ApiError, no_candles
 from service.predictor import InsufficientCandlesError
 from service.schemas import AllPredictions, Prediction, PredictionHistory, errors
 from service.state import ServiceState
@@ -36,9 +38,16 @@ ModelQuery = Annotated[
     Query(description="Model type: lstm, gru, cnn or transformer (default: the first enabled)."),
 ]
 EnsembleQuery = Annotated[bool, Query(description="Average the pair's production models.")]
-# Epoch milliseconds below this are more likely seconds (1e11 ms is March 1973).
+# Epoch milliseconds below this are more likely seconds (1e11 ms is March 1973); from the
+# upper bound on (2200-01-01) they are more likely microseconds, and near it pandas' time range
+# ends (2262).
 MIN_EPOCH_MS = 10**11
-Price = Annotated[float, Field(allow_inf_nan=False)]
+MAX_EPOCH_MS = 7_258_118_400_000
+MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+# Strict: a boolean is not a price (JSON numbers, integers included, are). Bounded so that the
+# features' ratios and products stay finite: 1e-12 to 1e12 covers every traded price.
+Price = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=1e-12, le=1e12)]
+Volume = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=1e15)]
 
 
 def _json(body: dict[str, Any], start: float, status_code: int = 200) -> Response:
@@ -57,7 +66,7 @@ async def _predict(state: ServiceState, pair: str, model_type: str, ensemble: bo
             state.predictor.predict, pair=pair, model_type=model_type, ensemble=ensemble
         )
     except CandlesNotFoundError as exc:
-        raise ApiError(404, str(exc)) from exc
+        raise no_candles(exc, pair=pair, timeframe=state.settings.timeframe) from exc
     except InsufficientCandlesError as exc:
         raise ApiError(422, str(exc)) from exc
 
@@ -133,12 +142,30 @@ async def prediction(request: Request) -> Response:
 
 
 def _check_ms(value: datetime | int) -> datetime | int:
-    if isinstance(value, int) and value < MIN_EPOCH_MS:
+    if isinstance(value, bool) or not isinstance(value, datetime | int):
+        raise ValueError("a timestamp is an ISO 8601 string or integer epoch milliseconds")
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        if not datetime(1970, 1, 1, tzinfo=UTC) <= aware < MAX_TIME:
+            raise ValueError(f"timestamp {value.isoformat()} is outside 1970 to 2200")
+        return value
+    if not MIN_EPOCH_MS <= value < MAX_EPOCH_MS:
         raise ValueError(
-            f"timestamp {value} is not epoch milliseconds (at least {MIN_EPOCH_MS}); "
-            "seconds must be multiplied by 1000"
+            f"timestamp {value} is not epoch milliseconds (from {MIN_EPOCH_MS} to "
+            f"{MAX_EPOCH_MS}, 1973 to 2200); seconds must be multiplied by 1000"
         )
     return value
+
+
+# Bounds checked by `_check_ms` (its message says what went wrong), stated for the document.
+EpochMs = Annotated[
+    int,
+    Field(
+        strict=True,
+        json_schema_extra={"minimum": MIN_EPOCH_MS, "exclusiveMaximum": MAX_EPOCH_MS},
+    ),
+    AfterValidator(_check_ms),
+]
 
 
 class CandleIn(BaseModel):
@@ -146,12 +173,22 @@ class CandleIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    timestamp: datetime | int
+    timestamp: EpochMs | datetime
     open: Price
     high: Price
     low: Price
     close: Price
-    volume: Price
+    volume: Volume
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _form(cls, value: object) -> object:
+        # Not a number read as seconds, nor a boolean as 1 ms: a string or an integer.
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError("a timestamp is an ISO 8601 string or integer epoch milliseconds")
+        if isinstance(value, int):
+            _check_ms(value)  # not read as a date by the other member of the union
+        return value
 
     @field_validator("timestamp")
     @classmethod
@@ -161,12 +198,12 @@ class CandleIn(BaseModel):
 
 # `[time_ms, open, high, low, close, volume]`, as ccxt's `fetch_ohlcv` returns a candle.
 CandleRow = tuple[
-    Annotated[int, AfterValidator(_check_ms)],
+    EpochMs,
     Price,
     Price,
     Price,
     Price,
-    Price,
+    Volume,
 ]
 
 
@@ -265,13 +302,27 @@ async def prediction_from_candles(
     return _json(answer, start)
 
 
+# What `since` accepts, in the document's words: the check below is its one reading.
+SINCE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "pattern": "^[0-9]{1,18}$"},
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "format": "date"},
+    ]
+}
+_MOMENT: TypeAdapter[datetime] = TypeAdapter(datetime)
+
+
 def parse_since(value: str) -> int:
-    """`since` as epoch milliseconds or an ISO 8601 time (UTC unless it says otherwise)."""
+    """`since` as epoch milliseconds (up to 18 ASCII digits) or an RFC 3339 time or date (UTC
+    unless it says otherwise)."""
     text = value.strip()
-    if text.isdigit():
+    if re.fullmatch(r"[0-9]{1,18}", text):
         return int(text)
     try:
-        moment = datetime.fromisoformat(text)
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ].+)?", text):
+            raise ValueError(text)
+        moment = _MOMENT.validate_strings(text)
     except ValueError:
         raise ApiError(
             422,
@@ -297,6 +348,7 @@ async def prediction_history(
         Query(
             max_length=64,
             description="Only predictions made at or after this time: epoch ms or ISO 8601.",
+            json_schema_extra=SINCE_SCHEMA,
         ),
     ] = None,
 ) -> Response:

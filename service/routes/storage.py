@@ -21,7 +21,10 @@ class CleanupBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    maxAgeHours: float | None = Field(None, gt=0, le=24 * 3650)  # noqa: N815 - original's name
+    # Strict: `true` is not one hour.
+    maxAgeHours: float | None = Field(  # noqa: N815 - original's name
+        None, gt=0, le=24 * 3650, strict=True, allow_inf_nan=False
+    )
 
 
 @router.get(

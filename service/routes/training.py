@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.queue.errors import (
     DuplicateJobError,
     JobNotCancellableError,
+    QueueFullError,
     QueueValidationError,
     UnknownJobError,
 )
@@ -25,7 +27,7 @@ from pipelines.queue.schemas import (
     QueueStatusResponse,
     ResumeResult,
 )
-from pipelines.training_params import body_schema
+from pipelines.training_params import TrainingParamError, body_schema, lookup
 from service.deps import ApiKeyDep, StateDep, valid_pair
 from service.errors import ApiError
 from service.schemas import DuplicateJobBody, JobConflictBody, QueueFieldBody, errors
@@ -47,9 +49,14 @@ def _snake(name: str) -> str:
 
 
 def _document_params(schema: dict[str, Any]) -> None:
-    # The parameters come from their one definition; the queue checks them (422 naming the
-    # value and the rule), so the body model only documents them.
+    # The parameters come from their one definition; the queue checks their bounds (422 naming
+    # the value and the rule), so the body model only documents them and checks their JSON type.
     schema.setdefault("properties", {}).update(body_schema())
+    schema["additionalProperties"] = False
+
+
+# Larger than any parameter's bound, small enough for the bounds check's float arithmetic.
+_LARGEST = 10**15
 
 
 class TrainBody(BaseModel):
@@ -59,7 +66,25 @@ class TrainBody(BaseModel):
 
     model_config = ConfigDict(extra="allow", json_schema_extra=_document_params)
 
-    priority: Any = 5
+    priority: int = Field(5, ge=1, le=10, strict=True, description="1 (highest) to 10.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any) -> Any:
+        # JSON numbers only: `true` is not 1 epoch, nor `"5"` a number in this body.
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            if name == "priority":
+                continue
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or abs(value) > _LARGEST or not math.isfinite(value):
+                try:
+                    rule = lookup(name).describe()
+                except TrainingParamError as error:
+                    raise ValueError(str(error)) from None
+                raise ValueError(f"invalid {name} {value!r}: expected {rule} (a JSON number)")
+        return data
 
 
 class CancelBody(BaseModel):
@@ -70,14 +95,32 @@ class CancelBody(BaseModel):
     reason: str | None = Field(None, max_length=500)
 
 
+def _pair_with_model_type(schema: dict[str, Any]) -> None:
+    # A model type alone would clear it for every pair: the queue refuses it, the document says
+    # so; and each field is a string when present (`null` is refused, see below).
+    schema["anyOf"] = [{"required": ["pair"]}, {"not": {"required": ["modelType"]}}]
+    for name in ("pair", "modelType"):
+        schema["properties"][name] = {"type": "string", "maxLength": 32, "title": name}
+
+
 class ClearCooldownsBody(BaseModel):
     """`{pair, modelType}`, `{pair}` or nothing; a misspelt field is refused, not ignored (it
     would otherwise widen what is cleared)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_pair_with_model_type)
 
-    pair: str | None = None
-    modelType: str | None = None  # noqa: N815 - the original's JSON name
+    pair: str | None = Field(None, max_length=32)
+    modelType: str | None = Field(None, max_length=32)  # noqa: N815 - the original's JSON name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        # Left out, not null: a null would read as "every pair".
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if value is None:
+                    raise ValueError(f"{name}: expected a string, or leave the field out")
+        return data
 
 
 async def _enqueue(state: Any, pair: str, model_type: str, body: TrainBody | None) -> Any:
@@ -97,6 +140,8 @@ async def _enqueue(state: Any, pair: str, model_type: str, body: TrainBody | Non
         raise ApiError(409, str(exc), existing=exc.existing.to_json_dict()) from exc
     except QueueValidationError as exc:
         raise ApiError(422, str(exc), field=exc.field) from exc
+    except QueueFullError as exc:
+        raise ApiError(429, str(exc), queued=exc.queued, limit=exc.limit) from exc
     return JSONResponse(result.to_json_dict(), status_code=202)
 
 

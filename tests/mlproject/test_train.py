@@ -21,10 +21,11 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from mlproject.config import TrainConfig
-from mlproject.registry import PRODUCTION_STAGE, apply_gate
+from mlproject.gate import apply_gate
 from mlproject.train import TrainingOutcome, train
 from pipelines.modelbundle import download_bundle
 from pipelines.settings import PROJECT_ROOT, Settings, get_settings
+from pipelines.tracking import PRODUCTION_STAGE
 from tests.conftest import BUNDLED
 
 pytestmark = pytest.mark.slow

@@ -31,7 +31,7 @@ from sqlalchemy import select
 
 from pipelines.db import read_session
 from pipelines.queue import lease
-from pipelines.queue.models import TrainingAttempt
+from pipelines.queue.tables import TrainingAttempt
 from pipelines.settings import PROJECT_ROOT
 from tests.pipelines.queue.conftest import alive, smoke_tree
 from tests.scaleout.conftest import (

@@ -92,3 +92,24 @@ def test_a_slow_takeover_keeps_the_lease_renewed_and_the_standby_out(
         starting.join(timeout=60)
         second.shutdown()
         first.shutdown()
+
+
+def test_on_postgres_the_lease_expires_by_the_database_clock(
+    postgres: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(tmp_path, database_url=postgres.create("tbml_lease_clock"))
+    migrate(settings)
+    url = settings.database_url
+    assert lease.acquire(url, holder="a", ttl_ms=60_000)
+    skewed = time.time() + 3600  # a host an hour ahead must not see a's lease as expired
+    with monkeypatch.context() as patch:
+        patch.setattr(time, "time", lambda: skewed)
+        assert not lease.acquire(url, holder="b", ttl_ms=60_000)
+    assert lease.acquire(url, holder="a", ttl_ms=300)
+    expires_at = lease.current(url).expires_at
+    assert abs(expires_at - (lease.database_now(url) + 300)) < 5_000
+    assert not lease.acquire(url, holder="b", ttl_ms=60_000)
+    while lease.database_now(url) <= expires_at:
+        time.sleep(0.05)
+    assert lease.acquire(url, holder="b", ttl_ms=60_000)
+    assert lease.current(url).holder == "b"

@@ -96,7 +96,7 @@ import sys, time
 from pathlib import Path
 from pipelines.db import migrate
 from pipelines.settings import Settings
-import alembic.command, pipelines.queue.models, service.history.models
+import alembic.command, pipelines.queue.tables, service.history.tables
 go = Path(sys.argv[2])
 print("ready", flush=True)
 while not go.exists():

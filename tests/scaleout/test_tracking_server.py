@@ -83,7 +83,7 @@ def test_a_killed_job_run_ends_killed_without_versions_on_the_server(
 def test_the_promotion_gate_can_mirror_the_production_stage_on_postgres(
     server_settings: Settings,
 ) -> None:
-    from mlproject.registry import set_production
+    from mlproject.tracking import set_production
 
     client = _client(server_settings)
     _, run_id = tracking.create_job_run(
@@ -108,7 +108,7 @@ def test_an_unreachable_registry_is_not_taken_for_no_production_version(
 ) -> None:
     from mlflow import MlflowClient
 
-    from pipelines.modelbundle import production_version
+    from pipelines.tracking import production_version
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -121,7 +121,7 @@ def test_an_unreachable_registry_is_not_taken_for_no_production_version(
 def test_the_serving_side_reads_production_and_the_models_bundle_through_the_rest_api(
     server_settings: Settings, tmp_path: Path
 ) -> None:
-    from service.registry import BUNDLE_FILES, RestReader, reader_for
+    from service.registry_reader import BUNDLE_FILES, RestReader, reader_for
 
     client = _client(server_settings)
     _, run_id = tracking.create_job_run(
@@ -152,9 +152,9 @@ def test_the_serving_side_reads_production_and_the_models_bundle_through_the_res
     assert reader.production(name) is None  # registered, not yet production
     client.set_registered_model_alias(name, "production", version.version)
     info = reader.production(name)
+    assert info is not None
     copied = reader.download_bundle(info, tmp_path / "copy")
 
-    assert info is not None
     assert (info.version, info.run_id) == (str(version.version), run_id)
     assert info.tags == {"tbml.unproven": "true"}
     assert {p.name: p.read_bytes() for p in copied.iterdir()} == {

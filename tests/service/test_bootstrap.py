@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.modelbundle import PRODUCTION_ALIAS, production_version
-from pipelines.settings import PROJECT_ROOT, Settings
 from pipelines.queue.runtime import TrainingScheduler
+from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.tracking import PRODUCTION_ALIAS, production_version
 from service.bootstrap import Progress, missing_production_models, train_slot
 from tests.conftest import BUNDLED, write_newer_candles
 
@@ -115,7 +115,8 @@ def test_bootstrap_training_is_an_mlflow_project_run_that_reaches_production(
     assert seen[-1].stage == "finishing"
     assert seen[-1].epoch == 2
     assert all(set(epoch) >= {"loss", "val_loss"} for epoch in seen[-1].history)
-    assert result.log_path is not None and result.log_path.is_file()
+    assert result.log_path is not None
+    assert result.log_path.is_file()
     assert missing_production_models(settings, client=client) == []
 
 
@@ -129,7 +130,8 @@ def test_failed_bootstrap_training_is_reported_with_its_log(tmp_path: Path) -> N
     assert not result.ok
     assert result.returncode != 0
     assert "error:" in result.error
-    assert result.log_path is not None and result.log_path.is_file()
+    assert result.log_path is not None
+    assert result.log_path.is_file()
     client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
     assert client.get_run(str(result.run_id)).info.status == "FAILED"
     assert missing_production_models(settings, client=client) == [("BTC", "lstm")]
@@ -169,7 +171,8 @@ def test_bootstrap_jobs_wait_their_turn_behind_a_running_worker(
     assert after.status == "succeeded"
     # It waited, said behind what, and started only once the worker's training had ended.
     assert any(p.stage == "queued" and p.waiting_for == first.job_id for p in seen)
-    assert before.finished_at is not None and after.started_at is not None
+    assert before.finished_at is not None
+    assert after.started_at is not None
     assert after.started_at >= before.finished_at
 
 

@@ -99,7 +99,7 @@ def test_server_answers_413_before_reading_a_huge_declared_body(limited: LiveSer
     # The client declares 1 GB and sends nothing: the answer must not wait for the body.
     with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as sock:
         sock.sendall(
-            b"POST /api/predictions/BTC HTTP/1.1\r\nHost: x\r\n"
+            b"POST /api/predictions/BTC HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
         )
         answer = sock.recv(4096)

@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from service.model_cache import ModelCache
-from service.registry import SqlReader
 from tests.conftest import free_port
 from tests.service.conftest import (
     LiveServer,
@@ -214,24 +213,3 @@ def test_a_restart_serves_the_local_copy_when_the_registry_is_unreachable(
     assert status.state == "registry_unreachable"
     assert status.version == "1"
     assert "unreachable" in status.message
-
-
-def test_stopping_the_cache_closes_the_registry_readers_connections(
-    tmp_path: Path, trained: Trained
-) -> None:
-    settings = make_settings(tmp_path, trained)
-    reader = SqlReader(settings.tracking_uri)
-    cache = ModelCache(
-        tracking_uri=settings.tracking_uri,
-        cache_dir=tmp_path / "model-cache",
-        slots=[("BTC", "lstm")],
-        reader=reader,
-    )
-    cache.start(interval_s=600)
-    assert len(cache.refresh()) == 1
-    pool = reader._connect().pool
-    assert pool.checkedin() >= 1  # the registry read left its connection pooled, open
-
-    cache.stop()
-
-    assert pool.checkedin() == 0

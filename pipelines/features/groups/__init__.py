@@ -5,6 +5,7 @@ Adding, removing or reordering a group changes the feature names, and so the spe
 
 from __future__ import annotations
 
+from pipelines.features.catalog import FeatureGroup
 from pipelines.features.groups.calendar import calendar
 from pipelines.features.groups.momentum import cci, rsi, stochastic, williams_r
 from pipelines.features.groups.price import candle_shape, realised_volatility, returns
@@ -18,7 +19,6 @@ from pipelines.features.groups.trend import (
 )
 from pipelines.features.groups.volatility import bollinger, natr
 from pipelines.features.groups.volume import mfi, volume_ratio
-from pipelines.features.registry import FeatureGroup
 
 GROUPS: tuple[FeatureGroup, ...] = (
     returns,

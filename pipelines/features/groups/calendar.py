@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipelines.features.catalog import Array, Inputs, feature_group
 from pipelines.features.params import FeatureParams
-from pipelines.features.registry import Array, Inputs, feature_group
 
 _DAY = 86_400.0
 _WEEK = 7 * _DAY

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import talib
 
+from pipelines.features.catalog import Array, Inputs, feature_group
 from pipelines.features.params import FeatureParams
-from pipelines.features.registry import Array, Inputs, feature_group
 
 
 @feature_group(

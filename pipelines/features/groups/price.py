@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import talib
 
+from pipelines.features.catalog import Array, Inputs, feature_group, shift
 from pipelines.features.params import FeatureParams
-from pipelines.features.registry import Array, Inputs, feature_group, shift
 
 
 @feature_group(

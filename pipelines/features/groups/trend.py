@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import talib
 
+from pipelines.features.catalog import Array, Inputs, distance, feature_group, shift
 from pipelines.features.params import FeatureParams
-from pipelines.features.registry import Array, Inputs, distance, feature_group, shift
 
 
 def _macd_described(p: FeatureParams) -> list[tuple[str, int, str]]:

@@ -12,9 +12,9 @@ import pytest
 
 from pipelines.db import migrate, read_session
 from pipelines.queue.api import TrainingQueue
-from pipelines.queue.models import TrainingJob
 from pipelines.queue.runtime import TrainingScheduler
 from pipelines.queue.schemas import JobView
+from pipelines.queue.tables import TrainingJob
 from pipelines.settings import Settings
 from tests.conftest import BUNDLED
 

@@ -18,7 +18,7 @@ from pipelines.queue.errors import (
     QueueValidationError,
     UnknownJobError,
 )
-from pipelines.queue.models import TrainingJob
+from pipelines.queue.tables import TrainingJob
 from pipelines.settings import Settings
 
 JOB_ID = re.compile(r"^(BTC|ETH|XMR|RVN)_(lstm|gru|cnn|transformer)_\d{13}$")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.modelbundle import registered_model_name
 from pipelines.queue.runtime import TrainingScheduler
 from pipelines.queue.schemas import JobView
 from pipelines.settings import Settings
+from pipelines.tracking import registered_model_name
 from tests.pipelines.queue.conftest import wait_until
 
 pytestmark = pytest.mark.slow

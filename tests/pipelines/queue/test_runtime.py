@@ -19,9 +19,9 @@ from pipelines.db import get_engine, read_session
 from pipelines.queue import lease, transitions
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.clock import now_ms
-from pipelines.queue.models import TrainingAttempt
 from pipelines.queue.runtime import DISPATCH_JOB_ID, TrainingScheduler
 from pipelines.queue.schemas import JobView
+from pipelines.queue.tables import TrainingAttempt
 from pipelines.settings import Settings
 from tests.pipelines.queue.conftest import (
     alive,

@@ -10,7 +10,7 @@ from pipelines.db import read_session, write_session
 from pipelines.queue import store, transitions
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.clock import now_ms
-from pipelines.queue.models import TrainingJob
+from pipelines.queue.tables import TrainingJob
 from pipelines.settings import Settings
 
 

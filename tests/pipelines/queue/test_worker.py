@@ -17,8 +17,8 @@ from pipelines.db import read_session
 from pipelines.queue import lease
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.childenv import settings_environment
-from pipelines.queue.models import TrainingAttempt
 from pipelines.queue.schemas import JobView
+from pipelines.queue.tables import TrainingAttempt
 from pipelines.settings import Settings
 from tests.pipelines.queue.conftest import (
     alive,

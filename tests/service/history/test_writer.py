@@ -52,7 +52,7 @@ def test_stop_stores_what_is_pending() -> None:
     assert len(stored) == 5
 
 
-def test_a_failing_batch_does_not_stop_the_writer() -> None:
+def test_a_failing_batch_is_retried_and_not_lost() -> None:
     calls: list[int] = []
 
     def flaky(batch: Sequence[PredictionRecord]) -> None:
@@ -60,7 +60,12 @@ def test_a_failing_batch_does_not_stop_the_writer() -> None:
         if len(calls) == 1:
             raise RuntimeError("database is locked")
 
-    writer = HistoryWriter(store=flaky)
+    outcomes: list[str | None] = []
+    writer = HistoryWriter(
+        store=flaky,
+        retry_base_s=0.05,
+        on_outcome=lambda error, _retry: outcomes.append(type(error).__name__ if error else None),
+    )
     writer.start()
     try:
         writer.submit(_records(1))
@@ -70,5 +75,6 @@ def test_a_failing_batch_does_not_stop_the_writer() -> None:
     finally:
         writer.stop()
 
-    assert calls == [1, 2]
-    assert writer.dropped == 1
+    assert calls == [1, 1, 2]  # the refused batch went again, after its backoff
+    assert writer.dropped == 0
+    assert outcomes == ["RuntimeError", None, None]

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from pipelines.db import write_session
-from pipelines.queue.models import TrainingCooldown
+from pipelines.queue.tables import TrainingCooldown
 from tests.service.conftest import LiveServer, wait_until
 
 

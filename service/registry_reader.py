@@ -1,27 +1,30 @@
-"""What the serving process asks of the MLflow registry, without importing MLflow.
+"""What serving reads from the MLflow registry: through MLflow's public API only.
 
 The registry poll runs every 30 s in every API process and needs three facts: which version
 the `production` alias names, that version's tags and run, and the bundle files of its logged
 pyfunc model (the version's source `models:/m-<id>`; the files are that model's `artifacts/`
-folder, see `pipelines.pyfunc_model`).
-MLflow's client costs about 70 MB of memory and 3 s of import in a process that otherwise
-holds four small ONNX models, so the poll reads those facts directly:
+folder, see `pipelines.pyfunc_model`). Two readers, both on MLflow's public interfaces and
+never on its internal tables:
 
-- from a tracking server (`http(s)://`): MLflow's public REST API (the alias endpoint, the
-  logged-model endpoint, and the artifact proxy of `mlflow server --serve-artifacts`);
-- from a database store (`sqlite:///`, `postgresql://`, ...): one query on the registry's
-  tables (`registered_model_aliases`, `model_versions`, `model_version_tags`), whose
-  layout is pinned with the MLflow version in the lock file and checked against MLflow's own
-  client by the tests.
+- `RestReader`, for a tracking server (`http(s)://`): MLflow's REST API (the alias endpoint,
+  the logged-model endpoint, the artifact proxy of `mlflow server --serve-artifacts`), with
+  `urllib`, so an API replica that reads a server needs no MLflow import at all (about 90 MiB
+  and a second of start-up: docs/model-format.md#what-reading-the-registry-costs). It sends
+  the `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD` credentials as MLflow's client
+  does, for a server behind MLflow's basic-auth app.
+- `MlflowReader`, for every other store (`sqlite:///`, `postgresql://`, ...): MLflow's client,
+  imported on first use. The service starts from its local model copies and polls the
+  registry in a background thread, so that import never sits on the request path.
 
-Anything else (another artifact store, a schema this code does not recognise) goes through
-`MlflowReader`, which imports MLflow on first use. Writes always go through MLflow.
+Writes always go through MLflow, in the training process.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import os
 import shutil
 import urllib.error
 import urllib.parse
@@ -30,20 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
-
-from pipelines.tracking import is_tracking_server
 from pipelines.modelbundle import (
     METADATA_FILE,
     MODEL_FILE,
-    PRODUCTION_ALIAS,
     PYFUNC_ARTIFACTS_DIR,
     SCALER_FILE,
     SPEC_FILE,
     logged_model_id,
 )
+from pipelines.tracking import PRODUCTION_ALIAS, is_tracking_server
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +91,9 @@ class RegistryReader(Protocol):
 
 
 def reader_for(tracking_uri: str) -> RegistryReader:
-    """The cheapest reader that understands `tracking_uri`."""
+    """The reader of `tracking_uri`: REST for a tracking server, MLflow's client otherwise."""
     if is_tracking_server(tracking_uri):
         return RestReader(tracking_uri)
-    scheme = tracking_uri.split(":", 1)[0]
-    if scheme.split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
-        return SqlReader(tracking_uri)
     return MlflowReader(tracking_uri)
 
 
@@ -117,108 +112,6 @@ def _copy_local_bundle(model_location: str, dst: Path) -> Path | None:
     return dst
 
 
-# --- database stores --------------------------------------------------------------------------
-
-
-# `storage_location` is where MLflow resolved the version's source (`models:/m-<id>`) to when
-# the version was created: the logged model's artifact location.
-_PRODUCTION_SQL = text(
-    "SELECT mv.version, mv.run_id, mv.source, mv.storage_location "
-    "FROM registered_model_aliases a "
-    "JOIN model_versions mv ON mv.name = a.name AND mv.version = a.version "
-    "WHERE a.name = :name AND a.alias = :alias"
-)
-_TAGS_SQL = text("SELECT key, value FROM model_version_tags WHERE name = :name AND version = :v")
-
-
-class SqlReader:
-    """Reads the registry tables of a database-backed tracking store."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._engine: Engine | None = None
-        self._locations: dict[tuple[str, str], str | None] = {}
-        self._fallback: MlflowReader | None = None
-
-    def _connect(self) -> Engine:
-        if self._engine is None:
-            url = make_url(self.url)
-            args: dict[str, Any] = {"timeout": 10} if url.drivername.startswith("sqlite") else {}
-            self._engine = create_engine(url, connect_args=args, pool_pre_ping=True)
-        return self._engine
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
-
-    def _mlflow(self, exc: Exception) -> MlflowReader:
-        if self._fallback is None:
-            logger.warning(
-                "reading the registry tables failed (%s); using MLflow's client instead", exc
-            )
-            self._fallback = MlflowReader(self.url)
-        return self._fallback
-
-    def production(self, name: str) -> VersionInfo | None:
-        if self._fallback is not None:
-            return self._fallback.production(name)
-        try:
-            with self._connect().connect() as connection:
-                rows = connection.execute(
-                    _PRODUCTION_SQL, {"name": name, "alias": PRODUCTION_ALIAS}
-                ).all()
-                if not rows:
-                    return None
-                if len(rows) > 1:  # several workspaces hold the name: MLflow knows which
-                    raise RegistryError(f"{len(rows)} rows for {name}@{PRODUCTION_ALIAS}")
-                version, run_id, source, location = rows[0]
-                tags: dict[str, str] = {
-                    str(k): str(v)
-                    for k, v in connection.execute(_TAGS_SQL, {"name": name, "v": int(version)})
-                }
-        except (SQLAlchemyError, RegistryError) as exc:
-            if isinstance(exc, SQLAlchemyError) and _unreachable(exc):
-                raise RegistryError(f"registry database unreachable: {exc}") from exc
-            return self._mlflow(exc).production(name)
-        self._locations[(name, str(version))] = location
-        return VersionInfo(name=name, version=str(version), run_id=run_id, tags=tags, source=source)
-
-    def download_bundle(self, info: VersionInfo, dst: Path) -> Path:
-        location = self._locations.get((info.name, info.version))
-        if location:
-            copied = _copy_local_bundle(location, dst)
-            if copied is not None:
-                return copied
-        return MlflowReader(self.url).download_bundle(info, dst)
-
-    def summary(self) -> RegistrySummary:
-        with self._connect().connect() as connection:
-            models = connection.execute(text("SELECT COUNT(*) FROM registered_models")).scalar()
-            versions = connection.execute(text("SELECT COUNT(*) FROM model_versions")).scalar()
-            production = connection.execute(
-                text("SELECT name, version FROM registered_model_aliases WHERE alias = :alias"),
-                {"alias": PRODUCTION_ALIAS},
-            ).all()
-        return RegistrySummary(
-            registered_models=int(models or 0),
-            versions=int(versions or 0),
-            production={str(n): str(v) for n, v in production},
-        )
-
-
-def _unreachable(exc: SQLAlchemyError) -> bool:
-    """A connection failure (the store is down), as opposed to a query this code got wrong."""
-    from sqlalchemy.exc import OperationalError
-
-    message = str(exc).lower()
-    return (
-        isinstance(exc, OperationalError)
-        and "no such table" not in message
-        and ("locked" in message or "connect" in message or "unable to open" in message)
-    )
-
-
 # --- tracking server --------------------------------------------------------------------------
 
 
@@ -231,12 +124,16 @@ class RestReader:
     def close(self) -> None:
         """Nothing to release: every request opens and closes its own connection."""
 
+    def _open(self, url: str) -> Any:
+        request = urllib.request.Request(url, headers=_auth_headers())  # noqa: S310
+        return urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S)  # noqa: S310
+
     def _get(self, path: str, **query: str) -> dict[str, Any]:
         url = f"{self.base}{path}"
         if query:
             url += "?" + urllib.parse.urlencode(query)
         try:
-            with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:  # noqa: S310
+            with self._open(url) as response:
                 return dict(json.load(response))
         except urllib.error.HTTPError as exc:
             body = exc.read().decode("utf-8", "replace")
@@ -292,7 +189,7 @@ class RestReader:
             quoted = urllib.parse.quote(f"{path}/{PYFUNC_ARTIFACTS_DIR}/{name}")
             url = f"{self.base}/api/2.0/mlflow-artifacts/artifacts/{quoted}"
             try:
-                with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:  # noqa: S310
+                with self._open(url) as response:
                     (dst / name).write_bytes(response.read())
             except (urllib.error.URLError, OSError) as exc:
                 raise RegistryError(f"downloading {name} of {info.name}: {exc}") from exc
@@ -322,6 +219,17 @@ class RestReader:
         )
 
 
+def _auth_headers() -> dict[str, str]:
+    """Basic auth from MLflow's own variables, as its client sends them (a server behind
+    MLflow's basic-auth app); no header without them."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if not user or password is None:
+        return {}
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return {"Authorization": f"Basic {token}"}
+
+
 class _HttpError(Exception):
     def __init__(self, status: int, error_code: str, body: str) -> None:
         super().__init__(f"{status} {error_code}")
@@ -332,7 +240,7 @@ class _HttpError(Exception):
 
 
 class MlflowReader:
-    """MLflow's own client, imported on first use (other stores, and the fallbacks above)."""
+    """MLflow's own client, imported on first use (database and file stores)."""
 
     def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
@@ -351,7 +259,7 @@ class MlflowReader:
         return self._client
 
     def production(self, name: str) -> VersionInfo | None:
-        from pipelines.modelbundle import production_version
+        from pipelines.tracking import production_version
 
         client = self._get_client()
         try:
@@ -376,14 +284,14 @@ class MlflowReader:
         return bundle.onnx_path.parent
 
     def summary(self) -> RegistrySummary:
-        from pipelines.modelbundle import production_version
-
         client = self._get_client()
         models = client.search_registered_models()
         versions = sum(len(client.search_model_versions(f"name='{m.name}'")) for m in models)
-        production = {m.name: production_version(client, name=m.name) for m in models}
+        production = {
+            str(m.name): str(m.aliases[PRODUCTION_ALIAS])
+            for m in models
+            if PRODUCTION_ALIAS in (m.aliases or {})
+        }
         return RegistrySummary(
-            registered_models=len(models),
-            versions=versions,
-            production={k: v for k, v in production.items() if v is not None},
+            registered_models=len(models), versions=versions, production=production
         )

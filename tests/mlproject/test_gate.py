@@ -20,13 +20,14 @@ import pytest
 from mlflow import MlflowClient
 from onnx import TensorProto, helper
 
-from mlproject.registry import PRODUCTION_STAGE, apply_gate
+from mlproject.gate import apply_gate
 from mlproject.tracking import client_for, ensure_experiment
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import default_spec
 from pipelines.modelbundle import ModelBundle
 from pipelines.pyfunc_model import log_candle_model
 from pipelines.settings import Settings
+from pipelines.tracking import PRODUCTION_STAGE
 
 NAME = "BTC-lstm"
 LENGTH = 8

@@ -1,9 +1,4 @@
-"""Registered models and the promotion gate.
-
-One registered model per pair and architecture (`pipelines.modelbundle.registered_model_name`,
-e.g. `BTC-lstm`). "Production" is the alias `production`; the legacy stage "Production" is
-mirrored while MLflow still has stages, so `models:/BTC-lstm@production` and the UI's stage
-column agree.
+"""The promotion gate: whether a registered version may become production.
 
 The gate: a version becomes production only if, on its own newest held-out window, it is at
 least as good as the current production version scored on the same rows (both through their
@@ -17,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,23 +22,19 @@ from mlflow.exceptions import MlflowException
 
 from mlproject.metrics import LOWER_IS_BETTER, classification_metrics, is_better
 from mlproject.scoring import score_bundle
+from mlproject.tracking import set_production
 from pipelines.features.spec import FeatureSpecMismatchError
-from pipelines.modelbundle import (
-    PRODUCTION_ALIAS,
+from pipelines.modelbundle import BundleError, ModelBundle, download_bundle
+from pipelines.settings import Settings
+from pipelines.tracking import (
     TAG_PROMOTION,
-    TAG_REASON,
+    TAG_PROMOTION_REASON,
     TAG_UNPROVEN,
-    BundleError,
-    ModelBundle,
-    download_bundle,
     production_version,
 )
-from pipelines.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-PRODUCTION_STAGE = "Production"
-ARCHIVED_STAGE = "Archived"
 # Fewer gate rows than this after dropping those the production version trained on, and the
 # whole window is used instead (with a note in the reason).
 MIN_GATE_ROWS = 100
@@ -66,57 +56,6 @@ class GateDecision:
     @property
     def outcome(self) -> str:
         return "promoted" if self.promoted else "rejected"
-
-
-def ensure_registered_model(client: MlflowClient, *, name: str, pair: str, model_type: str) -> None:
-    """Create the registered model `name` unless it exists."""
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(
-            name,
-            tags={"pair": pair, "model_type": model_type},
-            description=f"{model_type} direction model of {pair} (probability of up)",
-        )
-
-
-def register_version(
-    client: MlflowClient,
-    *,
-    name: str,
-    model_uri: str,
-    model_id: str,
-    run_id: str,
-    tags: dict[str, str],
-    description: str,
-) -> str:
-    """Register the logged model `model_id` of run `run_id` as a new version of `name`."""
-    version = client.create_model_version(
-        name,
-        source=model_uri,
-        run_id=run_id,
-        tags=tags,
-        description=description,
-        model_id=model_id,
-    )
-    return str(version.version)
-
-
-def set_production(client: MlflowClient, *, name: str, version: str) -> None:
-    """Point the `production` alias at `version` and mirror the legacy stage."""
-    client.set_registered_model_alias(name, PRODUCTION_ALIAS, version)
-    # Stages are deprecated in MLflow (FutureWarning) but still shown by the UI; the alias is
-    # the source of truth and the stage only mirrors it while it exists. The previous holders
-    # are archived one by one: `archive_existing_versions=True` fails on a PostgreSQL-backed
-    # registry in MLflow 3.17 (it compares the integer version column with a string).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        client.transition_model_version_stage(
-            name, version, PRODUCTION_STAGE, archive_existing_versions=False
-        )
-        for other in client.search_model_versions(f"name = '{name}'"):
-            if str(other.version) != str(version) and other.current_stage == PRODUCTION_STAGE:
-                client.transition_model_version_stage(name, other.version, ARCHIVED_STAGE)
 
 
 def apply_gate(
@@ -143,7 +82,7 @@ def apply_gate(
         )
     if decision.promoted:
         set_production(client, name=name, version=version)
-    tags = {TAG_PROMOTION: decision.outcome, TAG_REASON: decision.reason}
+    tags = {TAG_PROMOTION: decision.outcome, TAG_PROMOTION_REASON: decision.reason}
     if decision.promoted:
         tags[TAG_UNPROVEN] = str(decision.unproven).lower()
     for key, value in tags.items():

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlproject.architectures import build_model
 from mlproject.export import ONNX_TOLERANCE, export_bundle
-from mlproject.models import build_model
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import default_spec
 from pipelines.modelbundle import ModelBundle
