@@ -12,6 +12,11 @@ What stays outside, and why:
   while this process holds the dispatch lease (an in-memory scheduler cannot do either);
 - the history writer (`service.history.writer`), a queue consumer rather than a periodic job: it
   stays a thread, and reports its state here through `record()`.
+- the dispatcher's per-child watcher thread, which only waits for one training process to end.
+
+One `Chores` per owner: the API process's (`service.state`: database check and migration, model
+refresh, outcome filler, retention) and each `TrainingScheduler`'s (lease renewal, takeover), so
+`tbml worker` runs the same mechanism without the service.
 """
 
 from __future__ import annotations

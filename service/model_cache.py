@@ -122,8 +122,6 @@ class ModelCache:
         }
         self._refresh_lock = threading.Lock()
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         # Versions whose load failed, so a broken version is logged with its traceback once
         # (it is retried at every refresh: the failure may be transient).
         self._failed: set[tuple[str, str]] = set()

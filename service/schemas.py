@@ -57,6 +57,13 @@ class QueueFieldBody(ErrorBody):
     field: str | None = None
 
 
+class QueueFullBody(ErrorBody):
+    """429 of a training request: the queue holds `limit` queued jobs (ML_MAX_QUEUED_JOBS)."""
+
+    queued: int
+    limit: int
+
+
 class JobConflictBody(ErrorBody):
     """409 of a cancel: the job has ended and cannot be cancelled."""
 
@@ -69,6 +76,7 @@ _DESCRIPTIONS = {
     409: "Conflicts with the queue's state.",
     413: "Request body too large.",
     422: "Invalid parameter or body; the message names the value and what is allowed.",
+    429: "The queue is full (ML_MAX_QUEUED_JOBS); try again once jobs have run.",
     503: "The service is starting.",
 }
 

@@ -24,8 +24,9 @@ from typing import Any, Self
 from pipelines import tracking
 from pipelines.db import SQLITE_BUSY_TIMEOUT_S, get_engine, is_sqlite, migrate, read_session
 from pipelines.periodic import Chores, ChoreStatus
-from pipelines.queue import jobs, lease, store
+from pipelines.queue import jobs, lease, retention, store
 from pipelines.queue.api import TrainingQueue
+from pipelines.queue.clock import now_ms
 from pipelines.queue.dispatcher import Dispatcher
 from pipelines.queue.errors import DuplicateJobError
 from pipelines.queue.params import PRIORITY_LOWEST
@@ -39,6 +40,8 @@ RETRY_JOB_PREFIX = "tbml-retry-"
 RETRAIN_JOB_PREFIX = "tbml-retrain-"
 LEASE_CHORE = "lease"
 TAKEOVER_CHORE = "takeover"
+RETENTION_CHORE = "queue-retention"
+RETENTION_INTERVAL_S = 3600.0
 SCHEDULED_PRIORITY = PRIORITY_LOWEST
 
 
@@ -121,6 +124,7 @@ class TrainingScheduler:
         self._chores = Chores(retry_base_s=min(1.0, period_s / 2), retry_cap_s=period_s)
         self._chores.add(LEASE_CHORE, self._lease_tick, interval_s=period_s)
         self._chores.add(TAKEOVER_CHORE, self._takeover_tick, interval_s=period_s)
+        self._chores.add(RETENTION_CHORE, self._retention_tick, interval_s=RETENTION_INTERVAL_S)
         try:
             self._migrate_once()
             held = self._renew()
@@ -209,6 +213,12 @@ class TrainingScheduler:
             logger.info("scheduled retraining skipped: %s", error)
 
     # --- lease -----------------------------------------------------------------------------
+
+    def _retention_tick(self) -> None:
+        """Old ended jobs, attempts and logs go (pipelines.queue.retention); one pruner per
+        deployment: only the lease holder prunes."""
+        if self._holds:
+            retention.prune(self.settings, now=now_ms())
 
     def _holds_now(self) -> bool:
         """Whether we hold the lease and it has not run out (the dispatcher's guard)."""

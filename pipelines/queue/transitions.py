@@ -18,6 +18,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from pipelines.db import write_session
 from pipelines.queue.errors import QueueFullError
+from pipelines.queue.lease import db_now_ms
 from pipelines.queue.store import rowcount
 from pipelines.queue.tables import (
     CANCELLED,
@@ -180,7 +181,8 @@ def claim(url: str, *, job_id: str, worker_id: str, now: int) -> int | None:
     holds_lease = exists().where(
         SchedulerLease.name == DISPATCH_LEASE,
         SchedulerLease.holder == worker_id,
-        SchedulerLease.expires_at > now,
+        # The database's clock, as the lease was written with it: hosts' clocks may differ.
+        SchedulerLease.expires_at > db_now_ms(),
     )
     paused = exists().where(QueueControl.name == DISPATCH_CONTROL, QueueControl.paused.is_(True))
     with write_session(url) as session:

@@ -30,7 +30,13 @@ from pipelines.queue.schemas import (
 from pipelines.training_params import TrainingParamError, body_schema, lookup
 from service.deps import ApiKeyDep, StateDep, valid_pair
 from service.errors import ApiError
-from service.schemas import DuplicateJobBody, JobConflictBody, QueueFieldBody, errors
+from service.schemas import (
+    DuplicateJobBody,
+    JobConflictBody,
+    QueueFieldBody,
+    QueueFullBody,
+    errors,
+)
 
 router = APIRouter(prefix="/api", tags=["training"])
 
@@ -39,7 +45,9 @@ _TRAIN_ROUTE: dict[str, Any] = {
     "dependencies": [ApiKeyDep],
     "status_code": 202,
     "response_model": EnqueueResult,
-    "responses": errors(401, 404, models={409: DuplicateJobBody, 422: QueueFieldBody}),
+    "responses": errors(
+        401, 404, models={409: DuplicateJobBody, 422: QueueFieldBody, 429: QueueFullBody}
+    ),
 }
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 

@@ -30,7 +30,13 @@ from service.app import create_app
 from service.state import ServiceState
 from tests.conftest import BUNDLED
 
-TINY = {"epochs": 1, "sequence_length": 12, "units": 8, "layers": 1, "max_rows": 400}
+TINY: dict[str, Any] = {
+    "epochs": 1,
+    "sequence_length": 12,
+    "units": 8,
+    "layers": 1,
+    "max_rows": 400,
+}
 TRAINED = (("BTC", "lstm"), ("BTC", "gru"), ("ETH", "lstm"))
 
 

@@ -150,6 +150,9 @@ def test_bootstrap_jobs_wait_their_turn_behind_a_running_worker(
         queue_processing_interval_ms=200,
         scheduler_lease_ms=2_000,
     )
+    # The MLflow store's tables first: two processes creating a new SQLite store at once race
+    # in MLflow's own migrations.
+    MlflowClient(settings.tracking_uri).search_experiments()
     worker = TrainingScheduler(settings).start()
     try:
         first = worker.queue.enqueue(pair="ETH", requested_by="cli")

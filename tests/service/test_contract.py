@@ -24,7 +24,11 @@ MAX_EXAMPLES = 20
 SEED = 12
 
 
-def _schemathesis(server: LiveServer, *extra: str) -> subprocess.CompletedProcess[str]:
+def _schemathesis(
+    server: LiveServer, workdir: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    # In a temporary folder, with no example database: schemathesis writes `.schemathesis/`
+    # caches into its working directory, run output that must not land in the tree.
     return subprocess.run(
         [
             str(SCHEMATHESIS),
@@ -43,8 +47,11 @@ def _schemathesis(server: LiveServer, *extra: str) -> subprocess.CompletedProces
             "--request-timeout",
             "30",
             "--no-color",
+            "--generation-database",
+            "none",
             *extra,
         ],
+        cwd=workdir,
         capture_output=True,
         text=True,
         timeout=300,
@@ -55,20 +62,23 @@ def _schemathesis(server: LiveServer, *extra: str) -> subprocess.CompletedProces
 def _assert_clean(result: subprocess.CompletedProcess[str]) -> None:
     report = result.stdout[-20_000:] + result.stderr[-5_000:]
     assert result.returncode == 0, report
-    assert "No issues found" in result.stdout, report
+    assert "Failures:" not in result.stdout, report
+    assert " passed" in result.stdout, report
 
 
 @pytest.mark.slow
-def test_schemathesis_finds_nothing_without_a_key(serve: Callable[..., LiveServer]) -> None:
+def test_schemathesis_finds_nothing_without_a_key(
+    serve: Callable[..., LiveServer], tmp_path: Path
+) -> None:
     server = serve()
 
-    _assert_clean(_schemathesis(server))
+    _assert_clean(_schemathesis(server, tmp_path))
 
 
 @pytest.mark.slow
 def test_schemathesis_finds_nothing_with_the_key_set_and_sent(
-    serve: Callable[..., LiveServer],
+    serve: Callable[..., LiveServer], tmp_path: Path
 ) -> None:
     server = serve(api_key=KEY)
 
-    _assert_clean(_schemathesis(server, "--header", f"X-API-Key: {KEY}"))
+    _assert_clean(_schemathesis(server, tmp_path, "--header", f"X-API-Key: {KEY}"))

@@ -55,10 +55,15 @@ def test_an_opted_out_wildcard_bind_starts_and_serves(serve: Callable[..., LiveS
     assert server.client.get("/api/health", headers={"Host": "box.lan:3001"}).status_code == 200
 
 
-def test_tbml_serve_on_0000_without_a_key_exits_with_the_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["serve"], ["up", "--no-train"]])
+def test_tbml_serve_and_up_on_0000_without_a_key_exit_with_the_message(
+    tmp_path: Path, command: list[str]
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ML_", "HOST"))}
+    env["ML_DATA_DIR"] = str(tmp_path / "data")  # were it to go on, nothing of the tree is touched
+    env["ML_DATABASE_URL"] = f"sqlite:///{tmp_path / 'service.db'}"
     result = subprocess.run(
-        [sys.executable, "-m", "tbml", "serve", "--host", "0.0.0.0", "--port", "1"],
+        [sys.executable, "-m", "tbml", *command, "--host", "0.0.0.0", "--port", "1"],
         cwd=tmp_path,  # no .env here
         env=env,
         capture_output=True,
@@ -70,6 +75,7 @@ def test_tbml_serve_on_0000_without_a_key_exits_with_the_message(tmp_path: Path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "refusing to serve 0.0.0.0:1 without ML_API_KEY" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "service.db").exists()  # refused before anything was opened
 
 
 # --- Origin -----------------------------------------------------------------------------------

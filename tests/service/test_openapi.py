@@ -235,3 +235,42 @@ def test_state_changing_answers_match_their_declared_models(server: LiveServer) 
     )
     assert_answer(server, "POST", "/api/storage/save", "/api/storage/save")
     assert_answer(server, "POST", "/api/storage/cleanup", "/api/storage/cleanup")
+
+
+def _enum(schema: dict[str, Any]) -> Any:
+    strings = [s for s in schema.get("anyOf", []) if s.get("type") == "string"]
+    return (strings[0] if strings else schema).get("enum")
+
+
+def test_pairs_and_model_types_are_enums_from_the_settings(tmp_path: Any) -> None:
+    document = create_app(make_settings(tmp_path, None, pairs=["BTC", "SOL"])).openapi()
+    seen = set()
+
+    for method, path, operation in _operations(document):
+        for param in operation.get("parameters", []):
+            if param["name"] == "pair":
+                assert _enum(param["schema"]) == ["BTC", "SOL"], (method, path)
+                seen.add("pair")
+            if param["name"] in ("model", "model_type"):
+                assert _enum(param["schema"]) == ["lstm", "gru", "cnn", "transformer"], path
+                seen.add(param["name"])
+    assert seen == {"pair", "model", "model_type"}
+    body = document["components"]["schemas"]["ClearCooldownsBody"]["properties"]
+    assert body["pair"]["enum"] == ["BTC", "SOL"]
+
+
+def test_the_guards_answers_are_declared_on_every_route(document: dict[str, Any]) -> None:
+    for method, path, operation in _operations(document):
+        codes = set(operation["responses"])
+        assert "400" in codes, (method, path)
+        if method in ("post", "delete"):
+            assert {"403", "413", "415"} <= codes, (method, path)
+
+
+def test_without_a_key_the_document_asks_for_none(tmp_path: Any) -> None:
+    document = create_app(make_settings(tmp_path, None)).openapi()
+
+    assert "securitySchemes" not in document.get("components", {})
+    for method, path, operation in _operations(document):
+        assert "security" not in operation, (method, path)
+        assert "401" not in operation["responses"], (method, path)

@@ -283,7 +283,7 @@ def _bad(index: int, position: int, value: object) -> dict[str, Any]:
     [
         (_bad(3, 4, "x"), "candles[3][4]", "valid number"),
         (_bad(2, 2, 1.0), "candles[2]", "high below max(open, close)"),
-        (_bad(1, 1, -5.0), "candles[1][1]", "greater than or equal to 1e-12"),
+        (_bad(1, 1, -5.0), "candles[1][1]", "greater than or equal to"),
         (_bad(4, 0, 1704067200), "candles[4][0]", "not epoch milliseconds"),
         (_bad(2, 0, _newest_rows("BTC", 5)[1][0]), "candles[2]", "duplicated timestamp"),
         ({"candles": [{"timestamp": 1704067200000, "open": 1}]}, "candles[0].high", "required"),
