@@ -36,7 +36,8 @@ train: install ## Train one pair fully, register it, apply the promotion gate (P
 ui: install ## MLflow UI (runs, plots, registry) on the service's tracking store, port UI_PORT=5000
 	@uri="$$($(PY) -c 'from pipelines.settings import get_settings as g; print(g().tracking_uri)')"; \
 	root="$$($(PY) -c 'from pipelines.settings import get_settings as g; print(g().artifact_root)')"; \
-	echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (store $$uri; Ctrl-C stops it)"; \
+	shown="$$($(PY) -c 'import sys; from pipelines.redact import redact; print(redact(sys.argv[1]))' "$$uri")"; \
+	echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (store $$shown; Ctrl-C stops it)"; \
 	$(VENV)/bin/mlflow ui --backend-store-uri "$$uri" --default-artifact-root "$$root" \
 		--host 127.0.0.1 --port $(UI_PORT) --workers 1
 

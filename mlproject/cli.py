@@ -227,6 +227,9 @@ def _standalone() -> typer.Typer:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        from pipelines.redact import install_log_redaction
+
+        install_log_redaction()
 
     register(cli)
     return cli

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from pipelines.redact import redact
 from pipelines.settings import PROJECT_ROOT, Settings
 
 logger = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ def migrate(settings: Settings, *, url: str | None = None) -> None:
         _lock_migrations(connection)
         config.attributes["connection"] = connection
         upgrade(config, "head")
-    logger.debug("service database at head: %s", _redact(target))
+    logger.debug("service database at head: %s", redact(target))
 
 
 def _lock_migrations(connection: Connection) -> None:
@@ -202,10 +203,3 @@ def _lock_migrations(connection: Connection) -> None:
     """
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for logs."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

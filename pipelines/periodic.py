@@ -22,7 +22,6 @@ refresh, outcome filler, retention) and each `TrainingScheduler`'s (lease renewa
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -30,24 +29,16 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pipelines.redact import describe_error
+
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE = 200
-# user:password@ in URLs, and password=... style pairs.
-_SECRETS = (
-    re.compile(r"(?P<keep>://[^:/@\s]+:)[^@\s]+(?=@)"),
-    re.compile(r"(?P<keep>(?:password|passwd|pwd|secret|token|key)\s*[=:]\s*)\S+", re.I),
-)
 
 
 def redact(error: BaseException) -> str:
-    """`Type: message`, its first line only, passwords removed, at most `MAX_MESSAGE` chars."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    for pattern in _SECRETS:
-        text = pattern.sub(r"\g<keep>***", text)
-    if len(text) > MAX_MESSAGE:
-        text = text[: MAX_MESSAGE - 1] + "…"
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    """`Type: message` of a chore's failure, as health shows it (pipelines.redact)."""
+    return describe_error(error, limit=MAX_MESSAGE)
 
 
 @dataclass(frozen=True)

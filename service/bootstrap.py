@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from pipelines.redact import redact
 from pipelines.settings import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
@@ -456,11 +457,11 @@ def up(
         raise typer.Exit(code=1)
     started = time.monotonic()
     migrate(settings)
-    typer.echo(f"service database at the newest schema ({settings.database_url})", err=True)
+    typer.echo(f"service database at the newest schema ({redact(settings.database_url)})", err=True)
     missing: list[tuple[str, str]] = []
     if train:
         # The first run creates the MLflow store's tables: quiet for ten seconds or more.
-        typer.echo(f"checking the model registry ({settings.tracking_uri})", err=True)
+        typer.echo(f"checking the model registry ({redact(settings.tracking_uri)})", err=True)
         missing = missing_production_models(settings, client=_client(settings))
     if missing:
         results = _train_missing(settings, missing)

@@ -51,6 +51,9 @@ class ServiceState:
     queue: Any  # pipelines.queue.api.TrainingQueue (imported lazily: it pulls in MLflow)
     scheduler: Any = None  # pipelines.queue.runtime.TrainingScheduler when run in-process
     started_at: float = field(default_factory=time.time)
+    # The slow part of `/api/storage/stats` (service.storage), kept for a while.
+    slow_stats: dict[str, Any] = field(default_factory=dict)
+    slow_stats_at: float = 0.0
     chores: Chores = field(default_factory=Chores)
     migrated: bool = False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,19 @@ from sqlalchemy import func, inspect, select, table, text
 from sqlalchemy.engine import make_url
 
 from pipelines.db import get_engine, is_sqlite, read_session
+from pipelines.redact import describe_error
 from pipelines.tracking import registered_model_name
 from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
 
 BACKUPS_KEPT = 5
+# `/api/storage/stats` walks `mlruns/` and the model cache and asks the registry for every
+# model's versions: seconds on a large store. Those parts are computed at most once per this
+# many seconds (and by one request at a time), so asking repeatedly stays cheap; row counts,
+# caches and the queue are read fresh every time.
+SLOW_STATS_TTL_S = 30.0
+_slow_lock = threading.Lock()
 
 
 def _dir_size(path: Path) -> tuple[int, int]:
@@ -70,14 +78,28 @@ def _registry(state: ServiceState) -> dict[str, Any]:
     }
 
 
+def _slow_stats(state: ServiceState) -> dict[str, Any]:
+    """Directory sizes and registry counts, cached for `SLOW_STATS_TTL_S` per service."""
+    with _slow_lock:
+        if state.slow_stats and time.monotonic() - state.slow_stats_at < SLOW_STATS_TTL_S:
+            return state.slow_stats
+        mlruns = _dir_size(state.settings.artifact_root)
+        cache = _dir_size(state.models.cache_dir)
+        try:
+            registry: dict[str, Any] = _registry(state)
+        except Exception as exc:  # the registry being down must not hide the rest
+            registry = {"error": f"registry unreachable: {describe_error(exc)}"}
+        state.slow_stats = {"mlruns": mlruns, "cache": cache, "registry": registry}
+        state.slow_stats_at = time.monotonic()
+        return state.slow_stats
+
+
 def storage_stats(state: ServiceState) -> dict[str, Any]:
     settings = state.settings
-    mlruns_bytes, mlruns_files = _dir_size(settings.artifact_root)
-    cache_bytes, cache_files = _dir_size(state.models.cache_dir)
-    try:
-        registry: dict[str, Any] = _registry(state)
-    except Exception as exc:  # the registry being down must not hide the rest
-        registry = {"error": f"registry unreachable: {exc}"}
+    slow = _slow_stats(state)
+    mlruns_bytes, mlruns_files = slow["mlruns"]
+    cache_bytes, cache_files = slow["cache"]
+    registry = slow["registry"]
     return {
         "storage": {
             "database": _database(settings.database_url),

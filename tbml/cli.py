@@ -31,6 +31,9 @@ def main(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from pipelines.redact import install_log_redaction
+
+    install_log_redaction()
     # APScheduler logs every run of the 5-second dispatcher at INFO; keep its warnings only.
     logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
 

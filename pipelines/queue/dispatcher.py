@@ -19,12 +19,12 @@ from pipelines import tracking
 from pipelines.db import read_session
 from pipelines.queue import runner, store, transitions
 from pipelines.queue.clock import now_ms
-from pipelines.queue.redact import redact, secret_values
 from pipelines.queue.runner import Child
 from pipelines.queue.schemas import JobView
 from pipelines.queue.tables import CANCELLED, FAILED, INTERRUPTED, SUCCEEDED, TRAINING
 from pipelines.queue.transitions import Ending
 from pipelines.queue.views import load_job_view
+from pipelines.redact import redact, secret_values
 from pipelines.settings import Settings
 
 logger = logging.getLogger(__name__)

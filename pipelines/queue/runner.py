@@ -162,17 +162,24 @@ def kill_tree(
 def wait_gone(processes: list[psutil.Process], *, timeout: float = _KILL_WAIT_S) -> bool:
     """Wait until none of `processes` runs; False if some outlive `timeout`.
 
-    A zombie whose parent has not reaped it yet counts as gone: it runs nothing any more. A
-    child of this very process is only watched, never reaped here: `psutil.wait_procs` would
-    reap it, and its `Popen` would then read exit status 0 instead of how it really ended.
+    A zombie counts as gone: it runs nothing any more, and one whose parent died may wait long
+    for a reaper. A child of this very process is only watched, never reaped here:
+    `psutil.wait_procs` would reap it, and its `Popen` would then read exit status 0 instead of
+    how it really ended.
     """
     deadline = time.monotonic() + timeout
-    mine = [process for process in processes if _is_child(process)]
-    others = [process for process in processes if process not in mine]
-    _, alive = psutil.wait_procs(others, timeout=timeout)
-    while not all(_is_zombie(process) for process in mine) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return all(_is_zombie(process) for process in [*alive, *mine])
+    alive = list(processes)
+    while True:
+        mine = [process for process in alive if _is_child(process)]
+        others = [process for process in alive if process not in mine]
+        _, still = psutil.wait_procs(others, timeout=0.05) if others else ([], [])
+        alive = [process for process in [*still, *mine] if not _is_zombie(process)]
+        if not alive:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        if not others:
+            time.sleep(0.02)
 
 
 def _is_child(process: psutil.Process) -> bool:

@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import select
 
 from pipelines.db import migrate, read_session
+from pipelines.queue import lease
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.errors import DuplicateJobError
 from pipelines.queue.tables import (
@@ -139,9 +140,21 @@ def test_a_scheduler_killed_at_random_points_keeps_the_queue_invariants(
     world.fill_queue()
     world.check(0)
     started = time.monotonic()
+    holder = None
     for round_ in range(1, ROUNDS + 1):
         worker = processes.start(f"chaos-{round_}", [str(BIN / "tbml"), "worker"], env=world.env)
-        time.sleep(rng.uniform(1.5, 7.5))
+        # The random moment counts from when this worker holds the lease (its start-up takes
+        # longer on a loaded machine), so the kills land among claims and trainings.
+        wait_for(
+            lambda previous=holder: (
+                lease.current(world.settings.database_url).holder not in (None, previous)
+            ),
+            timeout=60,
+            what=f"worker chaos-{round_} to take the dispatch lease",
+            watch=[worker],
+        )
+        holder = lease.current(world.settings.database_url).holder
+        time.sleep(rng.uniform(0.2, 6.0))
         _kill(worker)
         world.check(round_)
         world.fill_queue()

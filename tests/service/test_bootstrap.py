@@ -188,10 +188,10 @@ def _free_port() -> int:
 class _Up:
     """`tbml up` as a child process, its output collected line by line."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *args: str) -> None:
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "tbml"), "up"],
+            [str(Path(sys.executable).parent / "tbml"), "up", *args],
             cwd=PROJECT_ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -272,3 +272,41 @@ def test_up_trains_what_is_missing_then_serves_and_trains_nothing_the_second_tim
     assert any("nothing to train" in line for line in second.lines)
     assert not any("[1/1]" in line for line in second.lines)
     assert again["modelVersion"] == "1"
+
+
+@pytest.mark.postgres
+def test_up_prints_no_database_password(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+    from sqlalchemy.exc import OperationalError
+
+    # The local server trusts every connection, so any password gets in: one to look for.
+    server = "postgresql+psycopg://postgres:hunter22@127.0.0.1:5432/test"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    name = f"tbml_up_{os.getpid()}_{int(time.time())}"
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except OperationalError as error:
+        admin.dispose()
+        pytest.skip(f"no PostgreSQL server answers: {error.orig}")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "ML_PAIRS": "BTC",
+        "ML_DATA_DIR": str(tmp_path / "data"),
+        "ML_BUNDLED_DATA_DIR": str(BUNDLED),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "ML_ARTIFACT_ROOT": str(tmp_path / "mlruns"),
+        "ML_DATABASE_URL": server.rsplit("/", 1)[0] + f"/{name}",
+    }
+    up = _Up(env, "--no-train")
+    try:
+        up.wait_for("is serving on", timeout=120)
+    finally:
+        up.stop()
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+    assert any("service database at the newest schema" in line for line in up.lines)
+    assert not any("hunter22" in line for line in up.lines)

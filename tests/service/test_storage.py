@@ -141,3 +141,25 @@ def test_cleanup_with_a_bad_age_is_422_and_deletes_nothing(
     assert response.status_code == 422
     assert "maxAgeHours" in response.json()["error"]
     assert server.state.history.count() == 1
+
+
+def test_asking_for_stats_repeatedly_walks_the_stores_once(
+    serve: Callable[..., LiveServer],
+) -> None:
+    server = serve()
+    reader = server.state.models.reader
+    calls: list[int] = []
+    real = reader.summary
+
+    def counted() -> object:
+        calls.append(1)
+        return real()
+
+    reader.summary = counted  # type: ignore[method-assign]
+    bodies = [server.client.get("/api/storage/stats").json() for _ in range(5)]
+
+    assert len(calls) == 1
+    assert all(b["storage"]["registry"] == bodies[0]["storage"]["registry"] for b in bodies)
+    # What changes from request to request is still read fresh.
+    server.client.get("/api/predictions/BTC")
+    assert server.client.get("/api/storage/stats").json()["performance"]["predictionCacheSize"] == 1

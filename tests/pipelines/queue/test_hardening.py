@@ -15,9 +15,9 @@ from pipelines.queue.api import TrainingQueue
 from pipelines.queue.childenv import child_environment
 from pipelines.queue.clock import now_ms
 from pipelines.queue.errors import QueueFullError, QueueValidationError
-from pipelines.queue.redact import redact, secret_values
 from pipelines.queue.tables import FAILED, INTERRUPTED, TrainingAttempt, TrainingJob
 from pipelines.queue.transitions import Ending
+from pipelines.redact import redact, secret_values
 from pipelines.settings import Settings
 from tests.pipelines.queue.conftest import make_settings
 
