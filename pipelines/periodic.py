@@ -33,12 +33,6 @@ from pipelines.redact import describe_error
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE = 200
-
-
-def redact(error: BaseException) -> str:
-    """`Type: message` of a chore's failure, as health shows it (pipelines.redact)."""
-    return describe_error(error, limit=MAX_MESSAGE)
 
 
 @dataclass(frozen=True)
@@ -71,11 +65,12 @@ class ChoreStatus:
         }
 
 
-def backoff_s(failures: int, *, base_s: float, cap_s: float) -> float:
-    """The wait before try `failures + 1`: `base_s * 2**(failures - 1)`, at most `cap_s`."""
+def backoff(failures: int, *, base: float, cap: float) -> float:
+    """The wait before try `failures + 1`: `base * 2**(failures - 1)`, at most `cap` (in the
+    unit of `base` and `cap`: the chores' seconds, the queue's retry milliseconds)."""
     if failures < 1:
         raise ValueError(f"failures must be at least 1, got {failures}")
-    return float(min(cap_s, base_s * 2 ** min(failures - 1, 30)))
+    return float(min(cap, base * 2 ** min(failures - 1, 30)))
 
 
 class Chores:
@@ -179,7 +174,7 @@ class Chores:
             else:
                 new = replace(
                     old,
-                    last_error=redact(error),
+                    last_error=describe_error(error),
                     last_error_at=now,
                     consecutive_failures=old.consecutive_failures + 1,
                     next_retry=None if next_retry_s is None else now + int(next_retry_s * 1000),
@@ -216,13 +211,13 @@ class Chores:
             action()
         except Exception as error:  # a chore must outlive any one failure
             failures = self.statuses()[name].consecutive_failures + 1
-            delay = backoff_s(failures, base_s=self.retry_base_s, cap_s=cap)
+            delay = backoff(failures, base=self.retry_base_s, cap=cap)
             logger.warning(
                 "chore %s failed (%d in a row), retrying in %.1f s: %s",
                 name,
                 failures,
                 delay,
-                redact(error),
+                describe_error(error),
                 exc_info=failures == 1,
             )
             self.record(name, error, next_retry_s=delay)

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.db import migrate
-from pipelines.periodic import redact
+from pipelines.redact import describe_error
 from pipelines.settings import MODEL_TYPES, Settings, get_settings
 from service.errors import install_error_handlers
 from service.metrics import BodyLimitMiddleware, LatencyMiddleware, Metrics
@@ -37,7 +37,7 @@ def start_service(settings: Settings) -> ServiceState:
         state.migrated = True
         state.chores.record(DATABASE_CHORE, None)
     except Exception as error:  # serve from memory; the database chore migrates once it is back
-        logger.error("the service database is unreachable at start (%s)", redact(error))
+        logger.error("the service database is unreachable at start (%s)", describe_error(error))
         state.chores.record(DATABASE_CHORE, error)
     try:
         _start(state)

@@ -27,9 +27,10 @@ from pipelines.candles.store import CandleStore
 from pipelines.features.compute import latest_features
 from pipelines.features.spec import FeatureSpec
 from pipelines.settings import Settings
+from pipelines.signals import describe_probability
 from service.caches import TTLCache
 from service.model_cache import ModelCache, ServedModel
-from service.signals import describe_probability, neutral_prediction
+from service.signals import neutral_prediction
 
 logger = logging.getLogger(__name__)
 

@@ -1,15 +1,12 @@
 """From a model's probability of "up" to the prediction object of the original service.
 
-The derivation itself lives in `pipelines.signals`, shared with the registered pyfunc model.
+The derivation from a probability is `pipelines.signals.describe_probability`, shared with the
+registered pyfunc model; this is what the service answers without a model.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from pipelines.signals import describe_probability
-
-__all__ = ["describe_probability", "neutral_prediction"]
 
 
 def neutral_prediction(model_type: str) -> dict[str, Any]:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from pipelines.settings import PROJECT_ROOT, Settings
 
@@ -14,6 +19,10 @@ from pipelines.settings import PROJECT_ROOT, Settings
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BUNDLED = PROJECT_ROOT / "data" / "ohlcv"
+# The PostgreSQL test server (trust auth); tests create databases of their own there.
+SERVER_URL = os.environ.get(
+    "ML_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 def free_port() -> int:
@@ -61,3 +70,49 @@ def write_newer_candles(
     frame["timestamp"] = frame["timestamp"].map(lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ"))
     frame.to_csv(path, index=False)
     return str(tail.index[-1].isoformat())
+
+
+class Postgres:
+    """Creates databases on the test server and drops them all at the end."""
+
+    def __init__(self, admin: sa.Engine) -> None:
+        self.admin = admin
+        self.created: list[str] = []
+
+    def create(self, prefix: str) -> str:
+        """A new empty database; returns its SQLAlchemy URL."""
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with self.admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        return make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        from pipelines.db import dispose_engine
+
+        for name in reversed(self.created):
+            url = make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
+            dispose_engine(url)
+            with self.admin.connect() as connection:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.created.clear()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """The PostgreSQL test server, or a skip that says none answers."""
+    admin = sa.create_engine(
+        SERVER_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+    )
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+    except OperationalError as error:
+        admin.dispose()
+        pytest.skip(f"no PostgreSQL server answers at {SERVER_URL}: {error.orig}")
+    server = Postgres(admin)
+    try:
+        yield server
+    finally:
+        server.drop_all()
+        admin.dispose()

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pipelines import tracking
 from pipelines.db import read_session
+from pipelines.periodic import backoff
 from pipelines.queue import runner, store, transitions
 from pipelines.queue.clock import now_ms
 from pipelines.queue.runner import Child
@@ -47,8 +48,13 @@ class Running:
 
 def backoff_ms(settings: Settings, *, attempt: int) -> int:
     """Delay before retrying after failed attempt number `attempt`: doubling, capped."""
-    delay = settings.training_retry_backoff_ms * 2 ** max(0, attempt - 1)
-    return int(min(settings.training_retry_backoff_max_ms, delay))
+    return int(
+        backoff(
+            max(1, attempt),
+            base=settings.training_retry_backoff_ms,
+            cap=settings.training_retry_backoff_max_ms,
+        )
+    )
 
 
 class Dispatcher:

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from pipelines.periodic import backoff_s
+from pipelines.periodic import backoff
 from service.predictor import PredictionRecord
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class HistoryWriter:
 
     def _failed(self, batch: list[PredictionRecord], error: Exception, *, stopping: bool) -> None:
         self.failures += 1
-        delay = backoff_s(self.failures, base_s=self.retry_base_s, cap_s=self.retry_cap_s)
+        delay = backoff(self.failures, base=self.retry_base_s, cap=self.retry_cap_s)
         logger.warning(
             "could not store %d prediction history rows (%d failures in a row), retrying in "
             "%.1f s: %s: %s",

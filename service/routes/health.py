@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from pipelines.periodic import redact
+from pipelines.redact import describe_error
 from service.deps import StateDep
 from service.model_cache import REFRESH_CHORE
 from service.schemas import HealthReport, Liveness, NotReady, Readiness, errors
@@ -32,8 +32,8 @@ def _queue(state: ServiceState) -> tuple[dict[str, Any], str | None]:
     try:
         return state.queue.queue_status(history_limit=0).queue.to_json_dict(), None
     except Exception as error:
-        logger.warning("health: the queue is unreadable: %s", redact(error))
-        return {}, redact(error)
+        logger.warning("health: the queue is unreadable: %s", describe_error(error))
+        return {}, describe_error(error)
 
 
 def health_body(state: ServiceState) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def readiness(state: ServiceState) -> dict[str, Any]:
     try:
         state.ping_database()
     except Exception as error:
-        problems["database"] = redact(error)
+        problems["database"] = describe_error(error)
     else:
         if not state.migrated:
             problems["database"] = "reachable, not migrated yet (the database chore migrates it)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ from pipelines.candles.store import CandleStore
 from pipelines.settings import Settings
 from service.app import create_app
 from service.state import ServiceState
-from tests.conftest import BUNDLED
+from tests.conftest import BUNDLED, free_port
 
 TINY: dict[str, Any] = {
     "epochs": 1,
@@ -301,3 +302,58 @@ def shared(tmp_path_factory: pytest.TempPathFactory, trained: Trained) -> Iterat
 def bundled_candles(pair: str) -> Any:
     """The pair's bundled candles, as the service's store reads them."""
     return CandleStore(bundled_dir=BUNDLED, data_dir=BUNDLED / "none").load(pair)
+
+
+# Started by `tbml serve` in a thread of a fresh interpreter: the newest BTC prediction and the
+# heavy modules it saw, as one JSON line; then it exits. Standard library only, so that it runs
+# in an environment of the service's lock alone.
+_SERVE_CHILD = """
+import json, os, sys, threading, time, urllib.request
+from tbml.cli import app
+
+port = sys.argv[1]
+args = ["serve", "--port", port, "--no-scheduler", "--log-level", "warning"]
+threading.Thread(target=lambda: app(args, standalone_mode=False), daemon=True).start()
+base = f"http://127.0.0.1:{port}"
+deadline = time.monotonic() + 120
+while True:
+    try:
+        with urllib.request.urlopen(base + "/api/health", timeout=5):
+            break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+    time.sleep(0.1)
+with urllib.request.urlopen(base + "/api/predictions/BTC", timeout=30) as response:
+    answer = json.loads(response.read())
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"tensorflow", "keras", "tf2onnx"})
+print(json.dumps({"answer": answer, "heavy": heavy}), flush=True)
+os._exit(0)
+"""
+
+
+def serve_in_child(settings: Settings, *, python: str) -> subprocess.CompletedProcess[str]:
+    """`tbml serve` on `settings`' stores in a fresh `python`, environment from settings only."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("ML_", "MLFLOW_", "TRADING_"))
+    }
+    env.update(
+        {
+            "ML_DATA_DIR": str(settings.data_dir),
+            "ML_BUNDLED_DATA_DIR": str(settings.bundled_data_dir),
+            "MLFLOW_TRACKING_URI": settings.tracking_uri,
+            "ML_ARTIFACT_ROOT": str(settings.artifact_root),
+            "ML_DATABASE_URL": settings.database_url,
+        }
+    )
+    return subprocess.run(
+        [python, "-c", _SERVE_CHILD, str(free_port())],
+        cwd=settings.data_dir.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )

@@ -24,7 +24,7 @@ from pipelines.queue.runtime import TrainingScheduler
 from pipelines.settings import PROJECT_ROOT, Settings
 from pipelines.tracking import PRODUCTION_ALIAS, production_version
 from service.bootstrap import Progress, missing_production_models, train_slot
-from tests.conftest import BUNDLED, write_newer_candles
+from tests.conftest import BUNDLED, Postgres, write_newer_candles
 
 TINY = {
     "sequence_length": 12,
@@ -275,20 +275,15 @@ def test_up_trains_what_is_missing_then_serves_and_trains_nothing_the_second_tim
 
 
 @pytest.mark.postgres
-def test_up_prints_no_database_password(tmp_path: Path) -> None:
-    import sqlalchemy as sa
-    from sqlalchemy.exc import OperationalError
+def test_up_prints_no_database_password(tmp_path: Path, postgres: Postgres) -> None:
+    from sqlalchemy.engine import make_url
 
     # The local server trusts every connection, so any password gets in: one to look for.
-    server = "postgresql+psycopg://postgres:hunter22@127.0.0.1:5432/test"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-    name = f"tbml_up_{os.getpid()}_{int(time.time())}"
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except OperationalError as error:
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL server answers: {error.orig}")
+    database_url = (
+        make_url(postgres.create("tbml_up"))
+        .set(password="hunter22")
+        .render_as_string(hide_password=False)
+    )
     port = _free_port()
     env = {
         **os.environ,
@@ -298,15 +293,12 @@ def test_up_prints_no_database_password(tmp_path: Path) -> None:
         "ML_BUNDLED_DATA_DIR": str(BUNDLED),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "ML_ARTIFACT_ROOT": str(tmp_path / "mlruns"),
-        "ML_DATABASE_URL": server.rsplit("/", 1)[0] + f"/{name}",
+        "ML_DATABASE_URL": database_url,
     }
     up = _Up(env, "--no-train")
     try:
         up.wait_for("is serving on", timeout=120)
     finally:
         up.stop()
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
     assert any("service database at the newest schema" in line for line in up.lines)
     assert not any("hunter22" in line for line in up.lines)

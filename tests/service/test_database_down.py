@@ -5,8 +5,6 @@ including for a service started while the database was down."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +13,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
 
 from pipelines.db import dispose_engine
 from service.history.store import PredictionHistory
+from tests.conftest import Postgres
 from tests.service.conftest import (
     LiveServer,
     Trained,
@@ -29,9 +27,6 @@ from tests.service.conftest import (
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
-SERVER_URL = os.environ.get(
-    "ML_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 RECOVERY_S = 30  # the database chore checks every 5 s and retries a failure within 5 s
 
 
@@ -58,27 +53,14 @@ class Database:
 
 
 @pytest.fixture
-def database() -> Iterator[Database]:
-    admin = sa.create_engine(
-        SERVER_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-    )
-    name = f"tbml_down_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except OperationalError as error:
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL server answers at {SERVER_URL}: {error.orig}")
-    url = make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
-    db = Database(admin, name, url)
+def database(postgres: Postgres) -> Iterator[Database]:
+    url = postgres.create("tbml_down")
+    db = Database(postgres.admin, str(make_url(url).database), url)
     try:
         yield db
     finally:
         db.restore()
         dispose_engine(url)
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 def _health(server: LiveServer) -> dict[str, Any]:

@@ -8,7 +8,6 @@ environment and has `tbml serve` answer a real prediction from a real registry t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,34 +15,10 @@ from pathlib import Path
 import pytest
 
 from pipelines.settings import PROJECT_ROOT
-from tests.conftest import free_port
-from tests.service.conftest import Trained, make_settings
+from tests.service.conftest import Trained, make_settings, serve_in_child
 
 LOCK = PROJECT_ROOT / "requirements" / "service.lock"
 UV = Path(sys.executable).parent / "uv"
-
-CHILD = """
-import json, os, sys, threading, time, urllib.request
-from tbml.cli import app
-
-port = sys.argv[1]
-args = ["serve", "--port", port, "--no-scheduler", "--log-level", "warning"]
-threading.Thread(target=lambda: app(args, standalone_mode=False), daemon=True).start()
-base = f"http://127.0.0.1:{port}"
-deadline = time.monotonic() + 120
-while True:
-    try:
-        with urllib.request.urlopen(base + "/api/health", timeout=5) as response:
-            break
-    except OSError:
-        if time.monotonic() > deadline:
-            raise
-    time.sleep(0.2)
-with urllib.request.urlopen(base + "/api/predictions/BTC", timeout=30) as response:
-    answer = json.loads(response.read())
-print(json.dumps({"answer": answer}), flush=True)
-os._exit(0)
-"""
 
 
 def _lock_names() -> set[str]:
@@ -75,27 +50,7 @@ def test_a_venv_of_the_service_lock_serves_a_real_prediction(
             command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, check=False
         )
         assert done.returncode == 0, done.stderr[-2000:]
-    settings = make_settings(tmp_path, trained)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ML_", "MLFLOW_"))}
-    env.update(
-        {
-            "ML_DATA_DIR": str(settings.data_dir),
-            "ML_BUNDLED_DATA_DIR": str(settings.bundled_data_dir),
-            "MLFLOW_TRACKING_URI": settings.tracking_uri,
-            "ML_ARTIFACT_ROOT": str(settings.artifact_root),
-            "ML_DATABASE_URL": settings.database_url,
-        }
-    )
-
-    child = subprocess.run(
-        [str(python), "-c", CHILD, str(free_port())],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    child = serve_in_child(make_settings(tmp_path, trained), python=str(python))
 
     assert child.returncode == 0, child.stderr[-3000:]
     answer = json.loads(child.stdout.strip().splitlines()[-1])["answer"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.signals import describe_probability, neutral_prediction
+from pipelines.signals import describe_probability
+from service.signals import neutral_prediction
 
 
 @pytest.mark.parametrize(

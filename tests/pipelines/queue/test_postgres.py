@@ -1,60 +1,36 @@
 """The same rules on PostgreSQL: migrations, the lease, duplicates, one training at a time.
 
-Runs against the server on 127.0.0.1:5432 (or ML_TEST_POSTGRES_URL) in a database of its own,
-created and dropped here; skipped, saying why, when no server answers.
+Runs against the server on 127.0.0.1:5432 (or ML_TEST_POSTGRES_URL) in a database of its own
+(tests.conftest's `postgres`); skipped, saying why, when no server answers.
 """
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
-from pipelines.db import dispose_engine, get_engine, migrate
+from pipelines.db import get_engine, migrate
 from pipelines.queue import lease, transitions
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.clock import now_ms
 from pipelines.queue.errors import DuplicateJobError
 from pipelines.settings import Settings
+from tests.conftest import Postgres
 from tests.pipelines.queue.conftest import make_settings
 
 pytestmark = pytest.mark.postgres
 
-SERVER_URL = os.environ.get(
-    "ML_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
 
 @pytest.fixture
-def pg_settings(tmp_path: Path) -> Iterator[Settings]:
-    """Settings whose service database is a fresh PostgreSQL database, dropped afterwards."""
-    admin = sa.create_engine(
-        SERVER_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-    )
-    name = f"tbml_queue_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except OperationalError as error:
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL server answers at {SERVER_URL}: {error.orig}")
-    url = make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
-    settings = make_settings(tmp_path, database_url=url)
+def pg_settings(tmp_path: Path, postgres: Postgres) -> Settings:
+    """Settings whose service database is a fresh PostgreSQL database (dropped at the end)."""
+    settings = make_settings(tmp_path, database_url=postgres.create("tbml_queue"))
     migrate(settings)
-    try:
-        yield settings
-    finally:
-        dispose_engine(url)
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    return settings
 
 
 def test_migrations_create_the_queue_tables_on_postgres(pg_settings: Settings) -> None:
