@@ -11,9 +11,10 @@ LOCK := requirements/dev.lock
 STAMP := $(VENV)/.installed
 PAIR ?= BTC
 UI_PORT ?= 5000
+DEMO_INTERVAL ?= 3
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install run test test-fast lint audit format bench ui train migrate lock clean
+.PHONY: help install run demo test test-fast lint audit format bench ui train migrate lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,6 +30,9 @@ $(STAMP): pyproject.toml $(LOCK)
 
 run: install ## Set up everything, train the bundled pairs if the registry is empty, serve on :3001
 	$(VENV)/bin/tbml up
+
+demo: install ## The whole loop offline: a replay exchange releases a real candle every DEMO_INTERVAL s
+	$(VENV)/bin/tbml demo --interval $(DEMO_INTERVAL)
 
 train: install ## Train one pair fully, register it, apply the promotion gate (PAIR=BTC)
 	$(VENV)/bin/tbml train --pair $(PAIR)

@@ -14,6 +14,8 @@ BENCHMARKS: tuple[str, ...] = (
     "bench.predict_latency",
     "bench.replicas",
     "bench.registry_cost",
+    "bench.live_loop",
+    "bench.scale_pairs",
 )
 
 

@@ -88,8 +88,14 @@ class Chores:
             )
         self.retry_base_s = retry_base_s
         self.retry_cap_s = retry_cap_s
+        # A chore still running when its next interval comes is skipped: expected for the fast
+        # ones (the feed, the candle watch), so APScheduler's warning about it is not logged.
+        quiet = logging.getLogger("pipelines.periodic.apscheduler")
+        quiet.setLevel(logging.ERROR)
         self._scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max_workers=max_workers)}, timezone=UTC
+            executors={"default": ThreadPoolExecutor(max_workers=max_workers)},
+            timezone=UTC,
+            logger=quiet,
         )
         self._lock = threading.Lock()
         self._status: dict[str, ChoreStatus] = {}

@@ -20,6 +20,7 @@ from pipelines.training_params import PARAMS
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL_TYPES: tuple[str, ...] = ("lstm", "gru", "cnn", "transformer")
 ModelType = Literal["lstm", "gru", "cnn", "transformer"]
+DEFAULT_RETRAIN_INTERVAL_HOURS = 24.0
 
 
 def _csv(value: object) -> object:
@@ -94,6 +95,29 @@ class Settings(BaseSettings):
     timeframe: str = Field("1h", validation_alias="ML_TIMEFRAME")
     exchange: str = Field("binance", validation_alias="ML_EXCHANGE")
     data_dir: Path = Field(Path("data"), validation_alias="ML_DATA_DIR")
+    # --- live candle feed (pipelines/candles/feed.py; docs/feed.md) -------------------------
+    # Fetch each newly closed candle in the process that holds the dispatch lease.
+    feed_enabled: bool = Field(True, validation_alias="ML_FEED")
+    # Seconds after a candle's close before it is fetched (exchanges publish it a moment late).
+    feed_delay_s: float = Field(10.0, ge=0, le=3600, validation_alias="ML_FEED_DELAY")
+    # Longest wait between two fetches, in seconds (0 = until the next close): the replay
+    # exchange's hours last seconds, so the demo polls every second.
+    feed_max_wait_s: float = Field(0.0, ge=0, le=86_400, validation_alias="ML_FEED_MAX_WAIT")
+    # Base URL of the exchange's REST API for the feed (a mirror, the replay exchange).
+    exchange_url: str | None = Field(None, validation_alias="ML_EXCHANGE_URL")
+    # How often every API process looks for a new newest candle in the store (ms).
+    candle_watch_interval_ms: int = Field(
+        1_000, ge=50, le=3_600_000, validation_alias="ML_CANDLE_WATCH_INTERVAL"
+    )
+    # --- staleness (docs/service.md, "Staleness") --------------------------------------------
+    # A prediction is stale when its candle closed more than this many timeframes ago.
+    stale_after: float = Field(2.0, gt=0, le=10_000_000, validation_alias="ML_STALE_AFTER")
+    # Serve the signals of stale predictions and stale models (otherwise HOLD).
+    serve_stale: bool = Field(False, validation_alias="ML_SERVE_STALE")
+    # A model is stale when its training data ends this long before the newest candle.
+    model_max_age_hours: float = Field(
+        168.0, gt=0, le=1_000_000, validation_alias="ML_MODEL_MAX_AGE_HOURS"
+    )
     bundled_data_dir: Path = Field(Path("data/ohlcv"), validation_alias="ML_BUNDLED_DATA_DIR")
 
     # --- model and features -------------------------------------------------------------------
@@ -193,10 +217,22 @@ class Settings(BaseSettings):
     # How long the dispatcher's database lease lasts without renewal: a crashed scheduler's
     # successor waits at most this long before it recovers the crashed one's training.
     scheduler_lease_ms: int = Field(30_000, ge=500, validation_alias="ML_SCHEDULER_LEASE")
-    # Per pair, retrain every N hours at low priority: `BTC=24,ETH=12` or JSON; off when empty.
+    # --- retraining policy (pipelines/queue/policy.py; docs/queue.md, "Retraining policy") ---
+    # Enqueue retrainings when a production version is stale, when enough new data arrived,
+    # or when its live figures drift below the naive baselines.
+    retrain_policy: bool = Field(True, validation_alias="ML_RETRAIN_POLICY")
+    # Retrain once this many hours of new candles exist since the last training's data end:
+    # one number for every pair (`24`), or per pair (`BTC=24,ETH=12`, JSON); unnamed pairs get
+    # DEFAULT_RETRAIN_INTERVAL_HOURS.
     retrain_interval_hours: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict, validation_alias="ML_RETRAIN_INTERVAL_HOURS"
     )
+    # How often the policy looks (ms).
+    policy_interval_ms: int = Field(
+        60_000, ge=100, le=86_400_000, validation_alias="ML_POLICY_INTERVAL"
+    )
+    # Drift: realised outcomes of the production version compared with the naive baselines.
+    drift_window: int = Field(168, ge=24, le=100_000, validation_alias="ML_DRIFT_WINDOW")
     # --- training queue: bounds and retention (docs/queue.md) --------------------------------
     # An attempt running longer than this is killed and fails ("timed out after ...").
     training_timeout_ms: int = Field(21_600_000, ge=1_000, validation_alias="ML_TRAINING_TIMEOUT")
@@ -231,6 +267,8 @@ class Settings(BaseSettings):
     # Largest request body accepted (POST /api/predictions/{pair} with candles), in bytes.
     max_body_bytes: int = Field(2_000_000, ge=1024, validation_alias="ML_MAX_BODY_BYTES")
     max_request_candles: int = Field(5_000, ge=10, validation_alias="ML_MAX_REQUEST_CANDLES")
+    # Open `/ws/predictions` connections at most (one more is refused with close code 1013).
+    ws_max_connections: int = Field(100, ge=1, le=100_000, validation_alias="ML_WS_MAX_CONNECTIONS")
 
     # --- first run (`tbml up`, `make run`) ----------------------------------------------------
     # Pairs without a production model get a short "bootstrap" training, so a fresh clone
@@ -267,6 +305,10 @@ class Settings(BaseSettings):
                 f"ML_BUY_THRESHOLD ({self.buy_threshold})"
             )
         return self
+
+    def retrain_interval_for(self, pair: str) -> float:
+        """Hours of new data that call for a retraining of `pair`."""
+        return self.retrain_interval_hours.get(pair.upper(), DEFAULT_RETRAIN_INTERVAL_HOURS)
 
     @property
     def candles_dir(self) -> Path:

@@ -22,6 +22,7 @@ import logging
 import re
 import warnings
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from pipelines.settings import PROJECT_ROOT, Settings
@@ -34,7 +35,8 @@ logger = logging.getLogger(__name__)
 # --- the run of a queued job ----------------------------------------------------------------
 TAG_JOB_ID = "tbml.job_id"
 TAG_ATTEMPT = "tbml.attempt"
-TAG_REQUESTED_BY = "tbml.requested_by"  # why the job exists: api, cli, schedule, bootstrap
+# Who asked for the job: api, cli, bootstrap, schedule, stale, drift.
+TAG_REQUESTED_BY = "tbml.requested_by"
 TAG_PAIR = "tbml.pair"
 TAG_MODEL_TYPE = "tbml.model_type"
 # --- what a training reports on its run (the queue reads these back) -------------------------
@@ -43,6 +45,9 @@ TAG_REGISTERED_VERSION = "tbml.registered_version"
 TAG_PROMOTION = "tbml.promotion"  # promoted | rejected | not_requested | not_registered
 TAG_PROMOTION_REASON = "tbml.promotion_reason"  # one sentence: why
 TAG_BEATS_BASELINE = "tbml.beats_baseline"  # true | false
+# "start .. end" (ISO times) of the candles the training used (mlproject/train.py `_tags`);
+# its end is the job's `data_end`, from which the retraining policy counts new data.
+TAG_DATA_RANGE = "data_range"
 # --- on registered versions too ---------------------------------------------------------------
 TAG_UNPROVEN = "tbml.unproven"  # true: promoted without beating its strongest baseline
 # On a version that was production when its run was cancelled: true, and what happened.
@@ -65,6 +70,8 @@ class RunReport:
     promotion: str | None = None
     promotion_reason: str | None = None
     beats_baseline: bool | None = None
+    # End of the run's data range (`data_range` tag), epoch ms.
+    data_end: int | None = None
 
 
 def registered_model_name(pair: str, model_type: str) -> str:
@@ -204,7 +211,38 @@ def read_report(settings: Settings, run_id: str) -> RunReport:
         promotion=tags.get(TAG_PROMOTION),
         promotion_reason=tags.get(TAG_PROMOTION_REASON),
         beats_baseline=None if beats is None else beats.strip().lower() == "true",
+        data_end=_data_end_or_none(tags.get(TAG_DATA_RANGE), run_id=run_id),
     )
+
+
+def parse_data_end(data_range: str) -> datetime:
+    """The end of a `data_range` tag ("start .. end", ISO times) as an aware UTC datetime.
+
+    A time without an offset is taken as UTC (the candles' times are UTC).
+    """
+    _start, sep, end = data_range.partition(" .. ")
+    if not sep or not end.strip():
+        raise ValueError(
+            f"data_range {data_range!r} is not 'START .. END' (ISO times, as training tags it)"
+        )
+    try:
+        moment = datetime.fromisoformat(end.strip())
+    except ValueError:
+        raise ValueError(
+            f"data_range {data_range!r}: end {end.strip()!r} is not an ISO time"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _data_end_or_none(data_range: str | None, *, run_id: str) -> int | None:
+    """`parse_data_end` in epoch ms; None (with a warning for a malformed tag) when unknown."""
+    if data_range is None:
+        return None
+    try:
+        return int(parse_data_end(data_range).timestamp() * 1000)
+    except ValueError as error:
+        logger.warning("run %s: %s; its data end stays unknown", run_id, error)
+        return None
 
 
 def end_run(settings: Settings, run_id: str, *, status: str) -> bool:

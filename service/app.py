@@ -7,6 +7,7 @@ the outcome filler and, unless this is a replica that only enqueues, the trainin
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,8 +20,18 @@ from pipelines.db import migrate
 from pipelines.redact import describe_error
 from pipelines.settings import MODEL_TYPES, Settings, get_settings
 from service.errors import install_error_handlers
+from service.live import WATCH_CHORE
 from service.metrics import BodyLimitMiddleware, LatencyMiddleware, Metrics
-from service.routes import features, health, metrics, models, predictions, storage, training
+from service.routes import (
+    features,
+    health,
+    metrics,
+    models,
+    predictions,
+    storage,
+    stream,
+    training,
+)
 from service.security import GuardMiddleware, check_bind, document_guards
 from service.state import DATABASE_CHORE, ServiceState
 
@@ -63,11 +74,15 @@ def _start(state: ServiceState) -> None:
         state.models.trigger()
     state.models.start(interval_s=settings.model_refresh_interval_ms / 1000, chores=state.chores)
     state.predictor.warm()
+    # Each new candle (or newly served version) gives every served model's prediction at once.
+    state.every(settings.candle_watch_interval_ms / 1000, WATCH_CHORE, state.watch_candles)
     if settings.run_scheduler:
+        from pipelines.candles.feed import attach_feed
         from pipelines.queue.runtime import TrainingScheduler
 
-        scheduler = TrainingScheduler(settings)
+        scheduler = TrainingScheduler(settings, production_data_end=state.production_data_end)
         scheduler.on_training_finished(lambda _job: state.models.trigger())
+        attach_feed(scheduler, settings, on_new=state.candles_arrived)
         state.scheduler = scheduler.start()
         state.queue = scheduler.queue
     else:
@@ -79,6 +94,7 @@ def _start(state: ServiceState) -> None:
         "outcome-filler",
         lambda: state.history.fill_outcomes(store=state.store, timeframe=settings.timeframe),
     )
+    state.every(settings.policy_interval_ms / 1000, "drift", state.check_drift)
     from service.storage import RETENTION_INTERVAL_S, retention
 
     state.every(RETENTION_INTERVAL_S, "retention", lambda: retention(state))
@@ -145,6 +161,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await run_in_threadpool(start_service, settings)
+        if state.hub is not None:
+            state.hub.bind(asyncio.get_running_loop())
         app.state.service = state
         try:
             yield
@@ -163,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     meters = Metrics(lambda: app.state.service)
     app.state.metrics = meters
     install_error_handlers(app)
-    for module in (health, predictions, features, training, models, storage, metrics):
+    for module in (health, predictions, features, training, models, storage, metrics, stream):
         app.include_router(module.router)
     app.include_router(health.probes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)

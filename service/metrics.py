@@ -53,6 +53,7 @@ class StateCollector(Collector):
         swaps = CounterMetricFamily("tbml_model_swaps", "Production models swapped in")
         swaps.add_metric([], state.models.swaps)
         yield swaps
+        yield from _feed_metrics(state)
         if state.queue is not None:
             try:
                 queue = state.queue.queue_status(history_limit=0).queue
@@ -64,6 +65,34 @@ class StateCollector(Collector):
             length.add_metric(["queued"], queue.queued.count)
             length.add_metric(["training"], queue.active.count)
             yield length
+
+
+def _feed_metrics(state: Any) -> Iterator[Metric]:
+    """Per pair: seconds since the newest candle closed, and the feed's consecutive failures."""
+    from pipelines.candles.feed import feed_view
+
+    try:
+        feeds = feed_view(state.settings, state.store, now_ms=state.market_now_ms())
+    except Exception:
+        return
+    lag = GaugeMetricFamily(
+        "tbml_feed_lag_seconds",
+        "Market time since the newest stored candle closed, per pair",
+        labels=["pair"],
+    )
+    failures = GaugeMetricFamily(
+        "tbml_feed_consecutive_failures", "Failed feed fetches in a row, per pair", labels=["pair"]
+    )
+    for pair, view in sorted(feeds.items()):
+        if view.get("lagMs") is not None:
+            lag.add_metric([pair], view["lagMs"] / 1000)
+        failures.add_metric([pair], float(view.get("consecutiveFailures") or 0))
+    yield lag
+    yield failures
+    if state.hub is not None:
+        clients = GaugeMetricFamily("tbml_ws_connections", "Open /ws/predictions connections")
+        clients.add_metric([], state.hub.connections)
+        yield clients
 
 
 class Metrics:

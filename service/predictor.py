@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.candles.store import CandleStore
+from pipelines.candles.timeframes import timeframe_delta
 from pipelines.features.compute import latest_features
 from pipelines.features.spec import FeatureSpec
 from pipelines.settings import Settings
@@ -66,6 +67,18 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def model_data_end(model: ServedModel) -> pd.Timestamp | None:
+    """The newest candle a served version's training run saw (its `data_range` end)."""
+    end = (model.bundle.metadata.get("data_range") or {}).get("end")
+    if not end:
+        return None
+    try:
+        stamp = pd.Timestamp(end)
+    except ValueError:
+        return None
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
 def _newest(candles: pd.DataFrame) -> tuple[int, int]:
     # The newest candle's open time (ns) and the row count: a new candle changes both.
     return int(candles.index[-1].value), len(candles)
@@ -83,8 +96,16 @@ class Predictor:
         prediction_cache: TTLCache[dict[str, Any]],
         feature_cache: TTLCache[np.ndarray],
         record: Callable[[list[PredictionRecord]], None] | None = None,
+        market_now_ms: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
+        # The market's clock (the exchange's, as the feed last measured it); staleness is
+        # judged by it, so a replayed market is as fresh as its own clock says.
+        self.market_now_ms = market_now_ms or now_ms
+        self.step_ms = int(timeframe_delta(settings.timeframe).total_seconds() * 1000)
+        # The newest answer per (pair, label): reused until a newer candle or another version
+        # makes its key stale, however long ago it was computed (it cannot change meanwhile).
+        self._latest: dict[tuple[str, str], tuple[tuple[Any, ...], dict[str, Any], float]] = {}
         self.store = store
         self.models = models
         self.prediction_cache = prediction_cache
@@ -110,7 +131,10 @@ class Predictor:
         key = self._key(pair, model_type, ensemble, served, candles)
         hit = self.prediction_cache.get(key, count_miss=False)
         if hit is not None:
-            return {**hit.value, "cached": True, "cacheAge": hit.age_ms}
+            return self.fresh({**hit.value, "cached": True, "cacheAge": hit.age_ms})
+        pinned = self._pinned(pair, model_type, ensemble, key)
+        if pinned is not None:
+            return pinned
         windows = self._cached_windows(pair, served, candles)
         if windows is None:
             return None
@@ -118,8 +142,8 @@ class Predictor:
         self.feature_cache.note(hits=len(windows))
         body = self._answer(pair, model_type, ensemble, served, candles, windows)
         body["source"] = "store"
-        self.prediction_cache.put(key, body)
-        return {**body, "cached": False, "cacheAge": 0}
+        self._store(pair, model_type, ensemble, key, body)
+        return self.fresh({**body, "cached": False, "cacheAge": 0})
 
     def predict(self, *, pair: str, model_type: str, ensemble: bool) -> dict[str, Any]:
         """The body of `GET /api/predictions/{pair}` without the per-request timing fields.
@@ -129,8 +153,12 @@ class Predictor:
         candles = self.store.load(pair, self.settings.timeframe)
         served = self._served(pair, model_type, ensemble)
         key = self._key(pair, model_type, ensemble, served, candles)
-        hit = self.prediction_cache.get(key)
+        hit = self.prediction_cache.get(key, count_miss=False)
         if hit is None:
+            pinned = self._pinned(pair, model_type, ensemble, key)
+            if pinned is not None:
+                return pinned
+            self.prediction_cache.note(misses=1)
             with self._single_flight(key):
                 # Another request may have computed it while this one waited.
                 hit = self.prediction_cache.get(key, count_hit=False, count_miss=False)
@@ -141,9 +169,76 @@ class Predictor:
                     ]
                     body = self._answer(pair, model_type, ensemble, served, candles, windows)
                     body["source"] = "store"
-                    self.prediction_cache.put(key, body)
-                    return {**body, "cached": False, "cacheAge": 0}
-        return {**hit.value, "cached": True, "cacheAge": hit.age_ms}
+                    self._store(pair, model_type, ensemble, key, body)
+                    return self.fresh({**body, "cached": False, "cacheAge": 0})
+        return self.fresh({**hit.value, "cached": True, "cacheAge": hit.age_ms})
+
+    def latest(self, pair: str, model_type: str) -> dict[str, Any] | None:
+        """The newest computed answer for `pair` and `model_type` (any candle), made fresh."""
+        entry = self._latest.get((pair, model_type))
+        if entry is None:
+            return None
+        _, body, computed = entry
+        age = int((time.monotonic() - computed) * 1000)
+        return self.fresh({**body, "cached": True, "cacheAge": age})
+
+    def fresh(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`body` with its candle's age and staleness as of now (market clock); a stale
+        candle or model holds the signal at HOLD unless ML_SERVE_STALE=true."""
+        close = int(body["candleTime"]) + self.step_ms
+        age = max(0, self.market_now_ms() - close)
+        stale = age > self.settings.stale_after * self.step_ms
+        out = {**body, "candleAgeMs": age, "stale": stale}
+        out.setdefault("modelDataEnd", None)
+        out.setdefault("modelAgeHours", None)
+        out.setdefault("modelStale", False)
+        if body.get("fallback"):
+            return out
+        why = []
+        if stale:
+            hours = age / 3_600_000
+            why.append(
+                f"the newest candle closed {hours:.1f} h ago, more than "
+                f"{self.settings.stale_after:g} timeframes (ML_STALE_AFTER)"
+            )
+        if out["modelStale"]:
+            why.append(
+                f"the model's training data ends {out['modelAgeHours']:.0f} h before the newest "
+                f"candle, more than {self.settings.model_max_age_hours:g} h "
+                "(ML_MODEL_MAX_AGE_HOURS)"
+            )
+        if why and not self.settings.serve_stale:
+            out["prediction"] = {**out["prediction"], "signal": "HOLD"}
+            note = "stale: " + "; ".join(why) + "; signal held at HOLD (ML_SERVE_STALE=false)"
+            out["reason"] = f"{out['reason']}; {note}" if out.get("reason") else note
+        elif why:
+            note = "stale: " + "; ".join(why)
+            out["reason"] = f"{out['reason']}; {note}" if out.get("reason") else note
+        return out
+
+    def _label(self, model_type: str, ensemble: bool) -> str:
+        return "ensemble" if ensemble else model_type
+
+    def _pinned(
+        self, pair: str, model_type: str, ensemble: bool, key: tuple[Any, ...]
+    ) -> dict[str, Any] | None:
+        entry = self._latest.get((pair, self._label(model_type, ensemble)))
+        if entry is None or entry[0] != key:
+            return None
+        self.prediction_cache.note(hits=1)
+        age = int((time.monotonic() - entry[2]) * 1000)
+        return self.fresh({**entry[1], "cached": True, "cacheAge": age})
+
+    def _store(
+        self,
+        pair: str,
+        model_type: str,
+        ensemble: bool,
+        key: tuple[Any, ...],
+        body: dict[str, Any],
+    ) -> None:
+        self.prediction_cache.put(key, body)
+        self._latest[(pair, self._label(model_type, ensemble))] = (key, body, time.monotonic())
 
     def predict_candles(
         self, *, pair: str, model_type: str, ensemble: bool, candles: pd.DataFrame
@@ -156,7 +251,7 @@ class Predictor:
             self._window(pair=pair, served=m, candles=candles, use_cache=False) for m in served
         ]
         body = self._answer(pair, model_type, ensemble, served, candles, windows, record=False)
-        return {**body, "source": "request", "cached": False, "cacheAge": 0}
+        return self.fresh({**body, "source": "request", "cached": False, "cacheAge": 0})
 
     def warm(self) -> int:
         """Read each served pair's candles and compute its newest window (at start-up), so the
@@ -328,6 +423,7 @@ class Predictor:
             "ensemble": ensemble,
             "fallback": False,
             "unproven": bool(unproven),
+            **self._model_age(served, newest),
         }
         if ensemble:
             body["models"] = {
@@ -345,6 +441,20 @@ class Predictor:
             except Exception:  # losing a history row must not lose the answer
                 logger.exception("could not store prediction history for %s", pair)
         return body
+
+    def _model_age(self, served: list[ServedModel], newest: pd.Timestamp) -> dict[str, Any]:
+        """When the served versions' data ends (the oldest of them), and how far behind the
+        newest candle that is."""
+        ends = [end for end in (model_data_end(m) for m in served) if end is not None]
+        if not ends:
+            return {"modelDataEnd": None, "modelAgeHours": None, "modelStale": False}
+        end = min(ends)
+        hours = max(0.0, (newest - end).total_seconds() / 3600)
+        return {
+            "modelDataEnd": epoch_ms(end),
+            "modelAgeHours": round(hours, 2),
+            "modelStale": hours > self.settings.model_max_age_hours,
+        }
 
     def _fallback(
         self, *, pair: str, model_type: str, ensemble: bool, newest: pd.Timestamp

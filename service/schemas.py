@@ -192,7 +192,24 @@ class PredictionBody(Schema):
     model_version: str | dict[str, str] | None = Field(
         description="The served version; per model type for an ensemble; null for a fallback."
     )
-    candle_time: int
+    candle_time: int = Field(description="Open time (epoch ms) of the candle predicted from.")
+    candle_age_ms: int = Field(
+        description="Milliseconds since that candle closed, by the market's clock."
+    )
+    stale: bool = Field(
+        description="The candle closed more than ML_STALE_AFTER timeframes ago: the signal is "
+        "HOLD unless ML_SERVE_STALE=true."
+    )
+    model_data_end: int | None = Field(
+        description="Newest candle (epoch ms) of the served version's training data."
+    )
+    model_age_hours: float | None = Field(
+        description="Hours between that data end and the candle predicted from."
+    )
+    model_stale: bool = Field(
+        description="The model's data ends more than ML_MODEL_MAX_AGE_HOURS before the candle: "
+        "the signal is HOLD unless ML_SERVE_STALE=true."
+    )
     ensemble: bool
     fallback: bool = Field(description="No model could answer: a neutral HOLD.")
     unproven: bool
@@ -431,11 +448,72 @@ class DatabaseHealth(Schema):
     last_error: str | None
 
 
+class FeedHealth(Schema):
+    """One pair's live candles: the store's newest, and the feed's last attempts."""
+
+    newest_candle: int | None = Field(description="Open time (epoch ms) of the newest candle.")
+    newest_close: int | None = Field(None, description="Its close time (epoch ms).")
+    lag_ms: int | None = Field(description="Market time since that candle closed.")
+    last_success: int | None = None
+    last_attempt: int | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    clock_offset_ms: int | None = Field(
+        None, description="The exchange's clock minus the fetcher's, at its last success."
+    )
+    fetcher: str | None = Field(None, description="host:pid of the process that fetches.")
+    state: Literal["ok", "failing", "lagging", "off"] = Field(
+        description="off: no feed runs anywhere (ML_FEED=false, or no scheduler yet)."
+    )
+
+
+class StaleModel(Schema):
+    pair: str
+    model_type: str
+    version: str
+    model_data_end: int
+    model_age_hours: float
+
+
+class StaleReport(Schema):
+    feeds: list[str] = Field(description="Pairs whose newest candle is stale (ML_STALE_AFTER).")
+    models: list[StaleModel] = Field(
+        description="Served versions older than ML_MODEL_MAX_AGE_HOURS."
+    )
+
+
+class DriftHealth(Schema):
+    pair: str
+    model_type: str
+    version: str
+    rows: int
+    model_log_loss: float
+    baselines: dict[str, float]
+    best_baseline: str
+    interval: list[float] = Field(description="95 % interval of model minus best baseline.")
+    drifting: bool
+
+
+class StreamHealth(Schema):
+    connections: int
+    max_connections: int
+    published: int
+    dropped: int
+
+
 class HealthReport(Health):
     """`GET /api/health`: `Health` plus the database and every piece of background work."""
 
     database: DatabaseHealth
     background: dict[str, ChoreHealth] = Field(description="Chore name -> its state.")
+    feed: dict[str, FeedHealth] = Field(description="Pair -> its live candles.")
+    stale: StaleReport
+    drift: list[DriftHealth] = Field(
+        default_factory=list,
+        description="Per served version with enough outcomes: live log loss against the best "
+        "naive baseline on the same candles; `drifting` makes health degraded.",
+    )
+    stream: StreamHealth | None = None
 
 
 class Liveness(Timed):

@@ -185,6 +185,14 @@ class GuardMiddleware:
                 f"{guards.describe_hosts()} (ML_ALLOWED_HOSTS)",
             )
             return
+        if scope["type"] == "websocket":
+            # A browser on a foreign page may open a WebSocket here (no CORS protects it):
+            # only the service's own origin and ML_ALLOWED_ORIGINS may; clients without an
+            # Origin (bots, curl) are not browsers and may.
+            origin = headers.get("origin")
+            if origin is not None and not guards.origin_allowed(origin, host):
+                await send({"type": "websocket.close", "code": 1008})
+                return
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
             origin = headers.get("origin")
             if origin is not None and not guards.origin_allowed(origin, host):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sqlalchemy import text
 
 from pipelines.candles.store import CandleStore
@@ -24,8 +25,9 @@ from service.caches import TTLCache
 from service.candles import ServingCandleStore
 from service.history.store import PredictionHistory
 from service.history.writer import HistoryWriter
+from service.live import WATCH_CHORE, CandleWatcher, PredictionHub
 from service.model_cache import ModelCache
-from service.predictor import Predictor
+from service.predictor import Predictor, model_data_end
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,12 @@ class ServiceState:
     slow_stats_at: float = 0.0
     chores: Chores = field(default_factory=Chores)
     migrated: bool = False
+    hub: PredictionHub | None = None
+    watcher: CandleWatcher | None = None
+    # The market's clock minus ours, as the feed last measured it (feed-status.json).
+    clock_offset_ms: int = 0
+    # The last drift check per served (pair, model type): `service.drift.DriftResult.to_dict()`.
+    drift: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings) -> ServiceState:
@@ -93,7 +101,7 @@ class ServiceState:
             feature_cache=feature_cache,
             record=writer.submit,
         )
-        return cls(
+        state = cls(
             settings=settings,
             store=store,
             models=models,
@@ -108,7 +116,95 @@ class ServiceState:
             ),
             queue=None,
             chores=chores,
+            hub=PredictionHub(max_connections=settings.ws_max_connections),
         )
+        predictor.market_now_ms = state.market_now_ms
+        state.watcher = CandleWatcher(
+            pairs=settings.pairs,
+            newest=lambda pair: store.load(pair, settings.timeframe).index[-1],
+            model_types=lambda pair: [(m.model_type, m.version) for m in models.models_of(pair)],
+            predict=lambda pair, model_type: predictor.predict(
+                pair=pair, model_type=model_type, ensemble=False
+            ),
+            publish=state.publish,
+        )
+        return state
+
+    def market_now_ms(self) -> int:
+        """Now by the market's clock (ours when no feed has measured the exchange's)."""
+        return int(time.time() * 1000) + self.clock_offset_ms
+
+    def publish(self, body: dict[str, Any]) -> None:
+        """Push a newly computed prediction to the WebSocket subscribers."""
+        if self.hub is not None:
+            self.hub.publish(body)
+
+    def watch_candles(self) -> None:
+        """The candle-watch chore: read the market clock offset, then look for new candles."""
+        from pipelines.candles.feed import read_feed_status
+
+        entries = [e for e in read_feed_status(self.settings).values() if e.get("lastSuccess")]
+        if entries:
+            freshest = max(entries, key=lambda e: int(e["lastSuccess"]))
+            if freshest.get("clockOffsetMs") is not None:
+                self.clock_offset_ms = int(freshest["clockOffsetMs"])
+        if self.watcher is not None:
+            self.watcher.check()
+
+    def production_data_end(self, pair: str, model_type: str) -> tuple[str, pd.Timestamp] | None:
+        """The served production version of a slot and where its training data ends (for the
+        retraining policy, read from the loaded bundle: no registry call, no MLflow import)."""
+        model = self.models.get(pair, model_type)
+        if model is None:
+            return None
+        end = model_data_end(model)
+        return None if end is None else (model.version, end)
+
+    def check_drift(self) -> None:
+        """The drift chore: is a production version's live log loss over its last
+        ML_DRIFT_WINDOW outcomes significantly worse than the best naive baseline on the same
+        candles (paired block bootstrap)? Then health says so and a retraining is queued
+        (`requestedBy: drift`), once: the queue refuses a second active job for the slot."""
+        from pipelines.queue.errors import QueueError
+        from service.drift import DriftCheck
+
+        check = DriftCheck(
+            self.history,
+            self.store,
+            timeframe=self.settings.timeframe,
+            window=self.settings.drift_window,
+            margin=max(0.0, self.settings.promotion_margin),
+        )
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for model in self.models.all():
+            result = check.check(model.pair, model.model_type, model.version, model.bundle.horizon)
+            if result is None:
+                continue
+            found[(model.pair, model.model_type)] = result.to_dict()
+            if not result.drifting or not self.settings.retrain_policy or self.queue is None:
+                continue
+            verdict = result.verdict
+            reason = (
+                f"{model.pair}-{model.model_type} version {model.version} drifts: its live log "
+                f"loss over the last {result.rows} outcomes is {result.model_log_loss:.4f}, worse "
+                f"than the {result.best_baseline} baseline's by {verdict.low:.4f} to "
+                f"{verdict.high:.4f} (95 %, paired block bootstrap)"
+            )
+            try:
+                job = self.queue.enqueue(
+                    pair=model.pair,
+                    model_type=model.model_type,
+                    requested_by="drift",
+                    reason=reason,
+                )
+                logger.warning("%s; queued %s", reason, job.job_id)
+            except QueueError as error:
+                logger.info("%s; not queued: %s", reason, error)
+        self.drift = found
+
+    def candles_arrived(self, *_args: object) -> None:
+        """The feed appended candles in this process: look at once (returns at once)."""
+        self.chores.trigger(WATCH_CHORE)
 
     def cache_hits(self) -> dict[str, int]:
         """Hits per cache, named as in the original's health answer."""

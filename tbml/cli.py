@@ -42,17 +42,21 @@ def _register() -> None:
     # Each module adds its own commands to `app`; registration order is the help order.
     from mlproject import cli as mlproject_cli
     from pipelines.candles import cli as candles_cli
+    from pipelines.candles import replay as replay_cli
     from pipelines.features import cli as features_cli
     from pipelines.queue import cli as queue_cli
     from service import bootstrap as bootstrap_cli
     from service import cli as service_cli
+    from service import demo as demo_cli
 
     candles_cli.register(app)
+    replay_cli.register(app)
     features_cli.register(app)
     queue_cli.register(app)
     mlproject_cli.register(app)
     service_cli.register(app)
     bootstrap_cli.register(app)
+    demo_cli.register(app)
 
 
 _register()

@@ -7,13 +7,22 @@ nothing new does not touch the file, so running twice leaves it byte-identical.
 
 Which candle is still forming is decided by the exchange's clock (`fetch_time`), so a skewed local
 clock cannot make us keep a candle the exchange has not closed; exchanges that ccxt cannot ask for
-the time fall back to the local clock.
+the time fall back to the local clock. The local clock still bounds it from above: a candle that
+closes more than `LOCAL_CLOCK_TOLERANCE_MS` after local now is never kept, which only matters when
+the exchange's clock jumps ahead (a replay exchange runs in the past, so the bound never bites it).
+
+Reading the newest known candle, fetching and rewriting the file happen under an exclusive lock
+per ingested file (`.{file}.lock` beside it, removed on release), so `tbml ingest` and the live
+feed (`pipelines.candles.feed`) ingesting the same file at once neither drop nor repeat a row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import os
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +46,10 @@ from pipelines.candles.validate import COLUMNS, Gap, find_gaps, read_candle_byte
 logger = logging.getLogger(__name__)
 
 DEFAULT_PAGE_LIMIT = 1000  # Binance's spot maximum; exchanges that cap lower are paged all the same
+# How long an ingestion waits for another one of the same file before it gives up.
+DEFAULT_LOCK_TIMEOUT_S = 120.0
+# A candle closing later than local now plus this is never kept, whatever the exchange's clock says.
+LOCAL_CLOCK_TOLERANCE_MS = 60_000
 
 
 class IngestError(RuntimeError):
@@ -66,6 +79,19 @@ class IngestResult:
     first_new: pd.Timestamp | None
     last_new: pd.Timestamp | None
     gaps: list[Gap] = field(default_factory=list)  # from the newest known candle through the new
+    # The newest candle known after this run (appended or known before), None if none is.
+    newest: pd.Timestamp | None = None
+    # The exchange's clock when it was read (epoch ms), and it minus the local clock then.
+    exchange_now_ms: int | None = None
+    clock_offset_ms: int | None = None
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file of ingested file `path`: `.BTC-USDT_1h.csv.lock` beside `BTC-USDT_1h.csv`.
+
+    Its leading dot and `.lock` suffix keep the candle store from taking it for candles.
+    """
+    return path.with_name(f".{path.name}.lock")
 
 
 def parse_since(value: str) -> pd.Timestamp:
@@ -93,6 +119,8 @@ def ingest_candles(
     client: Any | None = None,
     api_url: str | None = None,
     page_limit: int = DEFAULT_PAGE_LIMIT,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    clock: Callable[[], float] = time.time,
 ) -> IngestResult:
     """Append the closed candles of `pair` newer than the store's to the ingested file.
 
@@ -108,6 +136,9 @@ def ingest_candles(
         client: a ccxt exchange to use instead of opening one (tests, custom options).
         api_url: send the exchange's REST calls to this base URL (a mirror, a test server).
         page_limit: candles asked for per request.
+        lock_timeout_s: how long to wait while another ingestion of the same file runs; then
+            IngestError (naming the lock file), and nothing is written.
+        clock: the local clock (epoch seconds); candles closing after it + 60 s are not kept.
     """
     base, quote = split_pair(pair)
     symbol = f"{base}/{quote}"
@@ -121,58 +152,126 @@ def ingest_candles(
             bundled_dir=bundled_dir, data_dir=data_dir, quote=quote, exchange=exchange
         )
         path = store.ingested_path(base, timeframe)
-        last_known = _newest_known(store, base, timeframe)
         _call(client, "load markets", client.load_markets)
         check_market(client, symbol)
-        start = _start(
-            since=since,
-            last_known=last_known,
-            step=step,
-            store=store,
-            base=base,
-            timeframe=timeframe,
-            symbol=symbol,
-        )
-        now_ms = _exchange_now_ms(client)
-        rows, fetched = _fetch_closed(
-            client,
-            symbol=symbol,
-            timeframe=timeframe,
-            start_ms=_ms(start),
-            step_ms=_ms_delta(step),
-            now_ms=now_ms,
-            page_limit=page_limit,
-            progress=progress,
-        )
+        with ingestion_lock(
+            path, timeout_s=lock_timeout_s, what=f"{exchange} {symbol} {timeframe}"
+        ):
+            last_known = _newest_known(store, base, timeframe)
+            start = _start(
+                since=since,
+                last_known=last_known,
+                step=step,
+                store=store,
+                base=base,
+                timeframe=timeframe,
+                symbol=symbol,
+            )
+            local_ms = int(clock() * 1000)
+            exchange_ms = _exchange_now_ms(client, local_ms)
+            now_ms = _bounded_now_ms(exchange_ms, local_ms, exchange=exchange)
+            rows, fetched = _fetch_closed(
+                client,
+                symbol=symbol,
+                timeframe=timeframe,
+                start_ms=_ms(start),
+                step_ms=_ms_delta(step),
+                now_ms=now_ms,
+                page_limit=page_limit,
+                progress=progress,
+            )
+            new = (
+                _append(path, rows, source=f"{path} (after fetching from {exchange}; not written)")
+                if rows
+                else pd.DatetimeIndex([], tz="UTC")
+            )
     finally:
         if owned:
             client.close()
 
-    def result(new: pd.DatetimeIndex, gaps: list[Gap]) -> IngestResult:
-        return IngestResult(
-            exchange=exchange,
-            symbol=symbol,
-            timeframe=timeframe,
-            path=path,
-            start=start,
-            fetched=fetched,
-            appended=len(new),
-            first_new=new[0] if len(new) else None,
-            last_new=new[-1] if len(new) else None,
-            gaps=gaps,
-        )
-
-    if not rows:
-        logger.info("%s %s %s: no new closed candle since %s", exchange, symbol, timeframe, start)
-        return result(pd.DatetimeIndex([], tz="UTC"), [])
-    new = _append(path, rows, source=f"{path} (after fetching from {exchange}; not written)")
     boundary = new if last_known is None else new.insert(0, last_known)
-    gaps = find_gaps(pd.DataFrame(index=boundary), timeframe)
-    logger.info(
-        "%s %s %s: appended %d candles (%s .. %s) to %s, %d gaps",
-        *(exchange, symbol, timeframe, len(new), new[0], new[-1], path, len(gaps)),
+    gaps = find_gaps(pd.DataFrame(index=boundary), timeframe) if len(new) else []
+    if len(new):
+        logger.info(
+            "%s %s %s: appended %d candles (%s .. %s) to %s, %d gaps",
+            *(exchange, symbol, timeframe, len(new), new[0], new[-1], path, len(gaps)),
+        )
+    else:
+        # DEBUG: the live feed asks every few seconds in a replay (`tbml ingest` prints its own).
+        logger.debug("%s %s %s: no new closed candle since %s", exchange, symbol, timeframe, start)
+    return IngestResult(
+        exchange=exchange,
+        symbol=symbol,
+        timeframe=timeframe,
+        path=path,
+        start=start,
+        fetched=fetched,
+        appended=len(new),
+        first_new=new[0] if len(new) else None,
+        last_new=new[-1] if len(new) else None,
+        gaps=gaps,
+        newest=new[-1] if len(new) else last_known,
+        exchange_now_ms=exchange_ms,
+        clock_offset_ms=exchange_ms - local_ms,
     )
-    return result(new, gaps)
+
+
+@contextlib.contextmanager
+def ingestion_lock(
+    path: Path, *, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S, what: str = "ingestion"
+) -> Iterator[None]:
+    """Hold the exclusive lock of ingested file `path` (`lock_path(path)`), across threads and
+    processes; IngestError (naming the lock file, prefixed by `what`) after `timeout_s`.
+
+    The lock file is unlinked while still held, so no lock file outlives an ingestion that ends
+    normally. That is safe with filelock's native (flock) lock: a waiter that then gets the lock
+    on the unlinked file sees it has no name any more and locks the new file at the path instead.
+    A process killed while holding it leaves the (empty, unheld) file behind, which the next
+    ingestion reuses.
+    """
+    import filelock
+
+    lock_file = lock_path(path)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(lock_file, timeout=timeout_s)
+    try:
+        lock.acquire()
+    except filelock.Timeout as exc:
+        raise IngestError(
+            f"{what}: another ingestion of {path} still holds its lock {lock_file} after "
+            f"{timeout_s:g} s (nothing written); try again when it has ended"
+        ) from exc
+    try:
+        yield
+    finally:
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock_file)
+        finally:
+            lock.release()
+
+
+# Exchanges whose clock was last seen ahead of ours: warned once, until it is back in bounds.
+_AHEAD: set[str] = set()
+
+
+def _bounded_now_ms(exchange_ms: int, local_ms: int, *, exchange: str) -> int:
+    """The exchange's now, but never later than local now + the tolerance."""
+    bound = local_ms + LOCAL_CLOCK_TOLERANCE_MS
+    if exchange_ms <= bound:
+        if exchange in _AHEAD:
+            _AHEAD.discard(exchange)
+            logger.info("%s: the exchange's clock is back within bounds of ours", exchange)
+        return exchange_ms
+    log = logger.debug if exchange in _AHEAD else logger.warning
+    _AHEAD.add(exchange)
+    log(
+        "%s: the exchange's clock (%s) is %.0f s ahead of ours (%s): keeping only candles "
+        "closed by %s",
+        *(exchange, _iso(exchange_ms), (exchange_ms - local_ms) / 1000, _iso(local_ms)),
+        _iso(bound),
+    )
+    return bound
 
 
 def _append(path: Path, rows: list[list[Any]], *, source: str) -> pd.DatetimeIndex:
@@ -254,6 +353,7 @@ def _fetch_closed(
             since=cursor,
             limit=page_limit,
         )
+        _require_json(client, f"fetch {symbol} {timeframe} candles from {_iso(cursor)}")
         fetched += len(page)
         closed = [row for row in page if row[0] + step_ms <= now_ms]
         # Some exchanges repeat the candle at `since`; never keep one twice.
@@ -281,12 +381,24 @@ def _call(client: Any, what: str, method: Callable[..., Any], *args: Any, **kwar
         ) from exc
 
 
-def _exchange_now_ms(client: Any) -> int:
+def _require_json(client: Any, what: str) -> None:
+    """Refuse an answer that is not JSON (an HTML error page from a proxy, say): ccxt turns it
+    into no candles at all, which would read as "nothing new" instead of a failure."""
+    text = getattr(client, "last_http_response", None)  # None: the client does not keep it
+    if isinstance(text, str) and client.parse_json(text) is None:
+        raise IngestError(
+            f"{client.id}: could not {what}: the answer is not JSON: {text.strip()[:80]!r} "
+            "(nothing written)"
+        )
+
+
+def _exchange_now_ms(client: Any, local_ms: int) -> int:
+    """The exchange's clock; `local_ms` for an exchange that ccxt cannot ask for it."""
     if client.has.get("fetchTime"):
         server_ms = _call(client, "read the exchange's clock", client.fetch_time)
         if server_ms is not None:
             return int(server_ms)
-    return int(client.milliseconds())
+    return local_ms
 
 
 def _new_content(path: Path, rows: list[list[Any]]) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import Literal, get_args
 
 from sqlalchemy.exc import IntegrityError
 
@@ -39,6 +39,7 @@ from pipelines.queue.schemas import (
     EnqueueResult,
     JobView,
     QueueStatusResponse,
+    Requester,
     ResumeResult,
 )
 from pipelines.queue.tables import (
@@ -51,7 +52,9 @@ from pipelines.settings import Settings
 logger = logging.getLogger(__name__)
 
 EMERGENCY_STOP_REASON = "Emergency stop"
-REQUESTERS = ("api", "cli", "schedule", "bootstrap")
+# Who may ask for a job (schemas.Requester): users (api, cli), the first run (bootstrap) and
+# the retraining policy (schedule, stale, drift; pipelines.queue.policy).
+REQUESTERS: tuple[str, ...] = get_args(Requester)
 # A job id is `{PAIR}_{modelType}_{epoch ms}`; two requests in the same millisecond for
 # different pairs differ by pair, and a clash of the same pair moves on by a millisecond.
 _ID_TRIES = 5
@@ -109,6 +112,7 @@ class TrainingQueue:
         params: Mapping[str, object] | None = None,
         priority: object = PRIORITY_DEFAULT,
         requested_by: str = "api",
+        reason: str | None = None,
     ) -> EnqueueResult:
         """Queue a training; raise `DuplicateJobError` naming the job already active for it.
 
@@ -117,18 +121,29 @@ class TrainingQueue:
             model_type: One of the model types.
             params: Parameters of the `train` entry point (epochs, batch_size, ...).
             priority: 1 (highest) to 10 (lowest).
-            requested_by: Who asked: api, cli or schedule.
+            requested_by: Who asked: one of REQUESTERS (api, cli, bootstrap, schedule, stale,
+                drift).
+            reason: One sentence saying why the job exists, stored on it (None: not said).
         """
         symbol, kind = validate_target(pair, model_type, pairs=self._settings.pairs)
         rank = validate_priority(priority)
         checked = validate_params(params, settings=self._settings)
         if requested_by not in REQUESTERS:
-            raise ValueError(f"requested_by {requested_by!r}: expected one of {REQUESTERS}")
+            raise ValueError(
+                f"requested_by {requested_by!r}: expected one of {', '.join(REQUESTERS)}"
+            )
+        why = (reason or "").strip() or None
         now = now_ms()
         with read_session(self._url) as session:
             verdict = can_train(session, pair=symbol, model_type=kind, priority=rank, now=now)
-        job_id = self._insert(symbol, kind, checked, rank, requested_by, now)
-        logger.info("queued %s (priority %d, by %s)", job_id, rank, requested_by)
+        job_id = self._insert(symbol, kind, checked, rank, requested_by, now, why)
+        logger.info(
+            "queued %s (priority %d, by %s)%s",
+            job_id,
+            rank,
+            requested_by,
+            f": {why}" if why else "",
+        )
         self._changed()
         return EnqueueResult(
             message=_enqueue_message(symbol, kind, verdict),
@@ -149,6 +164,7 @@ class TrainingQueue:
         priority: int,
         requested_by: str,
         now: int,
+        reason: str | None = None,
     ) -> str:
         for offset in range(_ID_TRIES):
             job_id = f"{pair}_{model_type}_{now + offset}"
@@ -164,6 +180,7 @@ class TrainingQueue:
                     max_attempts=self._settings.training_max_attempts,
                     now=now,
                     max_queued=self._settings.max_queued_jobs,
+                    reason=reason,
                 )
                 return job_id
             except IntegrityError:

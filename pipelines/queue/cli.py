@@ -234,6 +234,7 @@ def worker() -> None:
     import signal
     import threading
 
+    from pipelines.candles.feed import attach_feed
     from pipelines.queue.runtime import TrainingScheduler
     from pipelines.settings import get_settings
 
@@ -246,7 +247,10 @@ def worker() -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    scheduler = TrainingScheduler(get_settings()).start()
+    settings = get_settings()
+    scheduler = TrainingScheduler(settings)
+    attach_feed(scheduler, settings)  # the live candles: fetched here while this holds the lease
+    scheduler.start()
     logging.getLogger(__name__).info(
         "worker %s running (lease %s)",
         scheduler.worker_id,

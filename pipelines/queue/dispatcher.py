@@ -2,7 +2,7 @@
 
 `tick()` never waits for a training: it starts a child and returns, and later ticks (woken
 as soon as the child exits) settle it. So the scheduler's single executor thread stays free
-for retries and scheduled retrainings while a training runs for an hour.
+for retries and the other jobs while a training runs for an hour.
 """
 
 from __future__ import annotations
@@ -215,8 +215,13 @@ class Dispatcher:
         """
         now = now_ms()
         error = redact(error, secrets=secret_values(self._settings))
+        report = None
         if run_id:
             self._mlflow(tracking.end_run, self._settings, run_id, status="FAILED")
+            if counted:
+                # The data it failed on (its `data_range`, if it got that far): the retraining
+                # policy waits for new candles rather than retrain on the same ones.
+                report = self._mlflow(tracking.read_report, self._settings, run_id)
         retry_at = None
         if not counted:
             outages = self._outages[job_id] = self._outages.get(job_id, 0) + 1
@@ -231,6 +236,7 @@ class Dispatcher:
             ending=Ending(FAILED, code, error),
             now=now,
             requeue_at=retry_at,
+            report=report,
             cooldown_ms=None if retry_at is not None else self._settings.training_cooldown_ms,
             counted=counted,
         )

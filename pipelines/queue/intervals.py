@@ -1,4 +1,6 @@
-"""Parsing of the scheduled-retraining setting (`ML_RETRAIN_INTERVAL_HOURS`)."""
+"""Parsing of `ML_RETRAIN_INTERVAL_HOURS`: hours of new candles after which the retraining
+policy (pipelines.queue.policy) retrains a pair; a pair it does not name gets
+`settings.DEFAULT_RETRAIN_INTERVAL_HOURS` (`Settings.retrain_interval_for`)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from collections.abc import Sequence
 
 
 def parse_retrain_intervals(value: object, *, pairs: Sequence[str] | None) -> dict[str, float]:
-    """Accept `BTC=24,ETH=12`, a JSON object or a mapping; every pair configured, every hour > 0.
+    """Accept `24` (every pair), `BTC=24,ETH=12`, a JSON object or a mapping; every pair
+    configured, every hour > 0. Empty: {} (every pair gets the default).
 
     Args:
         value: The raw setting.
@@ -16,6 +19,19 @@ def parse_retrain_intervals(value: object, *, pairs: Sequence[str] | None) -> di
     if value is None or value == "":
         return {}
     raw: object = value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str) and pairs is not None and "=" not in value:
+        text = value.strip()
+        if not text.startswith("{"):  # one number for every pair
+            try:
+                float(text)
+            except ValueError:
+                raise ValueError(
+                    f"ML_RETRAIN_INTERVAL_HOURS {text!r} is not PAIR=HOURS items (BTC=24,ETH=12) "
+                    "nor one number of hours for every pair (24)"
+                ) from None
+            return parse_retrain_intervals({p: text for p in pairs}, pairs=pairs)
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{"):

@@ -16,7 +16,6 @@ logger = logging.getLogger(__name__)
 
 DISPATCH = "pipelines.queue.jobs:dispatch"
 RETRY = "pipelines.queue.jobs:retry_due"
-RETRAIN = "pipelines.queue.jobs:scheduled_retrain"
 
 
 class Runtime(Protocol):
@@ -24,9 +23,6 @@ class Runtime(Protocol):
 
     def tick(self) -> None:
         """Run the dispatcher once."""
-
-    def enqueue_scheduled(self, *, pair: str, model_type: str) -> None:
-        """Enqueue a scheduled retraining."""
 
 
 _runtimes: dict[str, Runtime] = {}
@@ -70,10 +66,3 @@ def retry_due(key: str, job_id: str) -> None:
     """A failed job's backoff has ended (a date job): dispatch now rather than at the next tick."""
     logger.info("retry of job %s is due", job_id)
     dispatch(key)
-
-
-def scheduled_retrain(key: str, pair: str, model_type: str) -> None:
-    """A pair's retraining interval has passed (an interval job): enqueue at low priority."""
-    runtime = _runtime(key)
-    if runtime is not None:
-        runtime.enqueue_scheduled(pair=pair, model_type=model_type)

@@ -5,8 +5,10 @@ take over when it is newly held; both survive their exceptions and retry with ba
 state is in `background()` (health shows it). Only while this process
 holds it does its APScheduler run: a second scheduler started by mistake waits on standby and
 never dispatches, and takes over (recovering the crashed holder's training) once the lease
-expires. APScheduler keeps the dispatcher tick, the retry triggers and the scheduled
-retrainings in its SQLAlchemy job store, so they survive a restart.
+expires. APScheduler keeps the dispatcher tick and the retry triggers in its SQLAlchemy job
+store, so they survive a restart. Leader chores run only while the lease is held: the queue's
+retention, the retraining policy (pipelines.queue.policy: it queues the retrainings that new
+data calls for), and whatever the service adds with `add_leader_chore`.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ from datetime import UTC, datetime
 from typing import Any, Self
 
 from pipelines import tracking
+from pipelines.candles.store import CandleStore
 from pipelines.db import SQLITE_BUSY_TIMEOUT_S, get_engine, is_sqlite, migrate, read_session
 from pipelines.periodic import Chores, ChoreStatus
 from pipelines.queue import jobs, lease, retention, store
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.clock import now_ms
 from pipelines.queue.dispatcher import Dispatcher
-from pipelines.queue.errors import DuplicateJobError
-from pipelines.queue.params import PRIORITY_LOWEST
+from pipelines.queue.policy import ProductionDataEnd, RetrainingPolicy, registry_data_end
 from pipelines.queue.schemas import JobView
 from pipelines.settings import Settings
 
@@ -37,12 +39,14 @@ logger = logging.getLogger(__name__)
 
 DISPATCH_JOB_ID = "tbml-dispatch"
 RETRY_JOB_PREFIX = "tbml-retry-"
+# The interval retraining jobs of earlier versions; removed from old job stores at takeover.
 RETRAIN_JOB_PREFIX = "tbml-retrain-"
 LEASE_CHORE = "lease"
 TAKEOVER_CHORE = "takeover"
 RETENTION_CHORE = "queue-retention"
 RETENTION_INTERVAL_S = 3600.0
-SCHEDULED_PRIORITY = PRIORITY_LOWEST
+POLICY_CHORE = "retraining-policy"
+_OWN_CHORES = (LEASE_CHORE, TAKEOVER_CHORE, RETENTION_CHORE, POLICY_CHORE)
 
 
 def new_worker_id() -> str:
@@ -53,7 +57,17 @@ def new_worker_id() -> str:
 class TrainingScheduler:
     """Runs the queue: `start()` it with the process, `shutdown()` it at exit."""
 
-    def __init__(self, settings: Settings, *, worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        worker_id: str | None = None,
+        production_data_end: ProductionDataEnd | None = None,
+    ) -> None:
+        """`production_data_end(pair, model_type)`: the production version and where its data
+        ends, for the retraining policy; by default read from the MLflow registry
+        (`registry_data_end`). The API passes one reading its model cache (no MLflow import).
+        """
         self.settings = settings
         self.worker_id = worker_id or new_worker_id()
         self.jobstore_url = settings.scheduler_database_url or settings.database_url
@@ -67,6 +81,13 @@ class TrainingScheduler:
             on_finished=self._finished,
             on_child_exit=self.wake,
         )
+        self.policy = RetrainingPolicy(
+            settings,
+            self.queue,
+            store=CandleStore.from_settings(settings),
+            production_data_end=production_data_end or registry_data_end(settings),
+        )
+        self._leader_chores: dict[str, tuple[Callable[[], object], float]] = {}
         self._callbacks: list[Callable[[JobView], None]] = []
         self._holds = False
         self._dispatching = False
@@ -87,6 +108,7 @@ class TrainingScheduler:
         # never interleave; the lease thread itself only renews and never waits on a takeover.
         self._transition = threading.RLock()
         self._scheduler: Any = None
+        self._jobstore: Any = None
         self._state = threading.Lock()
         self._wake_pending = threading.Event()
         self._in_tick = False
@@ -99,7 +121,8 @@ class TrainingScheduler:
         return self._holds
 
     def background(self) -> dict[str, ChoreStatus]:
-        """The state of the lease and takeover chores (empty before `start()`)."""
+        """The state of the chores: lease, takeover, queue retention, retraining policy and
+        the leader chores added (empty before `start()`)."""
         return self._chores.statuses() if self._chores is not None else {}
 
     def on_training_finished(self, callback: Callable[[JobView], None]) -> None:
@@ -109,6 +132,22 @@ class TrainingScheduler:
         `job.promotion` say whether anything changed. Exceptions are logged, never raised.
         """
         self._callbacks.append(callback)
+
+    def add_leader_chore(self, name: str, action: Callable[[], object], interval_s: float) -> None:
+        """Run `action()` every `interval_s` seconds, but only while this scheduler holds the
+        dispatch lease (one process of the deployment does it); failures retry with backoff and
+        show in `background()`. Before `start()` it is added when the chores start.
+        """
+        if name in _OWN_CHORES or name in self._leader_chores:
+            raise ValueError(
+                f"chore {name!r} exists already; taken: "
+                f"{', '.join(sorted({*_OWN_CHORES, *self._leader_chores}))}"
+            )
+        if not interval_s > 0:
+            raise ValueError(f"interval_s of chore {name!r} must be > 0, got {interval_s!r}")
+        self._leader_chores[name] = (action, interval_s)
+        if self._chores is not None:
+            self._chores.add(name, self._while_leading(action), interval_s=interval_s)
 
     def start(self) -> Self:
         """Migrate the database, try for the lease, and keep trying (or renewing) in a thread.
@@ -121,10 +160,21 @@ class TrainingScheduler:
             get_engine(self.jobstore_url)  # creates the SQLite file's directory
         self._stop.clear()
         period_s = self.settings.scheduler_lease_ms / 3 / 1000
-        self._chores = Chores(retry_base_s=min(1.0, period_s / 2), retry_cap_s=period_s)
+        # A thread per chore, up to 8: a slow policy look or leader chore (the registry, the
+        # exchange) must never leave the lease chore waiting for a thread to renew in.
+        self._chores = Chores(
+            retry_base_s=min(1.0, period_s / 2), retry_cap_s=period_s, max_workers=8
+        )
         self._chores.add(LEASE_CHORE, self._lease_tick, interval_s=period_s)
         self._chores.add(TAKEOVER_CHORE, self._takeover_tick, interval_s=period_s)
         self._chores.add(RETENTION_CHORE, self._retention_tick, interval_s=RETENTION_INTERVAL_S)
+        self._chores.add(
+            POLICY_CHORE,
+            self._while_leading(self.policy.evaluate),
+            interval_s=self.settings.policy_interval_ms / 1000,
+        )
+        for name, (action, interval_s) in self._leader_chores.items():
+            self._chores.add(name, self._while_leading(action), interval_s=interval_s)
         try:
             self._migrate_once()
             held = self._renew()
@@ -199,19 +249,6 @@ class TrainingScheduler:
                 self._in_tick = False
             raise
 
-    def enqueue_scheduled(self, *, pair: str, model_type: str) -> None:
-        """A scheduled retraining: a lowest-priority job, unless one is already active."""
-        try:
-            result = self.queue.enqueue(
-                pair=pair,
-                model_type=model_type,
-                priority=SCHEDULED_PRIORITY,
-                requested_by="schedule",
-            )
-            logger.info("scheduled retraining queued: %s", result.job_id)
-        except DuplicateJobError as error:
-            logger.info("scheduled retraining skipped: %s", error)
-
     # --- lease -----------------------------------------------------------------------------
 
     def _retention_tick(self) -> None:
@@ -219,6 +256,15 @@ class TrainingScheduler:
         deployment: only the lease holder prunes."""
         if self._holds:
             retention.prune(self.settings, now=now_ms())
+
+    def _while_leading(self, action: Callable[[], object]) -> Callable[[], None]:
+        """`action`, run only while we hold the lease (a standby scheduler skips it)."""
+
+        def run() -> None:
+            if self._holds_now():
+                action()
+
+        return run
 
     def _holds_now(self) -> bool:
         """Whether we hold the lease and it has not run out (the dispatcher's guard)."""
@@ -335,16 +381,17 @@ class TrainingScheduler:
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
 
+        self._jobstore = SQLAlchemyJobStore(engine=get_engine(self.jobstore_url))
         return BackgroundScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=get_engine(self.jobstore_url))},
-            # One thread: ticks, retries and scheduled enqueues never run concurrently. The
+            jobstores={"default": self._jobstore},
+            # One thread: ticks and retries never run concurrently. The
             # tick never waits for a training, so one thread is never held up by one.
             executors={"default": ThreadPoolExecutor(max_workers=1)},
             timezone=UTC,
         )
 
     def _sync_jobs(self) -> None:
-        """Put the dispatcher and the retraining schedule in the job store, as configured."""
+        """Put the dispatcher in the job store, as configured; drop old retraining jobs."""
         from apscheduler.triggers.interval import IntervalTrigger
 
         interval_s = self.settings.queue_processing_interval_ms / 1000
@@ -362,36 +409,23 @@ class TrainingScheduler:
             max_instances=1,
             misfire_grace_time=max(1, int(2 * interval_s)),
         )
-        self._sync_retraining()
+        self._remove_interval_retraining()
 
-    def _sync_retraining(self) -> None:
-        from apscheduler.triggers.interval import IntervalTrigger
+    def _remove_interval_retraining(self) -> None:
+        """Delete the `tbml-retrain-*` interval jobs earlier versions stored (the retraining
+        policy replaces them): by id, in SQL, since their function no longer exists to load."""
+        from sqlalchemy import delete
 
-        wanted: dict[str, tuple[str, str, float]] = {}
-        for pair, hours in self.settings.retrain_interval_hours.items():
-            for kind in self.settings.enabled_models:
-                wanted[f"{RETRAIN_JOB_PREFIX}{pair}-{kind}"] = (pair, kind, hours)
-        for stored in self._scheduler.get_jobs():
-            if stored.id.startswith(RETRAIN_JOB_PREFIX) and stored.id not in wanted:
-                self._scheduler.remove_job(stored.id)
-        for job_id, (pair, model_type, hours) in wanted.items():
-            existing = self._scheduler.get_job(job_id)
-            seconds = hours * 3600
-            interval = existing.trigger.interval.total_seconds() if existing else None
-            if interval is not None and abs(interval - seconds) < 1e-3:
-                continue  # keep its next run time: a restart must not postpone a retraining
-            self._scheduler.add_job(
-                jobs.RETRAIN,
-                trigger=IntervalTrigger(seconds=seconds, timezone=UTC),
-                args=[self.key, pair, model_type],
-                id=job_id,
-                name=f"retrain {pair}:{model_type} every {hours:g} h",
-                replace_existing=True,
-                # A retraining missed while the process was down runs once at start (within one
-                # interval); coalesce so a long outage still gives one job, not many.
-                coalesce=True,
-                max_instances=1,
-                misfire_grace_time=max(1, int(seconds)),
+        table = self._jobstore.jobs_t
+        with self._jobstore.engine.begin() as connection:
+            result = connection.execute(
+                delete(table).where(table.c.id.like(f"{RETRAIN_JOB_PREFIX}%"))
+            )
+        if result.rowcount:
+            logger.info(
+                "removed %d interval retraining job(s) of an earlier version from the job store; "
+                "the retraining policy decides retrainings now",
+                result.rowcount,
             )
 
     def _schedule_retry(self, job_id: str, at_ms: int) -> None:

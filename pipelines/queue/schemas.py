@@ -11,6 +11,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 from pydantic.alias_generators import to_camel
 
+# Who asked for a job: a user (api, cli), the first run (bootstrap), or the retraining policy
+# (schedule: enough new data; stale: the production version's data is too old; drift: its live
+# figures fell below the baselines). pipelines.queue.api.REQUESTERS is this list.
+Requester = Literal["api", "cli", "bootstrap", "schedule", "stale", "drift"]
+
 
 class ApiModel(BaseModel):
     """camelCase on the wire, snake_case in Python; immutable."""
@@ -61,7 +66,8 @@ class JobView(ApiModel):
     status: str
     priority: int
     params: dict[str, Any]
-    requested_by: str
+    # api | cli | bootstrap | schedule | stale | drift (pipelines.queue.api.REQUESTERS)
+    requested_by: Requester
     attempts: int
     max_attempts: int
     queued_at: int
@@ -79,6 +85,10 @@ class JobView(ApiModel):
     cancel_reason: str | None
     cancel_requested: bool
     attempt_history: list[AttemptView]
+    # Why the job exists (one sentence; the retraining policy's reason), if it was given.
+    reason: str | None = None
+    # End of the data its training used (its run's `data_range`), epoch ms, once known.
+    data_end: int | None = None
 
 
 class ActiveJob(ApiModel):
@@ -107,7 +117,7 @@ class QueuedJob(ApiModel):
     queued_at: int
     available_at: int
     attempts: int
-    requested_by: str
+    requested_by: Requester
     cooldown_remaining_minutes: int | None
 
 
@@ -141,6 +151,26 @@ class CooldownView(ApiModel):
     ends_at: int
 
 
+class PolicyDecisionView(ApiModel):
+    """The retraining policy's latest decision for a pair and model type, and why."""
+
+    pair: str
+    model_type: str
+    decided_at: int
+    action: Literal["enqueued", "skipped", "off"]
+    # The job's requester when it enqueued one (stale, schedule).
+    requested_by: Requester | None
+    reason: str
+    job_id: str | None
+
+
+class PolicyStatus(ApiModel):
+    """Whether the retraining policy runs (`ML_RETRAIN_POLICY`) and its latest decisions."""
+
+    enabled: bool
+    decisions: list[PolicyDecisionView]
+
+
 class QueueStatus(ApiModel):
     """The queue at one moment (the body of `queue` in `GET /api/training/queue`)."""
 
@@ -152,6 +182,9 @@ class QueueStatus(ApiModel):
     paused_reason: str | None
     max_concurrent: int
     cooldown_minutes: float
+    # The retraining policy (docs/queue.md, "Retraining policy"): written by the lease holder,
+    # shown by every replica.
+    policy: PolicyStatus
 
 
 class QueueStatusResponse(ApiModel):

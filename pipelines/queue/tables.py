@@ -59,8 +59,10 @@ class TrainingJob(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     priority: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
-    # Who asked: api, cli, schedule.
+    # Who asked: api, cli, bootstrap, schedule, stale, drift (pipelines.queue.api.REQUESTERS).
     requested_by: Mapped[str] = mapped_column(String(16))
+    # One sentence: why the job exists (the retraining policy's reason, say); None if not given.
+    reason: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer)
     max_attempts: Mapped[int] = mapped_column(Integer)
     # Times are milliseconds since the epoch (UTC), as the REST API shows them.
@@ -85,6 +87,9 @@ class TrainingJob(Base):
     promotion: Mapped[str | None] = mapped_column(String(32))
     promotion_reason: Mapped[str | None] = mapped_column(Text)
     beats_baseline: Mapped[bool | None] = mapped_column(Boolean)
+    # End of the data the training used (its run's `data_range`), epoch ms; filled when an
+    # attempt finishes. The retraining policy counts new candles from here.
+    data_end: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         CheckConstraint(
@@ -170,3 +175,31 @@ class SchedulerLease(Base):
     holder: Mapped[str | None] = mapped_column(String(128))
     acquired_at: Mapped[int | None] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger)
+
+
+POLICY_ENQUEUED = "enqueued"
+POLICY_SKIPPED = "skipped"
+POLICY_OFF = "off"
+POLICY_ACTIONS = (POLICY_ENQUEUED, POLICY_SKIPPED, POLICY_OFF)
+
+
+class PolicyDecision(Base):
+    """The retraining policy's latest decision for a pair and model type, and why.
+
+    Written by the lease holder's policy chore (pipelines.queue.policy), read by every
+    replica's `GET /api/training/queue`.
+    """
+
+    __tablename__ = "policy_decisions"
+
+    pair: Mapped[str] = mapped_column(String(16), primary_key=True)
+    model_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    decided_at: Mapped[int] = mapped_column(BigInteger)
+    # enqueued | skipped | off
+    action: Mapped[str] = mapped_column(String(16))
+    # The requester of the job it enqueued (stale, schedule), else None.
+    requested_by: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (CheckConstraint("action IN ('enqueued', 'skipped', 'off')", name="action"),)

@@ -60,8 +60,11 @@ def insert_job(
     max_attempts: int,
     now: int,
     max_queued: int | None = None,
+    reason: str | None = None,
 ) -> None:
     """Queue a new job; IntegrityError if the slot has an active job or the id exists.
+
+    `reason` is one sentence saying why the job exists (stored as given; None: not said).
 
     `QueueFullError` if `max_queued` jobs are queued already (counted in the same transaction,
     which SQLite serialises; on PostgreSQL two racing requests may pass the bound by one).
@@ -82,6 +85,7 @@ def insert_job(
                 priority=priority,
                 status=QUEUED,
                 requested_by=requested_by,
+                reason=reason,
                 attempts=0,
                 max_attempts=max_attempts,
                 queued_at=now,
@@ -318,7 +322,8 @@ def finish_attempt(
         ending: Outcome of the attempt (succeeded, failed, cancelled, interrupted).
         now: Epoch ms.
         requeue_at: Put the job back in the queue, startable from this time (a retry).
-        report: The training's report, when it succeeded.
+        report: The training's report: every field when it succeeded; of a failed attempt
+            only its `data_end` is kept (the data it was trained on, whatever the outcome).
         cooldown_ms: Start the pair's cooldown of this length (a training that finished).
         counted: False for an infrastructure failure (MLflow or the database unreachable):
             the attempt is forgotten (its number is used again), its error kept on the job.
@@ -382,6 +387,8 @@ def _next_values(
         values.update(status=_job_status(ending.outcome), finished_at=now)
     if ending.error is not None:
         values["error"] = ending.error
+    if report is not None and report.data_end is not None:
+        values["data_end"] = report.data_end
     if ending.outcome == SUCCEEDED:
         values["error"] = None
         rep = report or RunReport()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipelines.queue import store
@@ -14,11 +15,13 @@ from pipelines.queue.schemas import (
     CooldownView,
     History,
     JobView,
+    PolicyDecisionView,
+    PolicyStatus,
     QueuedJob,
     QueuedJobs,
     QueueStatus,
 )
-from pipelines.queue.tables import TRAINING, TrainingAttempt, TrainingJob
+from pipelines.queue.tables import TRAINING, PolicyDecision, TrainingAttempt, TrainingJob
 from pipelines.settings import Settings
 
 ALLOWED = "Can start immediately"
@@ -52,6 +55,7 @@ def job_view(job: TrainingJob, attempts: list[TrainingAttempt], *, now: int) -> 
         priority=job.priority,
         params=dict(job.params),
         requested_by=job.requested_by,
+        reason=job.reason,
         attempts=job.attempts,
         max_attempts=job.max_attempts,
         queued_at=job.queued_at,
@@ -69,6 +73,7 @@ def job_view(job: TrainingJob, attempts: list[TrainingAttempt], *, now: int) -> 
         cancel_reason=job.cancel_reason,
         cancel_requested=job.cancel_requested_at is not None,
         attempt_history=[attempt_view(row) for row in attempts],
+        data_end=job.data_end,
     )
 
 
@@ -137,6 +142,29 @@ def queue_status(
         paused_reason=live.paused_reason,
         max_concurrent=settings.max_concurrent_training,
         cooldown_minutes=settings.training_cooldown_ms / 60_000,
+        policy=policy_status(session, settings=settings),
+    )
+
+
+def policy_status(session: Session, *, settings: Settings) -> PolicyStatus:
+    """Whether the retraining policy is on, and its latest decision per pair and model type."""
+    rows = session.scalars(
+        select(PolicyDecision).order_by(PolicyDecision.pair, PolicyDecision.model_type)
+    )
+    return PolicyStatus(
+        enabled=settings.retrain_policy,
+        decisions=[
+            PolicyDecisionView(
+                pair=row.pair,
+                model_type=row.model_type,
+                decided_at=row.decided_at,
+                action=row.action,
+                requested_by=row.requested_by,
+                reason=row.reason,
+                job_id=row.job_id,
+            )
+            for row in rows
+        ],
     )
 
 

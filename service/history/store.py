@@ -44,7 +44,8 @@ class PredictionHistory:
         self.url = url
 
     def record(self, records: Sequence[PredictionRecord]) -> None:
-        """Store computed predictions (one row each)."""
+        """Store computed predictions: one row per (pair, model type, version, candle); a
+        repeat of a stored one is skipped."""
         if not records:
             return
         rows = [
@@ -63,7 +64,7 @@ class PredictionHistory:
             for r in records
         ]
         with write_session(self.url) as session:
-            session.execute(insert(_TABLE), rows)
+            session.execute(_insert_once(session.get_bind().dialect.name), rows)
 
     def recent(self, *, pair: str, limit: int, since_ms: int | None = None) -> list[dict[str, Any]]:
         """Newest first, at most `limit`, optionally only those made at or after `since_ms`."""
@@ -138,12 +139,60 @@ class PredictionHistory:
             for (t, v), (n, k) in sorted(totals.items())
         ]
 
+    def realised(
+        self, *, pair: str, model_type: str, version: str, limit: int
+    ) -> list[tuple[int, float, int]]:
+        """(candle time ms, probability of "up", outcome 0/1) of the newest `limit` distinct
+        candles of one version whose outcome is known, oldest first.
+
+        One row per candle: were a candle stored twice (a database without the unique index),
+        the first stored row counts.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        first = (
+            select(func.min(PredictionRow.id).label("id"))
+            .where(
+                PredictionRow.pair == pair,
+                PredictionRow.model_type == model_type,
+                PredictionRow.model_version == version,
+                PredictionRow.outcome.is_not(None),
+            )
+            .group_by(PredictionRow.candle_time)
+            .subquery()
+        )
+        query = (
+            select(PredictionRow.candle_time, PredictionRow.probability, PredictionRow.outcome)
+            .join(first, PredictionRow.id == first.c.id)
+            .order_by(PredictionRow.candle_time.desc())
+            .limit(limit)
+        )
+        with read_session(self.url) as session:
+            rows = session.execute(query).all()
+        # outcome is NOT NULL in every row the query selects
+        return [(int(t), float(p), int(cast(int, o))) for t, p, o in reversed(rows)]
+
     def cleanup(self, *, max_age_hours: float) -> int:
         """Delete rows older than `max_age_hours`; returns how many were deleted."""
         cutoff = int((time.time() - max_age_hours * 3600) * 1000)
         with write_session(self.url) as session:
             result = session.execute(delete(PredictionRow).where(PredictionRow.created_at < cutoff))
             return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _insert_once(dialect: str) -> Any:
+    """An INSERT that skips a row whose (pair, model type, version, candle) is stored already
+    (by this process before a restart, or by another replica)."""
+    keys = ["pair", "model_type", "model_version", "candle_time"]
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(_TABLE).on_conflict_do_nothing(index_elements=keys)
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(_TABLE).on_conflict_do_nothing(index_elements=keys)
+    return insert(_TABLE)  # other databases: the unique index refuses a repeat
 
 
 def _outcomes(url: str, *, pair: str, candles: pd.DataFrame) -> list[dict[str, Any]]:

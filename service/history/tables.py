@@ -36,4 +36,13 @@ class PredictionRow(Base):
         Index("ix_prediction_history_pair_created_at", "pair", "created_at"),
         Index("ix_prediction_history_pair_model_version", "pair", "model_type", "model_version"),
         Index("ix_prediction_history_outcome_pending", "outcome", "pair"),
+        # One row per version and candle (migration 0004): a repeat is dropped on insert.
+        Index(
+            "uq_prediction_history_version_candle",
+            "pair",
+            "model_type",
+            "model_version",
+            "candle_time",
+            unique=True,
+        ),
     )

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from pipelines.redact import describe_error
 from service.deps import StateDep
 from service.model_cache import REFRESH_CHORE
+from service.predictor import epoch_ms, model_data_end
 from service.schemas import HealthReport, Liveness, NotReady, Readiness, errors
 from service.state import DATABASE_CHORE, ServiceState
 
@@ -36,6 +37,41 @@ def _queue(state: ServiceState) -> tuple[dict[str, Any], str | None]:
         return {}, describe_error(error)
 
 
+def _freshness(
+    state: ServiceState,
+) -> tuple[dict[str, dict[str, Any]], list[str], list[dict[str, Any]]]:
+    """Per pair, the feed's state; the pairs whose newest candle is stale; the served versions
+    whose training data ends more than ML_MODEL_MAX_AGE_HOURS before the newest candle."""
+    from pipelines.candles.feed import feed_view
+
+    settings = state.settings
+    feeds = feed_view(settings, state.store, now_ms=state.market_now_ms())
+    step_ms = state.predictor.step_ms
+    stale_feeds = [
+        pair
+        for pair, view in sorted(feeds.items())
+        if view.get("lagMs") is not None and view["lagMs"] > settings.stale_after * step_ms
+    ]
+    stale_models: list[dict[str, Any]] = []
+    for model in state.models.all():
+        end = model_data_end(model)
+        newest = feeds.get(model.pair, {}).get("newestCandle")
+        if end is None or newest is None:
+            continue
+        hours = (newest - epoch_ms(end)) / 3_600_000
+        if hours > settings.model_max_age_hours:
+            stale_models.append(
+                {
+                    "pair": model.pair,
+                    "modelType": model.model_type,
+                    "version": model.version,
+                    "modelDataEnd": epoch_ms(end),
+                    "modelAgeHours": round(hours, 2),
+                }
+            )
+    return feeds, stale_feeds, stale_models
+
+
 def health_body(state: ServiceState) -> dict[str, Any]:
     """The health answer (reads the queue from the database: call it off the event loop)."""
     settings = state.settings
@@ -47,6 +83,9 @@ def health_body(state: ServiceState) -> dict[str, Any]:
         entry["unproven"] = served.unproven if served else None
         models.setdefault(pair, {})[model_type] = entry
         degraded |= status.state in _DEGRADED
+    feeds, stale_feeds, stale_models = _freshness(state)
+    drifting = [entry for entry in state.drift.values() if entry.get("drifting")]
+    degraded |= bool(stale_feeds or stale_models or drifting)
     queue, queue_error = _queue(state)
     background = state.background()
     database = background.get(DATABASE_CHORE)
@@ -76,6 +115,10 @@ def health_body(state: ServiceState) -> dict[str, Any]:
             "refreshIntervalMs": settings.model_refresh_interval_ms,
             "swaps": state.models.swaps,
         },
+        "feed": feeds,
+        "stale": {"feeds": stale_feeds, "models": stale_models},
+        "drift": [state.drift[key] for key in sorted(state.drift)],
+        "stream": state.hub.stats() if state.hub is not None else None,
         "history": {"rowsDropped": state.history_writer.dropped},
         "performance": {"cacheHits": state.cache_hits(), "cacheMisses": state.cache_misses()},
         "database": {

@@ -101,6 +101,10 @@ def make_settings(tmp_path: Path, trained: Trained | None, **overrides: Any) -> 
         "model_refresh_interval_ms": 600_000,
         "outcome_fill_interval_ms": 600_000,
         "training_cooldown_ms": 0,
+        # No live feed (no network here), and the bundled candles (2023) count as fresh
+        # unless a test asks about staleness.
+        "feed_enabled": False,
+        "stale_after": 10_000_000,
         **overrides,
     }
     return Settings(_env_file=None, **values)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -47,6 +48,10 @@ class FakeBinance:
     overrides: dict[int, list[str]] = field(default_factory=dict)
     # Answer HTTP 500 to klines requests once this many have been served.
     fail_klines_after: int | None = None
+    # Answer klines requests with these bytes (HTTP 200, JSON content type): garbage.
+    klines_body: bytes | None = None
+    # Seconds each klines request waits before it is answered (a slow exchange).
+    klines_delay_s: float = 0.0
     requests: list[str] = field(default_factory=list)
     url: str = ""
 
@@ -130,13 +135,17 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = 200, {"serverTime": state.now_ms}
         elif parts.path == "/api/v3/klines":
             served = len(state.klines_requests) - 1
+            if state.klines_delay_s:
+                time.sleep(state.klines_delay_s)
             if state.fail_klines_after is not None and served >= state.fail_klines_after:
                 status, body = 500, {"code": -1000, "msg": "An unknown error occurred."}
+            elif state.klines_body is not None:
+                status, body = 200, state.klines_body
             else:
                 status, body = state.klines(query)
         else:
             status, body = 404, {"code": -1, "msg": f"no such endpoint {parts.path}"}
-        payload = json.dumps(body).encode()
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -148,11 +157,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeBinanceServer:
-    """Serve a `FakeBinance` on a free loopback port in a background thread."""
+    """Serve a `FakeBinance` on a free loopback port (or `port`: to restart a stopped one at the
+    URL its clients know) in a background thread."""
 
-    def __init__(self, state: FakeBinance) -> None:
+    def __init__(self, state: FakeBinance, *, port: int = 0) -> None:
         self.state = state
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
         self._httpd.state = state  # type: ignore[attr-defined]
         host, port = self._httpd.server_address[:2]
         state.url = f"http://{host!s}:{port}"
@@ -164,6 +174,10 @@ class FakeBinanceServer:
     def __enter__(self) -> FakeBinance:
         self._thread.start()
         return self.state
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
 
     def __exit__(self, *exc: object) -> None:
         self._httpd.shutdown()

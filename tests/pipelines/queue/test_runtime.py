@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import pandas as pd
 import psutil
 import pytest
 from sqlalchemy import select, text
@@ -19,10 +20,11 @@ from pipelines.db import get_engine, read_session
 from pipelines.queue import lease, transitions
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.clock import now_ms
-from pipelines.queue.runtime import DISPATCH_JOB_ID, TrainingScheduler
+from pipelines.queue.runtime import DISPATCH_JOB_ID, POLICY_CHORE, TrainingScheduler
 from pipelines.queue.schemas import JobView
 from pipelines.queue.tables import TrainingAttempt
 from pipelines.settings import Settings
+from tests.conftest import write_newer_candles
 from tests.pipelines.queue.conftest import (
     alive,
     wait_for_smoke_tree,
@@ -196,34 +198,80 @@ def test_one_training_at_a_time_by_priority_then_age_and_cooldown_defers(
     assert (last.started_at or 0) >= (other.finished_at or 0)
 
 
-def test_scheduled_retraining_enqueues_a_low_priority_job(
-    tracked_settings: Settings, start_scheduler: Start
+def test_the_retraining_policy_chore_queues_a_scheduled_retraining_while_holding_the_lease(
+    tracked_settings: Settings,
 ) -> None:
-    settings = tracked_settings.model_copy(update={"retrain_interval_hours": {"ETH": 1 / 3600}})
+    settings = tracked_settings.model_copy(update={"policy_interval_ms": 200})
+    newest = pd.Timestamp(write_newer_candles(settings.data_dir, pair="ETH", hours=24))
+    production = {("ETH", "lstm"): ("2", newest - pd.Timedelta(hours=24))}
     TrainingQueue(settings).emergency_stop()  # nothing starts: we look at the queue only
-    scheduler = start_scheduler(settings)
+    scheduler = TrainingScheduler(
+        settings, production_data_end=lambda pair, kind: production.get((pair, kind))
+    ).start()
+    try:
 
-    def scheduled() -> list[str]:
-        jobs = scheduler.queue.queue_status().queue.queued.jobs
-        return [job.id for job in jobs if job.requested_by == "schedule"]
+        def scheduled() -> list[str]:
+            jobs = scheduler.queue.queue_status().queue.queued.jobs
+            return [job.id for job in jobs if job.requested_by == "schedule"]
 
-    job_ids = wait_until(scheduled, timeout=30)
-    assert isinstance(job_ids, list)
-    job = _job(scheduler.queue, job_ids[0])
-    assert (job.pair, job.model_type, job.priority) == ("ETH", "lstm", 10)
-    # The next intervals find it still queued: no second job.
-    time.sleep(2.5)
-    assert len(scheduled()) == 1
+        job_ids = wait_until(scheduled, timeout=30)
+        assert isinstance(job_ids, list)
+        job = _job(scheduler.queue, job_ids[0])
+        assert (job.pair, job.model_type, job.priority) == ("ETH", "lstm", 10)
+        assert (job.reason or "").startswith("ETH-lstm: 24 h of new candles")
+        wait_until(lambda: scheduler.background()[POLICY_CHORE].last_success, timeout=30)
+        # Later looks find it still queued: skipped, no second job.
+        wait_until(
+            lambda: any(
+                d.pair == "ETH" and d.action == "skipped" and job.id in d.reason
+                for d in scheduler.queue.queue_status().queue.policy.decisions
+            ),
+            timeout=30,
+        )
+        assert scheduled() == [job.id]
+    finally:
+        scheduler.shutdown()
 
 
-def test_scheduled_jobs_survive_a_restart(
+def test_leader_chores_run_only_in_the_scheduler_holding_the_lease(
+    start_scheduler: Start,
+) -> None:
+    runs: dict[str, int] = {"first": 0, "second": 0}
+
+    def counter(name: str) -> Callable[[], None]:
+        def count() -> None:
+            runs[name] += 1
+
+        return count
+
+    first = start_scheduler()
+    first.add_leader_chore("count", counter("first"), 0.1)  # added after start
+    second = TrainingScheduler(first.settings)
+    second.add_leader_chore("count", counter("second"), 0.1)  # added before start
+    with pytest.raises(ValueError, match="chore 'count' exists already"):
+        second.add_leader_chore("count", counter("second"), 0.1)
+    second.start()
+    try:
+        assert not second.holds_lease
+        wait_until(lambda: runs["first"] >= 5, timeout=30)
+        assert "count" in second.background()
+        assert runs["second"] == 0
+    finally:
+        second.shutdown()
+
+
+def test_retry_jobs_survive_a_restart_and_old_interval_retrainings_are_removed(
     tracked_settings: Settings, start_scheduler: Start, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TBML_SMOKE_TRACK", "0")
     monkeypatch.setenv("TBML_SMOKE_FAIL_ATTEMPTS", "1")
-    settings = tracked_settings.model_copy(
-        update={"training_retry_backoff_ms": 4_000, "retrain_interval_hours": {"RVN": 24}}
-    )
+    settings = tracked_settings.model_copy(update={"training_retry_backoff_ms": 4_000})
+    # What an earlier version's job store holds: an interval retraining whose function is gone.
+    with get_engine(settings.database_url).begin() as connection:
+        connection.execute(
+            text("INSERT INTO apscheduler_jobs (id, next_run_time, job_state) VALUES (:i, 0, :s)"),
+            {"i": "tbml-retrain-RVN-lstm", "s": b"not loadable any more"},
+        )
     first = start_scheduler(settings)
     job_id = first.queue.enqueue(pair="BTC").job_id
     wait_until(lambda: _job(first.queue, job_id).attempts == 1, timeout=120)
@@ -232,7 +280,7 @@ def test_scheduled_jobs_survive_a_restart(
 
     with get_engine(settings.database_url).connect() as connection:
         stored = {row[0] for row in connection.execute(text("SELECT id FROM apscheduler_jobs"))}
-    assert {DISPATCH_JOB_ID, f"tbml-retry-{job_id}", "tbml-retrain-RVN-lstm"} <= stored
+    assert stored == {DISPATCH_JOB_ID, f"tbml-retry-{job_id}"}
 
     second = start_scheduler(settings)
     job = wait_for_status(second.queue, job_id, "succeeded", timeout=120)

@@ -132,7 +132,12 @@ def test_recent_is_newest_first_limited_and_filtered_by_time(
 def test_cleanup_deletes_only_rows_older_than_the_age(history: PredictionHistory) -> None:
     now = int(pd.Timestamp.now(tz="UTC").value // 1_000_000)
     stamp = pd.Timestamp("2023-01-01T00:00:00Z")
-    history.record([_record(stamp, created_at=now - 7_200_000), _record(stamp, created_at=now)])
+    history.record(
+        [
+            _record(stamp, created_at=now - 7_200_000),
+            _record(stamp + pd.Timedelta(hours=1), created_at=now),
+        ]
+    )
 
     assert history.cleanup(max_age_hours=1) == 1
     assert history.count() == 1
