@@ -34,7 +34,6 @@ from pipelines.redact import describe_error
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class ChoreStatus:
     """One chore's state: times in epoch ms, `None` when it has not happened."""

@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 WATCH_CHORE = "candle-watch"
 CLIENT_QUEUE = 64
 SEND_TIMEOUT_S = 10.0
+# Candles that arrived together, before the newest, predicted per look (a day of hourly candles;
+# older ones after a long outage are history the outcomes are not worth recomputing for).
+CATCH_UP_MAX = 24
 
 
 def message(body: dict[str, Any]) -> bytes:
@@ -115,23 +118,32 @@ class PredictionHub:
 class CandleWatcher:
     """Computes and publishes each served model's prediction once per new candle or version.
 
-    `predict(pair, model_type)` is the predictor's blocking path (cache, history, staleness);
-    `model_types(pair)` the model types served for the pair now.
+    `load(pair)` gives the pair's candles (the store's cached frame); `predict(pair,
+    model_type)` is the predictor's blocking path for the newest candle (cache, history,
+    staleness), `predict_past(pair, model_type, candles)` the same for the newest of `candles`
+    (a candle that closed before the newest, recorded but not cached); `model_types(pair)` the
+    (model type, version) pairs served for the pair now.
+
+    Candles that arrive together (a feed catching up after a stall, a batch ingest) each get
+    their prediction, oldest first, up to `CATCH_UP_MAX` per look: N new candles give N
+    predictions per served model, on the stream and in the history.
     """
 
     def __init__(
         self,
         *,
         pairs: Iterable[str],
-        newest: Callable[[str], Any],
+        load: Callable[[str], Any],
         model_types: Callable[[str], list[tuple[str, str]]],
         predict: Callable[[str, str], dict[str, Any]],
         publish: Callable[[dict[str, Any]], None],
+        predict_past: Callable[[str, str, Any], dict[str, Any]] | None = None,
     ) -> None:
         self.pairs = tuple(pairs)
-        self._newest = newest
+        self._load = load
         self._model_types = model_types
         self._predict = predict
+        self._predict_past = predict_past
         self._publish = publish
         self._seen: dict[tuple[str, str], tuple[Any, str]] = {}
         self.computed = 0
@@ -143,15 +155,19 @@ class CandleWatcher:
         failures: dict[str, str] = {}
         for pair in self.pairs:
             try:
-                newest = self._newest(pair)
+                candles = self._load(pair)
             except CandlesNotFoundError as error:
                 failures[pair] = str(error)
                 continue
+            newest = candles.index[-1]
             for model_type, version in self._model_types(pair):
                 key = (pair, model_type)
-                if self._seen.get(key) == (newest, version):
+                seen = self._seen.get(key)
+                if seen == (newest, version):
                     continue
                 try:
+                    if seen is not None and seen[1] == version and seen[0] < newest:
+                        done += self._catch_up(pair, model_type, candles, since=seen[0])
                     body = self._predict(pair, model_type)
                 except Exception as error:  # one pair's failure must not stop the others
                     failures[f"{pair}-{model_type}"] = str(error)
@@ -163,3 +179,13 @@ class CandleWatcher:
         self.computed += done
         self.last_errors = failures
         return done
+
+    def _catch_up(self, pair: str, model_type: str, candles: Any, *, since: Any) -> int:
+        """Predict and publish the candles after `since` and before the newest, oldest first."""
+        if self._predict_past is None:
+            return 0
+        index = candles.index
+        missed = index[(index > since) & (index < index[-1])][-CATCH_UP_MAX:]
+        for stamp in missed:
+            self._publish(self._predict_past(pair, model_type, candles.loc[:stamp]))
+        return len(missed)

@@ -253,6 +253,17 @@ class Predictor:
         body = self._answer(pair, model_type, ensemble, served, candles, windows, record=False)
         return self.fresh({**body, "source": "request", "cached": False, "cacheAge": 0})
 
+    def predict_past(self, *, pair: str, model_type: str, candles: pd.DataFrame) -> dict[str, Any]:
+        """The prediction for the newest of `candles`, a prefix of the store's frame (a candle
+        that arrived together with newer ones): recorded in the history like any of the
+        service's own predictions, never cached (it is not the answer to `GET` any more)."""
+        served = self._served(pair, model_type, False)
+        windows = [
+            self._window(pair=pair, served=m, candles=candles, use_cache=False) for m in served
+        ]
+        body = self._answer(pair, model_type, False, served, candles, windows)
+        return self.fresh({**body, "source": "store", "cached": False, "cacheAge": 0})
+
     def warm(self) -> int:
         """Read each served pair's candles and compute its newest window (at start-up), so the
         first request is answered from memory. Returns how many windows are ready."""

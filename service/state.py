@@ -121,10 +121,13 @@ class ServiceState:
         predictor.market_now_ms = state.market_now_ms
         state.watcher = CandleWatcher(
             pairs=settings.pairs,
-            newest=lambda pair: store.load(pair, settings.timeframe).index[-1],
+            load=lambda pair: store.load(pair, settings.timeframe),
             model_types=lambda pair: [(m.model_type, m.version) for m in models.models_of(pair)],
             predict=lambda pair, model_type: predictor.predict(
                 pair=pair, model_type=model_type, ensemble=False
+            ),
+            predict_past=lambda pair, model_type, candles: predictor.predict_past(
+                pair=pair, model_type=model_type, candles=candles
             ),
             publish=state.publish,
         )

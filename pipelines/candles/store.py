@@ -58,6 +58,10 @@ class CandleStore:
         self.quote = quote
         self.exchange = exchange
         self._cache: dict[tuple[str, str], tuple[tuple[_Stamp, ...], pd.DataFrame]] = {}
+        # The timestamps of each bundled file last parsed: when only the ingested file changed
+        # (a new candle), the merged frame is rebuilt from the cached one and the ingested file,
+        # without parsing the (large, compressed, immutable) bundled file again.
+        self._bundled_index: dict[tuple[str, str], pd.DatetimeIndex] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -118,10 +122,21 @@ class CandleStore:
             )
         with self._lock:
             hit = self._cache.get(key)
-            if hit is not None and hit[0] == stamps:
-                return hit[1]
-        frames = [read_candle_file(stamp.path) for stamp in stamps]
-        frame = frames[0] if len(frames) == 1 else _merge(frames)
+            bundled_index = self._bundled_index.get(key)
+        if hit is not None and hit[0] == stamps:
+            return hit[1]
+        frame = None
+        if hit is not None and bundled_index is not None:
+            frame = self._append_ingested(hit, stamps, bundled_index)
+        if frame is None:
+            frames = [read_candle_file(stamp.path) for stamp in stamps]
+            frame = frames[0] if len(frames) == 1 else _merge(frames)
+            bundled = self.bundled_path(symbol, timeframe)
+            with self._lock:
+                if stamps[0].path == bundled:
+                    self._bundled_index[key] = frames[0].index
+                else:
+                    self._bundled_index.pop(key, None)
         gaps = find_gaps(frame, timeframe)
         logger.debug(
             "loaded %d %s %s candles from %s (%d gaps, %d missing)",
@@ -135,6 +150,24 @@ class CandleStore:
         with self._lock:
             self._cache[key] = (stamps, frame)
         return frame
+
+    @staticmethod
+    def _append_ingested(
+        hit: tuple[tuple[_Stamp, ...], pd.DataFrame],
+        stamps: tuple[_Stamp, ...],
+        bundled_index: pd.DatetimeIndex,
+    ) -> pd.DataFrame | None:
+        """The merged frame when only the ingested file changed since `hit` was parsed: the
+        cached bundled rows plus the ingested file's other rows (what `_merge` gives), or None
+        when the bundled file changed or either source is missing."""
+        old_stamps, old = hit
+        if len(stamps) != 2 or len(old_stamps) < 1 or old_stamps[0] != stamps[0]:
+            return None
+        ingested = read_candle_file(stamps[1].path)
+        ingested = ingested[~ingested.index.duplicated(keep="first")]
+        fresh = ingested[~ingested.index.isin(bundled_index)]
+        kept = old if len(old_stamps) == 1 else old[old.index.isin(bundled_index)]
+        return pd.concat([kept, fresh]).sort_index(kind="stable")
 
     def peek(self, pair: str, timeframe: str = "1h") -> pd.DataFrame | None:
         """The cached frame if the files have not changed since it was parsed, else None.

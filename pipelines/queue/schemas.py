@@ -119,6 +119,8 @@ class QueuedJob(ApiModel):
     attempts: int
     requested_by: Requester
     cooldown_remaining_minutes: int | None
+    # Why the job exists (the retraining policy's reason), if it was given.
+    reason: str | None = None
 
 
 class ActiveJobs(ApiModel):

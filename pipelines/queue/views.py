@@ -119,6 +119,7 @@ def queue_status(
                 cooldown_remaining_minutes=(
                     minutes_left(cooldown.ends_at, now) if cooldown is not None else None
                 ),
+                reason=job.reason,
             )
         )
     total, recent = store.history(session, limit=history_limit)

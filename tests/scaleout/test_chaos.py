@@ -70,6 +70,10 @@ class World:
             "ML_TRAINING_MAX_ATTEMPTS": "20",
             "ML_QUEUE_PROCESSING_INTERVAL": "200",
             "ML_SCHEDULER_LEASE": "1500",
+            # The queue is under test; the candle feed (no exchange here) and the retraining
+            # policy (which reads the registry at each takeover) are tested on their own.
+            "ML_FEED": "false",
+            "ML_RETRAIN_POLICY": "false",
             "TBML_SMOKE_TRACK": "1",
             "TBML_SMOKE_REGISTER": "1",
             "TBML_SMOKE_PROMOTE": "1",

@@ -35,6 +35,7 @@ TABLES = {
     "scheduler_leases",
     "apscheduler_jobs",
     "prediction_history",
+    "policy_decisions",
     "alembic_version",
 }
 

@@ -34,7 +34,7 @@ def _fast(serve: Callable[..., LiveServer], **overrides: Any) -> LiveServer:
     return serve(candle_watch_interval_ms=100, **overrides)
 
 
-def test_a_new_candle_gives_each_served_model_one_prediction_without_a_request(
+def test_new_candles_give_each_served_model_one_prediction_each_without_a_request(
     serve: Callable[..., LiveServer],
 ) -> None:
     server = _fast(serve)
@@ -57,14 +57,17 @@ def test_a_new_candle_gives_each_served_model_one_prediction_without_a_request(
             and any(r["candleTime"] == newest for r in history.recent(pair="BTC", limit=10))
         )
     )
-    rows = [r for r in history.recent(pair="BTC", limit=50) if r["candleTime"] == newest]
-    assert len(rows) == 1  # BTC serves one model (lstm) here: one prediction for the candle
-    assert stored() == before + 1
-    # The request after the candle's arrival is a cache hit, and records nothing more.
+    # Three candles arrived in one append: BTC serves one model (lstm) here, so one
+    # prediction for each of them, and none twice.
+    times = [r["candleTime"] for r in history.recent(pair="BTC", limit=50)]
+    new = sorted(t for t in times if t > _ms(NEWEST_BUNDLED))
+    assert new == [_ms(NEWEST_BUNDLED + pd.Timedelta(hours=h)) for h in (1, 2, 3)]
+    assert stored() == before + 3
+    # The request after the candles' arrival is a cache hit for the newest, and records nothing.
     body = server.client.get("/api/predictions/BTC").json()
     assert body["candleTime"] == newest
     assert body["cached"] is True
-    assert stored() == before + 1
+    assert stored() == before + 3
 
 
 def test_the_websocket_pushes_the_latest_at_once_then_each_new_candle(
@@ -77,8 +80,12 @@ def test_the_websocket_pushes_the_latest_at_once_then_each_new_candle(
         assert first["pair"] == "BTC"
         assert first["candleTime"] == _ms(NEWEST_BUNDLED)
         write_newer_candles(server.state.settings.data_dir, pair="BTC", hours=2)
+        earlier = json.loads(ws.recv(timeout=20))
         pushed = json.loads(ws.recv(timeout=20))
+    # Two candles in one append: each is pushed, oldest first.
+    assert earlier["candleTime"] == _ms(NEWEST_BUNDLED + pd.Timedelta(hours=1))
     assert pushed["candleTime"] == _ms(NEWEST_BUNDLED + pd.Timedelta(hours=2))
+    assert set(earlier) == set(pushed)
     answer = server.client.get("/api/predictions/BTC").json()
     volatile = {"cached", "cacheAge", "responseTime", "timestamp", "candleAgeMs"}
     assert {k: v for k, v in pushed.items() if k not in volatile} == {

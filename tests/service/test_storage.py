@@ -71,11 +71,12 @@ def test_save_checkpoints_the_database_into_a_readable_backup(
 
 
 def _record(pair: str, created_at: int) -> PredictionRecord:
+    # History keeps one prediction per (pair, model, version, candle): each record its own candle.
     return PredictionRecord(
         pair=pair,
         model_type="lstm",
         model_version="1",
-        candle_time=pd.Timestamp("2023-12-30T18:00:00Z"),
+        candle_time=pd.Timestamp(created_at, unit="ms", tz="UTC").floor("h"),
         horizon=1,
         probability=0.6,
         direction="up",

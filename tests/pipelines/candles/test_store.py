@@ -145,6 +145,39 @@ def test_ingested_candles_merge_after_bundled_with_bundled_winning(tmp_path: Pat
     assert frame.index.is_monotonic_increasing
 
 
+def test_a_changed_ingested_file_merges_as_a_fresh_parse_without_reading_bundled_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundled = [candle_line(f"2024-01-01T{h:02d}:00:00Z") for h in (0, 1, 3)]  # a gap at 02:00
+    store = small_store(tmp_path, bundled, None)
+    store.load("BTC")
+    path = store.ingested_path("BTC", "1h")
+    read: list[str] = []
+    import pipelines.candles.store as module
+
+    original = module.read_candle_file
+    monkeypatch.setattr(module, "read_candle_file", lambda p: read.append(p.name) or original(p))
+    rounds = [
+        # the first ingest: fills the gap, repeats a bundled hour with other prices, goes on
+        [("02", 150.0), ("03", 160.0), ("04", 170.0)],
+        # an append
+        [("02", 150.0), ("03", 160.0), ("04", 170.0), ("05", 180.0)],
+        # a rewrite that corrects an ingested candle and drops one
+        [("03", 160.0), ("04", 171.0), ("05", 180.0), ("06", 190.0)],
+    ]
+    for rows in rounds:
+        write_atomic(
+            path,
+            (HEADER + "".join(candle_line(f"2024-01-01T{h}:00:00Z", c) for h, c in rows)).encode(),
+        )
+        merged = store.load("BTC")
+        fresh = CandleStore(bundled_dir=store.bundled_dir, data_dir=store.data_dir).load("BTC")
+        pd.testing.assert_frame_equal(merged, fresh)
+    assert read.count("BTC-USDT_1h.csv.gz") == len(rounds)  # only the fresh stores read it
+    assert merged.loc["2024-01-01T03:00Z", "close"] == 101.0  # bundled still wins
+    assert pd.Timestamp("2024-01-01T02:00Z") not in merged.index  # dropped by the rewrite
+
+
 def test_ingested_file_alone_is_enough(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     store = CandleStore(bundled_dir=tmp_path / "none", data_dir=data_dir, exchange="kraken")
