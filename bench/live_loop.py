@@ -171,24 +171,35 @@ def start_serve(
 
 def newest_open_ms(path: Path) -> int | None:
     """Open time (epoch ms) of the last candle line of a candle CSV, None if it has none."""
+    times = tail_open_ms(path)
+    return times[-1] if times else None
+
+
+def tail_open_ms(path: Path, *, tail_bytes: int = 4096) -> list[int]:
+    """Open times (epoch ms) of the candle lines in the last `tail_bytes` of a candle CSV (the
+    first, possibly partial, line of the tail left out), oldest first."""
     import pandas as pd
 
     try:
         with path.open("rb") as handle:
             handle.seek(0, os.SEEK_END)
             size = handle.tell()
-            handle.seek(max(0, size - 512))
+            handle.seek(max(0, size - tail_bytes))
             lines = handle.read().decode().strip().splitlines()
     except FileNotFoundError:
-        return None
-    if not lines or lines[-1].startswith("timestamp"):
-        return None
-    return int(pd.Timestamp(lines[-1].split(",", 1)[0]).value // 1_000_000)
+        return []
+    if size > tail_bytes:
+        lines = lines[1:]
+    return [
+        int(pd.Timestamp(line.split(",", 1)[0]).value // 1_000_000)
+        for line in lines
+        if line and not line.startswith("timestamp")
+    ]
 
 
 class FileWatch:
-    """A thread that `stat`s files every `period_s` and records, per file and newest candle
-    open time, the wall time (time.time()) at which it was first seen."""
+    """A thread that `stat`s files every `period_s` and records, per file and candle open time
+    (the candles near the end of the file), the wall time (time.time()) it was first seen."""
 
     def __init__(self, paths: dict[str, Path], *, period_s: float) -> None:
         self.paths = paths
@@ -218,9 +229,9 @@ class FileWatch:
                     continue
                 now = time.time()
                 stamps[name] = stamp
-                newest = newest_open_ms(path)
-                if newest is not None:
-                    self.seen[name].setdefault(newest, now)
+                # Every candle the change brought (a fetch may append several at once).
+                for open_ms in tail_open_ms(path):
+                    self.seen[name].setdefault(open_ms, now)
             time.sleep(self.period_s)
 
 

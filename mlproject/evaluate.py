@@ -4,7 +4,9 @@ Fold i trains on everything before its test window (less the purge gaps and the 
 and tests on the next `test_size` samples; the last fold's window ends at the newest candle.
 Each fold goes through the same `fit_and_score` as a training run. Intervals: Wilson for
 accuracy; a circular moving-block bootstrap (blocks of 24 rows, 1000 resamples) for ROC AUC and
-log loss, so that the dependence between neighbouring hours is not pretended away.
+log loss, so that the dependence between neighbouring hours is not pretended away. `beats` is
+the training run's paired verdict (`mlproject.scoring.judge`): per-row log-loss differences,
+model minus each baseline on the same rows, through a moving-block bootstrap of a day's blocks.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from mlproject.baselines import Prediction
+from mlproject.baselines import BASELINES, Prediction
 from mlproject.config import TrainConfig
 from mlproject.data import walk_forward_splits
 from mlproject.fold import fit_and_score
@@ -39,7 +41,7 @@ from pipelines.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-PREDICTORS: tuple[str, ...] = (MODEL, "majority", "persistence", "logistic")
+PREDICTORS: tuple[str, ...] = (MODEL, *BASELINES)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,9 @@ class FoldReport:
     intervals: dict[str, dict[str, tuple[float, float]]]
     strongest_baseline: str
     beats_baseline: bool
+    # Model minus each baseline, log loss per row: mean, low, high, rows, block.
+    verdicts: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    rule: dict[str, Any] = field(default_factory=dict)  # `VerdictRule.to_dict()`
     epochs_run: int = 0
     best_epoch: int = 0
     fit_seconds: float = 0.0
@@ -113,6 +118,8 @@ def _report(pair: str, fold: str, scores: Scores, *, start: str, end: str, seed:
         },
         strongest_baseline=scores.strongest_baseline,
         beats_baseline=scores.beats_baseline,
+        verdicts={name: v.to_dict() for name, v in scores.judgement.verdicts.items()},
+        rule=scores.rule.to_dict(),
     )
 
 
@@ -259,6 +266,16 @@ def _log_fold(report: FoldReport) -> None:
         for name, metrics in report.metrics.items()
         for metric, value in metrics.items()
     }
+    against = report.verdicts[report.strongest_baseline]
+    values.update(
+        {
+            f"{report.pair}/beats_mean_difference{suffix}": float(against["mean"]),
+            f"{report.pair}/beats_interval_low{suffix}": float(against["low"]),
+            f"{report.pair}/beats_interval_high{suffix}": float(against["high"]),
+            f"{report.pair}/beats_rows{suffix}": float(against["rows"]),
+            f"{report.pair}/beats{suffix}": float(report.beats_baseline),
+        }
+    )
     mlflow.log_metrics(values, step=step)
 
 
@@ -286,11 +303,16 @@ def _cell(value: float, interval: tuple[float, float] | None = None, *, pct: boo
     return text
 
 
+def _difference(verdict: dict[str, float | int]) -> str:
+    return f"{verdict['mean']:+.4f} [{verdict['low']:+.4f}, {verdict['high']:+.4f}]"
+
+
 def render_markdown(
     reports: list[FoldReport], *, plan: EvaluationPlan, settings: Settings, elapsed: float
 ) -> str:
     """The report: how it was made, a summary row per pair and fold, then every predictor."""
     metric = settings.promotion_metric
+    rule = reports[0].rule if reports else {}
     lines = [
         f"# Walk-forward evaluation: {plan.model_type}",
         "",
@@ -309,15 +331,20 @@ def render_markdown(
         "- Accuracy in %, with a 95 % Wilson interval; ROC AUC and log loss with a 95 % "
         "moving-block bootstrap interval (blocks of 24 rows, 1000 resamples). Fold `all` pools "
         "the folds' predictions.",
-        f"- `beats`: the model's {metric} is better than its strongest baseline's on the same "
-        "rows.",
+        "- `model - strongest`: the model's log loss per row minus that of its strongest "
+        "baseline (lowest log loss) on the same rows, mean and 95 % interval of a paired "
+        f"moving-block bootstrap (blocks of {rule.get('block', '?')} rows, "
+        f"{rule.get('resamples', '?')} resamples). `beats`: the interval against every "
+        f"baseline lies wholly below zero by at least {rule.get('margin', 0.0):g} "
+        "(ML_PROMOTION_MARGIN).",
         f"- Took {elapsed / 60:.1f} min.",
         "",
         "## Summary",
         "",
         "| pair | fold | test window (UTC) | rows | model accuracy % | model ROC AUC | "
-        f"model {metric} | strongest baseline ({metric}) | logistic accuracy % | epochs | beats |",
-        "|---|---|---|---:|---|---|---|---|---|---|---|",
+        f"model {metric} | strongest baseline ({metric}) | model - strongest | "
+        "logistic accuracy % | epochs | beats |",
+        "|---|---|---|---:|---|---|---|---|---|---|---|---|",
     ]
     for report in reports:
         window = f"{report.test_start[:10]} .. {report.test_end[:10]}"
@@ -330,6 +357,7 @@ def render_markdown(
             f"{_cell(model['roc_auc'], intervals['roc_auc'])} | "
             f"{_cell(model[metric], intervals.get(metric))} | "
             f"{strongest} ({_cell(report.metrics[strongest][metric])}) | "
+            f"{_difference(report.verdicts[strongest])} | "
             f"{_cell(report.metrics['logistic']['accuracy'], pct=True)} | {epochs} | "
             f"{'yes' if report.beats_baseline else 'no'} |"
         )

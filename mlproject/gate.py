@@ -1,30 +1,54 @@
-"""The promotion gate: whether a registered version may become production.
+"""The promotion gate: whether a registered version (the challenger) may become production.
 
-The gate: a version becomes production only if, on its own newest held-out window, it is at
-least as good as the current production version scored on the same rows (both through their
-ONNX bundles), by `settings.promotion_metric` and `settings.promotion_margin`. A rejected
-version stays registered, tagged with the reason. With no production version the first version
-is promoted; if it does not beat its strongest baseline it is tagged unproven, and the service
-answers HOLD for it unless `ML_SERVE_UNPROVEN` is set.
+The comparison. The challenger and the production version (the incumbent) are scored through
+their ONNX bundles on the same rows and labels: the rows of the challenger's own held-out test
+window (the newest) less those whose input windows the incumbent trained on (its `fit_end`).
+The verdict is a paired moving-block bootstrap (`pipelines.verdicts.paired_block_bootstrap`,
+95 %, blocks of one day of candles) of the per-row loss differences, challenger minus
+incumbent: the Brier score's when `ML_PROMOTION_METRIC` is brier, log loss for every other
+metric (ROC AUC and the accuracies have no per-row form; their point estimates go in the reason,
+the decision is the log-loss verdict). With m = `ML_PROMOTION_MARGIN` (in the verdict's units):
+
+    rejected  when the whole interval lies above -m   (`verdict.worse(-m)`: low > -m)
+    promoted  otherwise                               (low <= -m)
+
+m = 0 (the default) is non-inferiority: a challenger is rejected only when it is significantly
+worse, and a difference the rows cannot tell from noise promotes it, the newer version. m > 0
+asks for an improvement of m to lie within the interval; m < 0 tolerates up to |m| worse. The
+interval, its mean and the row count go in the version's tags (`TAG_GATE_*`) and the reason.
+
+Rejected without a comparison, the reason saying why: anything that fails on the challenger's
+side (its bundle does not load, its feature set is not the one this code computes and serves,
+its test window is not in the candles, it does not predict on that window: a version is never
+promoted unscored); a horizon other than the incumbent's; fewer than `ML_GATE_MIN_ROWS` rows
+unseen by both versions (the gate never falls back to rows the incumbent learnt from).
+
+Promoted without a comparison: with `force` (the operator's decision); with no production
+version yet; and when the incumbent cannot be downloaded, checked as the service checks it before
+serving, or scored by this code, after the challenger was scored on its own window: a production
+version this code cannot score cannot be served either. A promoted version that does not beat
+its strongest baseline is tagged unproven, and the service answers HOLD for it unless
+`ML_SERVE_UNPROVEN` is set. A rejected version stays registered, tagged with the reason.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
-from mlproject.metrics import LOWER_IS_BETTER, classification_metrics, is_better
-from mlproject.scoring import score_bundle
+from mlproject.metrics import LOWER_IS_BETTER, classification_metrics
+from mlproject.scoring import WindowScore, score_bundle
 from mlproject.tracking import set_production
-from pipelines.features.spec import FeatureSpecMismatchError
+from mlproject.trading import periods_per_year
+from pipelines.features.spec import FeatureSpecMismatchError, ensure_compatible
 from pipelines.modelbundle import BundleError, ModelBundle, download_bundle
+from pipelines.redact import describe_error
 from pipelines.settings import Settings
 from pipelines.tracking import (
     TAG_PROMOTION,
@@ -32,17 +56,35 @@ from pipelines.tracking import (
     TAG_UNPROVEN,
     production_version,
 )
+from pipelines.verdicts import PairedVerdict, log_losses, paired_block_bootstrap
 
 logger = logging.getLogger(__name__)
 
-# Fewer gate rows than this after dropping those the production version trained on, and the
-# whole window is used instead (with a note in the reason).
-MIN_GATE_ROWS = 100
+# The gate's verdict on a version (written by every gating, removed when a later one has none).
+TAG_GATE_ROWS = "tbml.gate_rows"  # rows compared, unseen by both versions
+TAG_GATE_METRIC = "tbml.gate_metric"  # the per-row loss of the verdict: log_loss | brier
+TAG_GATE_DELTA_MEAN = "tbml.gate_delta_mean"  # mean per-row loss, this version - production
+TAG_GATE_DELTA_LOW = "tbml.gate_delta_low"  # 95 % paired block bootstrap interval
+TAG_GATE_DELTA_HIGH = "tbml.gate_delta_high"
+TAG_GATE_BLOCK = "tbml.gate_block"  # block length in rows
+GATE_TAGS = (
+    TAG_GATE_ROWS,
+    TAG_GATE_METRIC,
+    TAG_GATE_DELTA_MEAN,
+    TAG_GATE_DELTA_LOW,
+    TAG_GATE_DELTA_HIGH,
+    TAG_GATE_BLOCK,
+)
 
 
 @dataclass(frozen=True)
 class GateDecision:
-    """What the gate decided for a version, and the numbers behind it."""
+    """What the gate decided for a version, and the numbers behind it.
+
+    `challenger` and `incumbent` are both versions' `metric` on the compared rows; `verdict` is
+    the paired bootstrap of their per-row `verdict_metric` differences (challenger - incumbent);
+    `rows` is the number of rows unseen by both, None where the gate did not count them.
+    """
 
     promoted: bool
     reason: str
@@ -50,8 +92,10 @@ class GateDecision:
     challenger: float | None = None
     incumbent: float | None = None
     incumbent_version: str | None = None
-    rows: int = 0
+    rows: int | None = None
     unproven: bool = False
+    verdict: PairedVerdict | None = None
+    verdict_metric: str | None = None
 
     @property
     def outcome(self) -> str:
@@ -68,27 +112,59 @@ def apply_gate(
     force: bool = False,
 ) -> GateDecision:
     """Decide whether `version` becomes production, act on it, and tag the version."""
+    # A version that does not exist is an error, not a rejection (there is nothing to tag).
+    existing = dict(client.get_model_version(name, version).tags)
     with tempfile.TemporaryDirectory(prefix="tbml-gate-") as tmp:
-        challenger = download_bundle(client, name=name, version=version, dst=Path(tmp) / "new")
-        decision = _decide(
-            client,
-            name=name,
-            version=version,
-            challenger=challenger,
-            candles=candles,
-            settings=settings,
-            workdir=Path(tmp),
-            force=force,
-        )
+        try:
+            challenger = download_bundle(client, name=name, version=version, dst=Path(tmp) / "new")
+        except Exception as exc:
+            if force:
+                raise  # the operator is told, and nothing unloadable becomes production
+            decision = GateDecision(
+                False,
+                f"its bundle cannot be downloaded or loaded ({describe_error(exc)}), and an "
+                "unscored version is never promoted",
+                settings.promotion_metric,
+            )
+        else:
+            decision = _decide(
+                client,
+                name=name,
+                version=version,
+                challenger=challenger,
+                candles=candles,
+                settings=settings,
+                workdir=Path(tmp),
+                force=force,
+            )
     if decision.promoted:
         set_production(client, name=name, version=version)
     tags = {TAG_PROMOTION: decision.outcome, TAG_PROMOTION_REASON: decision.reason}
     if decision.promoted:
         tags[TAG_UNPROVEN] = str(decision.unproven).lower()
+    tags |= gate_tags(decision)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    for key in GATE_TAGS:
+        if key in existing and key not in tags:  # an earlier gating's numbers, now stale
+            client.delete_model_version_tag(name, version, key)
     logger.info("%s version %s %s: %s", name, version, decision.outcome, decision.reason)
     return decision
+
+
+def gate_tags(decision: GateDecision) -> dict[str, str]:
+    """The `TAG_GATE_*` tags of a decision: the row count once counted, the verdict if any."""
+    tags = {} if decision.rows is None else {TAG_GATE_ROWS: str(decision.rows)}
+    verdict = decision.verdict
+    if verdict is not None:
+        tags |= {
+            TAG_GATE_METRIC: str(decision.verdict_metric),
+            TAG_GATE_DELTA_MEAN: f"{verdict.mean:.6f}",
+            TAG_GATE_DELTA_LOW: f"{verdict.low:.6f}",
+            TAG_GATE_DELTA_HIGH: f"{verdict.high:.6f}",
+            TAG_GATE_BLOCK: str(verdict.block),
+        }
+    return tags
 
 
 def _decide(
@@ -102,7 +178,7 @@ def _decide(
     workdir: Path,
     force: bool,
 ) -> GateDecision:
-    metric, margin = settings.promotion_metric, settings.promotion_margin
+    metric = settings.promotion_metric
     unproven = not challenger.beats_baseline
     proof = _baseline_note(challenger, metric)
     if force:
@@ -116,30 +192,80 @@ def _decide(
         )
     if current is None:
         return GateDecision(True, f"no production version yet; {proof}", metric, unproven=unproven)
+    rejected = GateDecision(False, "", metric, incumbent_version=current)
+
+    # The challenger's side first: whatever fails here rejects it.
     try:
-        incumbent = download_bundle(client, name=name, version=current, dst=workdir / "current")
-        timestamps, note = _gate_rows(challenger, incumbent, candles)
-        horizon = challenger.horizon
-        new = score_bundle(challenger, candles=candles, timestamps=timestamps, horizon=horizon)
-        old = score_bundle(incumbent, candles=candles, timestamps=timestamps, horizon=horizon)
-    except (BundleError, FeatureSpecMismatchError, MlflowException, OSError) as exc:
-        return GateDecision(
-            True,
-            f"production version {current} cannot be scored by this code ({exc}), so it cannot "
-            f"be served either; {proof}",
-            metric,
-            incumbent_version=current,
-            unproven=unproven,
+        ensure_compatible(challenger.spec)
+    except FeatureSpecMismatchError as exc:
+        return replace(
+            rejected,
+            reason=f"its feature set is not the one this code computes and serves ({exc}); {proof}",
         )
+    try:
+        own = _score_own_window(challenger, candles)
+    except Exception as exc:
+        logger.warning("%s version %s cannot be scored", name, version, exc_info=True)
+        return replace(
+            rejected,
+            reason=f"it cannot be scored on its own test window ({describe_error(exc)}), and an "
+            f"unscored version is never promoted; {proof}",
+        )
+
+    try:
+        incumbent, seen_until = _load_incumbent(
+            client, name=name, version=current, dst=workdir / "current"
+        )
+    except Exception as exc:
+        return _replaces_unservable(current, exc, metric=metric, proof=proof, unproven=unproven)
+    if incumbent.horizon != challenger.horizon:
+        return replace(
+            rejected,
+            reason=f"its horizon ({challenger.horizon} candles ahead) differs from production "
+            f"version {current}'s ({incumbent.horizon} candles ahead): losses on different "
+            f"targets are not comparable; {proof}",
+        )
+    rows = _unseen_rows(
+        own.timestamps, candles, seen_until=seen_until, length=incumbent.sequence_length
+    )
+    left_out = len(own.timestamps) - len(rows)
+    if len(rows) < settings.gate_min_rows:
+        trained = f", production version {current} trained until {seen_until}" if left_out else ""
+        return replace(
+            rejected,
+            rows=len(rows),
+            reason=f"only {len(rows)} of the {len(own.timestamps)} rows of its test window are "
+            f"unseen by both versions{trained}, fewer than ML_GATE_MIN_ROWS = "
+            f"{settings.gate_min_rows}: too few to compare them; {proof}",
+        )
+    try:
+        old = score_bundle(incumbent, candles=candles, timestamps=rows, horizon=incumbent.horizon)
+    except Exception as exc:
+        return _replaces_unservable(current, exc, metric=metric, proof=proof, unproven=unproven)
+    new = _subset(own, rows)
+
+    verdict_metric = "brier" if metric == "brier" else "log_loss"
+    differences = _row_losses(verdict_metric, new) - _row_losses(verdict_metric, old)
+    verdict = paired_block_bootstrap(differences, block=_rows_per_day(settings.timeframe))
+    margin = settings.promotion_margin
+    promoted = not verdict.worse(-margin)
     new_value = classification_metrics(y_true=new.y, proba=new.proba)[metric]
     old_value = classification_metrics(y_true=old.y, proba=old.proba)[metric]
-    promoted = is_better(metric, new_value, old_value, margin=margin)
+    threshold = 0.0 - margin  # reads "+0" for the default margin, not "-0"
+    if promoted:
+        outcome = f"not significantly worse than production version {current} (the interval "
+        outcome += f"reaches {threshold:+g} or below)"
+    else:
+        outcome = f"worse than production version {current} (the whole interval lies above "
+        outcome += f"{threshold:+g})"
+    note = f", {left_out} rows the production version trained on left out" if left_out else ""
     direction = "lower" if metric in LOWER_IS_BETTER else "higher"
-    verdict = "at least as good as" if promoted else "worse than"
     reason = (
-        f"{metric} {new_value:.4f} is {verdict} production version {current}'s {old_value:.4f} "
-        f"on the same {len(timestamps)} newest held-out rows ({direction} is better, margin "
-        f"{margin:g}){note}; {proof}"
+        f"{outcome} on the same {len(rows)} newest held-out rows{note}: per-row {verdict_metric} "
+        f"difference (this - production) {verdict.mean:+.4f}, 95 % interval "
+        f"[{verdict.low:+.4f}, {verdict.high:+.4f}] (paired moving-block bootstrap, blocks of "
+        f"{verdict.block} rows; ML_PROMOTION_MARGIN {margin:g}); {metric} {new_value:.4f} vs "
+        f"{old_value:.4f} ({direction} is better); {proof}"
     )
     return GateDecision(
         promoted,
@@ -148,38 +274,93 @@ def _decide(
         challenger=new_value,
         incumbent=old_value,
         incumbent_version=current,
-        rows=len(timestamps),
+        rows=len(rows),
         unproven=unproven and promoted,
+        verdict=verdict,
+        verdict_metric=verdict_metric,
     )
 
 
-def _gate_rows(
-    challenger: ModelBundle, incumbent: ModelBundle, candles: pd.DataFrame
-) -> tuple[pd.DatetimeIndex, str]:
-    """The challenger's test rows, less those the production version learnt from (if enough)."""
-    window = challenger.metadata["test_window"]
-    start, end = pd.Timestamp(window["start"]), pd.Timestamp(window["end"])
+def _score_own_window(challenger: ModelBundle, candles: pd.DataFrame) -> WindowScore:
+    """The challenger's predictions on its whole test window, rebuilt from the candles."""
+    window = challenger.metadata.get("test_window")
+    if not isinstance(window, dict):
+        raise BundleError(f"its metadata has no test window (test_window is {window!r})")
+    start, end = _utc(window["start"]), _utc(window["end"])
     timestamps = pd.DatetimeIndex(candles.index[(candles.index >= start) & (candles.index <= end)])
     if len(timestamps) != int(window["rows"]):
         raise BundleError(
-            f"the candles hold {len(timestamps)} rows of the test window {start} .. {end}, "
-            f"the version was tested on {window['rows']}"
+            f"the candles hold {len(timestamps)} rows of its test window {start} .. {end}, "
+            f"it was tested on {window['rows']}"
         )
-    seen_until = incumbent.metadata.get("fit_end")
-    note = ""
-    if seen_until is not None and pd.Timestamp(seen_until) >= start:
-        positions = candles.index.get_indexer(timestamps)
-        window_starts = candles.index[np.maximum(positions - incumbent.sequence_length + 1, 0)]
-        unseen = pd.DatetimeIndex(timestamps[window_starts > pd.Timestamp(seen_until)])
-        if len(unseen) >= MIN_GATE_ROWS:
-            return unseen, " (rows the production version trained on left out)"
-        note = " (the production version trained on some of these rows)"
-    if incumbent.horizon != challenger.horizon:
-        note += (
-            f" (production predicts {incumbent.horizon} candles ahead, scored on "
-            f"{challenger.horizon})"
-        )
-    return timestamps, note
+    return score_bundle(
+        challenger, candles=candles, timestamps=timestamps, horizon=challenger.horizon
+    )
+
+
+def _load_incumbent(
+    client: MlflowClient, *, name: str, version: str, dst: Path
+) -> tuple[ModelBundle, pd.Timestamp | None]:
+    """Production's bundle, checked as the service checks it, and where its training ended."""
+    bundle = download_bundle(client, name=name, version=version, dst=dst)
+    ensure_compatible(bundle.spec)
+    zeros = np.zeros((1, bundle.sequence_length, len(bundle.spec.names)), dtype=np.float32)
+    probability = bundle.predict_proba(zeros, scaled=True)
+    if probability.shape != (1,) or not np.isfinite(probability).all():
+        raise BundleError(f"its warm-up prediction gave {probability!r}")
+    fit_end = bundle.metadata.get("fit_end")
+    return bundle, None if fit_end is None else _utc(fit_end)
+
+
+def _unseen_rows(
+    timestamps: pd.DatetimeIndex,
+    candles: pd.DataFrame,
+    *,
+    seen_until: pd.Timestamp | None,
+    length: int,
+) -> pd.DatetimeIndex:
+    """The rows whose input windows of `length` candles all come after `seen_until`."""
+    if seen_until is None:
+        return timestamps
+    positions = candles.index.get_indexer(timestamps)
+    window_starts = candles.index[np.maximum(positions - length + 1, 0)]
+    return pd.DatetimeIndex(timestamps[window_starts > seen_until])
+
+
+def _replaces_unservable(
+    current: str, exc: Exception, *, metric: str, proof: str, unproven: bool
+) -> GateDecision:
+    logger.warning("production version %s cannot be scored", current, exc_info=exc)
+    return GateDecision(
+        True,
+        f"production version {current} cannot be scored by this code ({describe_error(exc)}), "
+        f"so it cannot be served either; this version was scored on its own test window; {proof}",
+        metric,
+        incumbent_version=current,
+        unproven=unproven,
+    )
+
+
+def _subset(score: WindowScore, timestamps: pd.DatetimeIndex) -> WindowScore:
+    positions = score.timestamps.get_indexer(timestamps)
+    return WindowScore(timestamps=timestamps, y=score.y[positions], proba=score.proba[positions])
+
+
+def _row_losses(metric: str, score: WindowScore) -> np.ndarray:
+    """Per-row log loss, or per-row Brier score: the losses whose means the metrics are."""
+    if metric == "brier":
+        return (np.asarray(score.proba, dtype=np.float64) - score.y) ** 2
+    return log_losses(score.proba, score.y)
+
+
+def _rows_per_day(timeframe: str) -> int:
+    """Bootstrap blocks of a day of candles keep a day's dependence between neighbouring rows."""
+    return max(1, round(periods_per_year(timeframe) / 365))
+
+
+def _utc(value: object) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)  # type: ignore[arg-type]
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
 
 
 def _baseline_note(bundle: ModelBundle, metric: str) -> str:

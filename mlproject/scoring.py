@@ -1,5 +1,12 @@
 """Scoring on a held-out window: the model beside the baselines, and its signals beside holding.
 
+Whether the model beats its baselines is a paired verdict (`VerdictRule`): the per-row log-loss
+differences, model minus baseline on the same rows in time order, through a moving-block
+bootstrap with blocks of a day of candles (`pipelines.verdicts`). The model beats the baselines
+only when the 95 % interval against every one of them lies wholly below `-promotion_margin`.
+The verdict is judged on log loss whatever `promotion_metric` says (that one is the gate's,
+against the production version): log loss is a per-row score, so a paired difference exists.
+
 Nothing here imports TensorFlow: the promotion gate and the bundle tests score ONNX bundles with
 the same functions the training run uses for the Keras model.
 """
@@ -7,13 +14,14 @@ the same functions the training run uses for the Keras model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mlproject import baselines
 from mlproject.data import Dataset, Split, labels
-from mlproject.metrics import best_of, classification_metrics, is_better
+from mlproject.metrics import classification_metrics
 from mlproject.trading import (
     Backtest,
     backtest,
@@ -27,8 +35,96 @@ from pipelines.features.scaler import FeatureScaler
 from pipelines.features.windows import make_targets
 from pipelines.modelbundle import ModelBundle
 from pipelines.settings import Settings
+from pipelines.verdicts import PairedVerdict, log_losses, paired_block_bootstrap
 
 MODEL = "model"
+VERDICT_METRIC = "log_loss"  # the per-row loss every "beats" is made of
+
+
+def rows_per_day(timeframe: str) -> int:
+    """Candles in a day of `timeframe` (at least 1): the bootstrap's block length."""
+    return max(1, round(periods_per_year(timeframe) / 365.0))
+
+
+@dataclass(frozen=True)
+class VerdictRule:
+    """How two forecasters on the same rows are compared: block, resamples, seed, margin."""
+
+    block: int
+    margin: float
+    resamples: int = 2000
+    seed: int = 0
+    level: float = 0.95
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VerdictRule:
+        return cls(block=rows_per_day(settings.timeframe), margin=settings.promotion_margin)
+
+    def compare(self, y: np.ndarray, first: np.ndarray, second: np.ndarray) -> PairedVerdict:
+        """Per-row log loss of `first` minus that of `second`, bootstrapped in blocks."""
+        outcomes = np.asarray(y).astype(np.int8)
+        differences = log_losses(np.asarray(first), outcomes) - log_losses(
+            np.asarray(second), outcomes
+        )
+        return paired_block_bootstrap(
+            differences,
+            block=self.block,
+            resamples=self.resamples,
+            seed=self.seed,
+            level=self.level,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": VERDICT_METRIC,
+            "block": self.block,
+            "margin": self.margin,
+            "resamples": self.resamples,
+            "seed": self.seed,
+            "level": self.level,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VerdictRule:
+        return cls(
+            block=int(data["block"]),
+            margin=float(data["margin"]),
+            resamples=int(data["resamples"]),
+            seed=int(data["seed"]),
+            level=float(data["level"]),
+        )
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The model against each baseline, the strongest of them, and whether it beats them all."""
+
+    verdicts: dict[str, PairedVerdict]  # model minus baseline, per baseline
+    strongest_baseline: str
+    beats_baseline: bool
+
+    @property
+    def verdict(self) -> PairedVerdict:
+        """The verdict against the strongest baseline: the one the run logs."""
+        return self.verdicts[self.strongest_baseline]
+
+
+def judge(y: np.ndarray, probas: dict[str, np.ndarray], *, rule: VerdictRule) -> Judgement:
+    """The model (`probas[MODEL]`) against every other forecaster of `probas` on labels `y`.
+
+    The strongest baseline is the one of lowest mean log loss (the model's largest mean
+    difference); "beats" needs every interval wholly below `-rule.margin`.
+    """
+    if MODEL not in probas or len(probas) < 2:
+        raise ValueError(f"judging needs {MODEL!r} and at least one baseline, got {sorted(probas)}")
+    verdicts = {
+        name: rule.compare(y, probas[MODEL], proba)
+        for name, proba in probas.items()
+        if name != MODEL
+    }
+    strongest = max(verdicts, key=lambda name: verdicts[name].mean)
+    beats = all(v.better(rule.margin) for v in verdicts.values())
+    return Judgement(verdicts=verdicts, strongest_baseline=strongest, beats_baseline=beats)
 
 
 @dataclass(frozen=True)
@@ -40,8 +136,20 @@ class Scores:
     metrics: dict[str, dict[str, float]]
     trading: dict[str, Backtest]
     metric: str
-    strongest_baseline: str
-    beats_baseline: bool
+    rule: VerdictRule
+    judgement: Judgement
+
+    @property
+    def strongest_baseline(self) -> str:
+        return self.judgement.strongest_baseline
+
+    @property
+    def beats_baseline(self) -> bool:
+        return self.judgement.beats_baseline
+
+    @property
+    def verdict(self) -> PairedVerdict:
+        return self.judgement.verdict
 
 
 def fit_baselines(
@@ -53,18 +161,26 @@ def fit_baselines(
     train_rows = np.arange(split.train.start, split.train.stop)
     test_rows = np.arange(split.test.start, split.test.stop)
     # A last move needs close[t - horizon]; the first training rows may lack it.
-    seen = train_rows[train_rows >= dataset.horizon]
+    seen = train_rows >= dataset.horizon
+    # Scaled feature rows from the oldest step a training window reaches to the last test row.
+    lags = min(baselines.LAGS, dataset.sequence_length)
+    first = split.train.start - lags + 1
+    scaled = scaler.transform(dataset.features[first : split.test.stop])
+    train_at, test_at = train_rows - first, test_rows - first
     return {
         "majority": baselines.majority(y_train=y_train, rows=len(split.test)),
-        "persistence": baselines.persistence(
-            last_up_train=baselines.last_move_up(close, seen, horizon=dataset.horizon),
-            y_train=y_train[train_rows >= dataset.horizon],
+        "last_move": baselines.last_move(
+            last_up_train=baselines.last_move_up(close, train_rows[seen], horizon=dataset.horizon),
+            y_train=y_train[seen],
             last_up=baselines.last_move_up(close, test_rows, horizon=dataset.horizon),
         ),
         "logistic": baselines.logistic(
-            x_train=scaler.transform(dataset.features[split.train.start : split.train.stop]),
+            x_train=scaled[train_at], y_train=y_train, x=scaled[test_at], seed=seed
+        ),
+        "lightgbm": baselines.lightgbm(
+            x_train=baselines.lagged(scaled, train_at, lags=lags),
             y_train=y_train,
-            x=scaler.transform(dataset.features[split.test.start : split.test.stop]),
+            x=baselines.lagged(scaled, test_at, lags=lags),
             seed=seed,
         ),
     }
@@ -78,7 +194,8 @@ def score(
     returns: np.ndarray,
     settings: Settings,
 ) -> Scores:
-    """Score the model and the baselines on the same labels; backtest the model's signals."""
+    """Score the model and the baselines on the same labels, judge the model against them
+    (paired), and backtest the model's signals."""
     predictions = {
         MODEL: baselines.Prediction(
             proba=np.asarray(model_proba, dtype=np.float64),
@@ -90,18 +207,16 @@ def score(
         name: classification_metrics(y_true=y, proba=p.proba, pred=p.pred)
         for name, p in predictions.items()
     }
-    metric = settings.promotion_metric
-    strongest = best_of(metric, {n: m[metric] for n, m in metrics.items() if n != MODEL})
-    model_value, baseline_value = metrics[MODEL][metric], metrics[strongest][metric]
-    beats = is_better(metric, model_value, baseline_value) and model_value != baseline_value
+    rule = VerdictRule.from_settings(settings)
+    judgement = judge(y, {name: p.proba for name, p in predictions.items()}, rule=rule)
     return Scores(
         y=np.asarray(y),
         predictions=predictions,
         metrics=metrics,
         trading=trade(model_proba=model_proba, returns=returns, settings=settings),
-        metric=metric,
-        strongest_baseline=strongest,
-        beats_baseline=bool(beats),
+        metric=settings.promotion_metric,
+        rule=rule,
+        judgement=judgement,
     )
 
 

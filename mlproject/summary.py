@@ -23,10 +23,28 @@ def run_summary(
     lines = [f"# {title}", ""]
     lines += [f"- **{key}**: {value}" for key, value in facts.items()]
     verdict = "beats" if scores.beats_baseline else "does **not** beat"
+    rule, paired = scores.rule, scores.verdict
     lines += [
         "",
-        f"On the test window the model {verdict} its strongest baseline "
-        f"(`{scores.strongest_baseline}`) on `{scores.metric}`.",
+        f"On the test window the model {verdict} its baselines: its log loss per row minus "
+        f"that of the strongest (`{scores.strongest_baseline}`) is {paired.mean:+.4f}, "
+        f"{rule.level * 100:g} % interval [{paired.low:+.4f}, {paired.high:+.4f}] over "
+        f"{paired.rows} rows (paired moving-block bootstrap, blocks of {paired.block} rows); "
+        "it beats them "
+        f"only when every baseline's interval lies below zero by at least {rule.margin:g}. "
+        "`tbml verdict RUN_ID` recomputes this from `verdict/predictions.csv`.",
+        "",
+        "## Paired verdicts (log loss per row, model minus baseline)",
+        "",
+        "| baseline | mean | low | high | model better |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, each in scores.judgement.verdicts.items():
+        better = "yes" if each.better(rule.margin) else "no"
+        lines.append(
+            f"| {name} | {each.mean:+.4f} | {each.low:+.4f} | {each.high:+.4f} | {better} |"
+        )
+    lines += [
         "",
         "## Classification on the test window",
         "",

@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from mlflow.data.pandas_dataset import from_pandas
 
 from mlproject import plots
+from mlproject import verdict as verdicts
 from mlproject.config import TrainConfig
 from mlproject.data import Dataset, Split, build_dataset, time_split
 from mlproject.export import export_bundle
@@ -118,7 +119,7 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
             on_epoch=_log_epoch,
         )
         scores = result.scores
-        mlflow.log_metrics(_flat_metrics(result, split))
+        mlflow.log_metrics({**_flat_metrics(result, split), **verdicts.verdict_metrics(scores)})
         mlflow.set_tags(
             {
                 "beats_baseline": str(scores.beats_baseline).lower(),
@@ -258,6 +259,8 @@ def _metadata(
         "baseline_metrics": {k: v for k, v in scores.metrics.items() if k != MODEL},
         "strongest_baseline": scores.strongest_baseline,
         "beats_baseline": scores.beats_baseline,
+        # The paired verdict behind `beats_baseline` (verdict/verdict.json of the run).
+        "beats_verdict": verdicts.record(scores),
         "promotion_metric": scores.metric,
         "trading": {k: b.metrics for k, b in scores.trading.items()},
         "buy_threshold": settings.buy_threshold,
@@ -308,6 +311,7 @@ def _log_artifacts(
             path=root / "plots/equity.png",
         )
         mlflow.log_artifacts(str(root / "plots"), "plots")
+        verdicts.log_artifacts(test_index, scores)
         bundle, diff = export_bundle(
             result.model,
             directory=root / "bundle",
@@ -407,6 +411,7 @@ def _register_and_promote(
     metric = scores.metric
     model_value = scores.metrics[MODEL][metric]
     baseline_value = scores.metrics[scores.strongest_baseline][metric]
+    paired = scores.verdict
     version = register_version(
         client,
         name=name,
@@ -417,12 +422,15 @@ def _register_and_promote(
             "pair": config.pair,
             "model_type": config.model_type,
             TAG_BEATS_BASELINE: str(scores.beats_baseline).lower(),
+            **verdicts.verdict_tags(scores),
             "feature_set_version": default_spec().version,
         },
         description=(
             f"{config.pair} {config.model_type}: test {metric} {model_value:.4f}, strongest "
             f"baseline {scores.strongest_baseline} {baseline_value:.4f}, accuracy "
-            f"{scores.metrics[MODEL]['accuracy']:.4f} on {scores.y.size} rows"
+            f"{scores.metrics[MODEL]['accuracy']:.4f} on {scores.y.size} rows; log loss per row "
+            f"minus the baseline's {paired.mean:+.4f} [{paired.low:+.4f}, {paired.high:+.4f}] "
+            f"({'beats' if scores.beats_baseline else 'does not beat'} it)"
         ),
     )
     if not config.promote:

@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     # How much better than production a challenger must be (in the metric's units); 0 = at
     # least as good. Negative tolerates a slightly worse challenger.
     promotion_margin: float = Field(0.0, ge=-1, le=1, validation_alias="ML_PROMOTION_MARGIN")
+    # Rows of a challenger's test window that neither it nor production trained on, at least,
+    # for the gate to compare the two; with fewer the challenger is rejected.
+    gate_min_rows: int = Field(100, ge=1, le=100_000, validation_alias="ML_GATE_MIN_ROWS")
     # Serve the signals of a production version that does not beat its strongest baseline
     # (otherwise the service answers HOLD for it).
     serve_unproven: bool = Field(False, validation_alias="ML_SERVE_UNPROVEN")

@@ -82,7 +82,7 @@ def _start(state: ServiceState) -> None:
 
         scheduler = TrainingScheduler(settings, production_data_end=state.production_data_end)
         scheduler.on_training_finished(lambda _job: state.models.trigger())
-        attach_feed(scheduler, settings, on_new=state.candles_arrived)
+        attach_feed(scheduler, settings, on_new=state.candles_arrived, store=state.store)
         state.scheduler = scheduler.start()
         state.queue = scheduler.queue
     else:

@@ -160,13 +160,43 @@ class ModelCache:
         """Bring every slot to the registry's production version; returns the models swapped in."""
         with self._refresh_lock:
             swapped: list[ServedModel] = []
+            try:
+                # One search for every slot's production version; a slot is asked about on
+                # its own only when its version changed (or the search failed).
+                versions: dict[str, str] | None = self.reader.production_versions()
+            except Exception as exc:
+                logger.warning("model refresh: the registry search failed (%s); per slot", exc)
+                versions = None
             for key in self.slots:
+                if versions is not None and self._unchanged(key, versions):
+                    continue
                 loaded = self._refresh_slot(key)
                 if loaded is not None:
                     swapped.append(loaded)
             self.last_refresh = time.time()
             self.refresh_count += 1
             return swapped
+
+    def _unchanged(self, key: Key, versions: dict[str, str]) -> bool:
+        """Whether the search shows the slot's production version as the one served now (its
+        status then stays as it is; a missing alias or another version is looked at closely)."""
+        current = self._models.get(key)
+        name = registered_model_name(*key)
+        status = self._status.get(key)
+        if status is None:
+            return False
+        if current is None:
+            # Still no production version, and a refresh has said so already.
+            return (
+                name not in versions
+                and status.state == "no_production_model"
+                and self.refresh_count > 0
+            )
+        return (
+            versions.get(name) == current.version
+            and status.state == "loaded"
+            and status.version == current.version
+        )
 
     def _set_status(self, key: Key, status: SlotStatus) -> None:
         self._status = {**self._status, key: status}

@@ -77,6 +77,11 @@ class RegistryReader(Protocol):
         """The version behind `name@production`, or None when there is none."""
         ...
 
+    def production_versions(self) -> dict[str, str]:
+        """Every registered model's `production` version, by name, in one search (paged):
+        a steady refresh asks this once instead of once per slot."""
+        ...
+
     def download_bundle(self, info: VersionInfo, dst: Path) -> Path:
         """Copy the bundle files of the version's logged model into `dst`; returns `dst`."""
         ...
@@ -195,16 +200,30 @@ class RestReader:
                 raise RegistryError(f"downloading {name} of {info.name}: {exc}") from exc
         return dst
 
-    def summary(self) -> RegistrySummary:
+    def _registered_models(self) -> list[dict[str, Any]]:
         models: list[dict[str, Any]] = []
         token: str | None = None
         while True:
             query = {"max_results": "1000"} | ({"page_token": token} if token else {})
-            page = self._get("/api/2.0/mlflow/registered-models/search", **query)
+            try:
+                page = self._get("/api/2.0/mlflow/registered-models/search", **query)
+            except _HttpError as exc:
+                raise RegistryError(f"tracking server answered {exc.status}: {exc.body}") from exc
             models.extend(page.get("registered_models", []))
             token = page.get("next_page_token")
             if not token:
-                break
+                return models
+
+    def production_versions(self) -> dict[str, str]:
+        return {
+            str(model["name"]): str(alias["version"])
+            for model in self._registered_models()
+            for alias in model.get("aliases", [])
+            if alias.get("alias") == PRODUCTION_ALIAS
+        }
+
+    def summary(self) -> RegistrySummary:
+        models = self._registered_models()
         versions = 0
         production: dict[str, str] = {}
         for model in models:
@@ -283,9 +302,31 @@ class MlflowReader:
         bundle = download_bundle(self._get_client(), name=info.name, version=info.version, dst=dst)
         return bundle.onnx_path.parent
 
+    def _registered_models(self) -> list[Any]:
+        client = self._get_client()
+        models: list[Any] = []
+        token: str | None = None
+        while True:
+            page = client.search_registered_models(max_results=1000, page_token=token)
+            models.extend(page)
+            token = page.token
+            if not token:
+                return models
+
+    def production_versions(self) -> dict[str, str]:
+        try:
+            models = self._registered_models()
+        except Exception as exc:
+            raise RegistryError(f"registry unreachable: {exc}") from exc
+        return {
+            str(m.name): str(m.aliases[PRODUCTION_ALIAS])
+            for m in models
+            if PRODUCTION_ALIAS in (m.aliases or {})
+        }
+
     def summary(self) -> RegistrySummary:
         client = self._get_client()
-        models = client.search_registered_models()
+        models = self._registered_models()
         versions = sum(len(client.search_model_versions(f"name='{m.name}'")) for m in models)
         production = {
             str(m.name): str(m.aliases[PRODUCTION_ALIAS])

@@ -292,10 +292,61 @@ class Features(Timed):
 # Model status
 
 
+class LiveAccuracyInterval(Schema):
+    """The Wilson score interval of the live accuracy."""
+
+    low: float
+    high: float
+    level: float
+    method: Literal["wilson"]
+
+
+class LiveLogLoss(Schema):
+    """Mean log loss (nats) and its moving-block bootstrap interval, rows in candle order."""
+
+    value: float
+    low: float
+    high: float
+    level: float
+    block: int = Field(description="Block length in rows (shrunk for a short series).")
+    method: Literal["block-bootstrap"]
+
+
+class LiveBaseline(Schema):
+    """A naive baseline scored on the same candles as the version."""
+
+    accuracy: float
+    log_loss: float
+
+
+class VersusBaseline(Schema):
+    """Per-row log loss, version minus the best baseline: mean and bootstrap interval."""
+
+    baseline: str = Field(description="The baseline with the lowest log loss on these candles.")
+    mean: float
+    low: float
+    high: float
+    rows: int
+    block: int
+    verdict: Literal["better", "worse", "undecided"] = Field(
+        description="better: the whole interval lies below 0; worse: above 0."
+    )
+
+
 class LiveAccuracy(Schema):
-    predictions: int
+    """A version's live figures: each store candle with a known outcome counted once."""
+
+    predictions: int = Field(description="Distinct candles with a known outcome.")
     correct: int
     accuracy: float | None
+    interval: LiveAccuracyInterval
+    log_loss: LiveLogLoss
+    baselines: dict[str, LiveBaseline] = Field(
+        description="coin, base_rate, last_move (service.drift) on the same candles."
+    )
+    versus_baseline: VersusBaseline
+    first_candle: int = Field(description="Oldest candle scored, epoch milliseconds.")
+    last_candle: int = Field(description="Newest candle scored, epoch milliseconds.")
 
 
 class ModelInfo(Schema):
@@ -318,7 +369,9 @@ class ModelTypeStatus(Schema):
     has_model: bool
     status: SlotState
     model_info: ModelInfo | None = None
-    live_accuracy: dict[str, LiveAccuracy] = Field(description="Version -> live accuracy.")
+    live_accuracy: dict[str, LiveAccuracy] = Field(
+        description="Version -> live accuracy, log loss and baselines."
+    )
     training: CanTrain
 
 

@@ -41,6 +41,7 @@ def main(
 def _register() -> None:
     # Each module adds its own commands to `app`; registration order is the help order.
     from mlproject import cli as mlproject_cli
+    from mlproject import verdict as verdict_cli
     from pipelines.candles import cli as candles_cli
     from pipelines.candles import replay as replay_cli
     from pipelines.features import cli as features_cli
@@ -54,6 +55,7 @@ def _register() -> None:
     features_cli.register(app)
     queue_cli.register(app)
     mlproject_cli.register(app)
+    verdict_cli.register(app)
     service_cli.register(app)
     bootstrap_cli.register(app)
     demo_cli.register(app)

@@ -35,7 +35,12 @@ import pandas as pd
 
 from pipelines.candles.atomic import write_atomic
 from pipelines.candles.exchange import open_exchange
-from pipelines.candles.ingest import LOCAL_CLOCK_TOLERANCE_MS, IngestResult, ingest_candles
+from pipelines.candles.ingest import (
+    LOCAL_CLOCK_TOLERANCE_MS,
+    IngestResult,
+    exchange_now_ms,
+    ingest_candles,
+)
 from pipelines.candles.store import CandlesNotFoundError, CandleStore
 from pipelines.candles.timeframes import timeframe_delta
 from pipelines.candles.validate import CandleValidationError
@@ -118,6 +123,7 @@ class CandleFeed:
         clock: Callable[[], float] = time.time,
         retry_base_s: float = RETRY_BASE_S,
         retry_cap_s: float = RETRY_CAP_S,
+        store: CandleStore | None = None,
     ) -> None:
         if retry_base_s <= 0 or retry_cap_s < retry_base_s:
             raise ValueError(
@@ -134,6 +140,9 @@ class CandleFeed:
         self._states = {pair: PairState(pair=pair) for pair in settings.pairs}
         self._attempted: set[str] = set()
         self._client: Any | None = None
+        # The store whose cached frames say each pair's newest candle (the service's own, when
+        # it runs the feed: one parsed copy of each pair per process).
+        self._store = store or CandleStore.from_settings(settings)
         self._run_lock = threading.Lock()  # one run_once at a time
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -162,9 +171,23 @@ class CandleFeed:
         """Fetch every pair that is due (all of them on the first call)."""
         with self._run_lock:
             now = self._now_ms()
-            for pair in list(self._states):
-                if self._due(self._states[pair], now):
-                    self._attempt(pair)
+            due = [pair for pair in list(self._states) if self._due(self._states[pair], now)]
+            # Several pairs due: the exchange's clock is asked once for the round, not once a
+            # pair (ccxt spaces its requests by the exchange's rate limit).
+            clock = self._round_clock() if len(due) > 1 else None
+            for pair in due:
+                self._attempt(pair, exchange_clock=clock)
+
+    def _round_clock(self) -> Callable[[int], int] | None:
+        """Local ms -> the exchange's ms, from one reading of its clock now; None when it cannot
+        be read (each pair then asks, and a failure counts against that pair)."""
+        try:
+            local = int(self._clock() * 1000)
+            offset = exchange_now_ms(self._open_client(), local) - local
+        except Exception:
+            self._close_client()
+            return None
+        return lambda local_ms: local_ms + offset
 
     def next_wait_s(self) -> float:
         """Seconds until the next pair is due (0 when one is), at most ML_FEED_MAX_WAIT if set."""
@@ -181,7 +204,7 @@ class CandleFeed:
             wait = min(wait, self.settings.feed_max_wait_s)
         return wait
 
-    def _attempt(self, pair: str) -> None:
+    def _attempt(self, pair: str, *, exchange_clock: Callable[[int], int] | None = None) -> None:
         settings = self.settings
         state = replace(self._states[pair], last_attempt=self._now_ms())
         appended: pd.Timestamp | None = None
@@ -195,6 +218,8 @@ class CandleFeed:
                 client=self._open_client(),
                 api_url=settings.exchange_url,
                 clock=self._clock,
+                store=self._store,
+                exchange_clock=exchange_clock,
             )
         except Exception as error:  # the feed outlives any exchange, file or parse failure
             self._close_client()  # a fresh client after an error: no half-broken session kept
@@ -446,12 +471,20 @@ def _ms(stamp: pd.Timestamp) -> int:
 
 
 def attach_feed(
-    scheduler: Any, settings: Settings, *, on_new: Callable[[str, pd.Timestamp], None] | None = None
+    scheduler: Any,
+    settings: Settings,
+    *,
+    on_new: Callable[[str, pd.Timestamp], None] | None = None,
+    store: CandleStore | None = None,
 ) -> CandleFeed | None:
     """Run the feed in `scheduler` (a `pipelines.queue.runtime.TrainingScheduler`) while it
     holds the dispatch lease, so one process per deployment fetches; None when ML_FEED=false."""
     if not settings.feed_enabled:
         return None
-    feed = CandleFeed(settings, on_new=on_new)
-    scheduler.add_leader_chore(FEED_CHORE, feed.tick, FEED_TICK_S)
+    feed = CandleFeed(settings, on_new=on_new, store=store)
+    # ML_FEED_MAX_WAIT below the tick (a replay's compressed time) makes the look more frequent.
+    tick_s = FEED_TICK_S
+    if 0 < settings.feed_max_wait_s < tick_s:
+        tick_s = max(settings.feed_max_wait_s, 0.01)
+    scheduler.add_leader_chore(FEED_CHORE, feed.tick, tick_s)
     return feed

@@ -121,6 +121,8 @@ def ingest_candles(
     page_limit: int = DEFAULT_PAGE_LIMIT,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     clock: Callable[[], float] = time.time,
+    store: CandleStore | None = None,
+    exchange_clock: Callable[[int], int] | None = None,
 ) -> IngestResult:
     """Append the closed candles of `pair` newer than the store's to the ingested file.
 
@@ -139,6 +141,13 @@ def ingest_candles(
         lock_timeout_s: how long to wait while another ingestion of the same file runs; then
             IngestError (naming the lock file), and nothing is written.
         clock: the local clock (epoch seconds); candles closing after it + 60 s are not kept.
+        store: a candle store over the same directories, quote and exchange, whose cached
+            frames tell the newest known candle (the live feed keeps one, so that a fetch does
+            not parse the pair's files again); by default one is opened for this call.
+        exchange_clock: local epoch ms -> the exchange's epoch ms, from an offset measured
+            just before (the live feed asks the exchange's clock once per round of pairs); by
+            default the exchange is asked (`fetch_time`). An offset measured earlier can only
+            put the exchange's now too early, so it never keeps a forming candle.
     """
     base, quote = split_pair(pair)
     symbol = f"{base}/{quote}"
@@ -148,9 +157,15 @@ def ingest_candles(
     try:
         check_timeframe(client, timeframe)
         step = timeframe_delta(timeframe)
-        store = CandleStore(
-            bundled_dir=bundled_dir, data_dir=data_dir, quote=quote, exchange=exchange
-        )
+        if store is None or (store.bundled_dir, store.data_dir, store.quote, store.exchange) != (
+            bundled_dir,
+            data_dir,
+            quote,
+            exchange,
+        ):
+            store = CandleStore(
+                bundled_dir=bundled_dir, data_dir=data_dir, quote=quote, exchange=exchange
+            )
         path = store.ingested_path(base, timeframe)
         _call(client, "load markets", client.load_markets)
         check_market(client, symbol)
@@ -168,7 +183,11 @@ def ingest_candles(
                 symbol=symbol,
             )
             local_ms = int(clock() * 1000)
-            exchange_ms = _exchange_now_ms(client, local_ms)
+            exchange_ms = (
+                exchange_now_ms(client, local_ms)
+                if exchange_clock is None
+                else exchange_clock(local_ms)
+            )
             now_ms = _bounded_now_ms(exchange_ms, local_ms, exchange=exchange)
             rows, fetched = _fetch_closed(
                 client,
@@ -392,7 +411,7 @@ def _require_json(client: Any, what: str) -> None:
         )
 
 
-def _exchange_now_ms(client: Any, local_ms: int) -> int:
+def exchange_now_ms(client: Any, local_ms: int) -> int:
     """The exchange's clock; `local_ms` for an exchange that ccxt cannot ask for it."""
     if client.has.get("fetchTime"):
         server_ms = _call(client, "read the exchange's clock", client.fetch_time)

@@ -134,7 +134,7 @@ class CandleStore:
             bundled = self.bundled_path(symbol, timeframe)
             with self._lock:
                 if stamps[0].path == bundled:
-                    self._bundled_index[key] = frames[0].index
+                    self._bundled_index[key] = pd.DatetimeIndex(frames[0].index)
                 else:
                     self._bundled_index.pop(key, None)
         gaps = find_gaps(frame, timeframe)

@@ -1,12 +1,13 @@
-"""Reading and writing the prediction history; realised outcomes and live accuracy."""
+"""Reading and writing the prediction history; realised outcomes and the rows live figures
+are scored on (`service.live_figures`)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any, cast
 
 import numpy as np
@@ -24,17 +25,20 @@ _TABLE = cast(Table, PredictionRow.__table__)
 
 
 @dataclass(frozen=True)
-class LiveAccuracy:
-    """Accuracy of one version on the candles whose outcome is known (each candle counted once)."""
+class RealisedRows:
+    """One version's predictions whose outcome is known: one row per candle, in candle order.
+
+    Parallel arrays: candle open time (epoch ms), probability of "up", outcome (1 = up),
+    whether the stated direction was right, and the horizon the prediction was made for.
+    """
 
     model_type: str
     model_version: str
-    predictions: int
-    correct: int
-
-    @property
-    def accuracy(self) -> float | None:
-        return self.correct / self.predictions if self.predictions else None
+    candle_time: np.ndarray
+    probability: np.ndarray
+    outcome: np.ndarray
+    correct: np.ndarray
+    horizon: np.ndarray
 
 
 class PredictionHistory:
@@ -115,29 +119,56 @@ class PredictionHistory:
                 session.connection().execute(statement, updates)
         return len(updates)
 
-    def live_accuracy(self, *, pair: str) -> list[LiveAccuracy]:
-        """Per model type and version: distinct candles with a known outcome, and how many hit."""
+    def realised_rows(self, *, pair: str) -> list[RealisedRows]:
+        """Per model type and version (sorted), every row of `pair` whose outcome is known,
+        one per candle, oldest candle first.
+
+        The history holds only the service's own predictions, made from the store's candles
+        (a prediction from candles a client posted is never recorded), so these are store
+        candles. Were a candle stored twice (a database without the unique index of migration
+        0004), the first stored row counts, as in `realised`: two rows that disagree must not
+        make one candle count twice.
+        """
+        first = (
+            select(func.min(PredictionRow.id).label("id"))
+            .where(PredictionRow.pair == pair, PredictionRow.outcome.is_not(None))
+            .group_by(
+                PredictionRow.model_type, PredictionRow.model_version, PredictionRow.candle_time
+            )
+            .subquery()
+        )
         query = (
             select(
                 PredictionRow.model_type,
                 PredictionRow.model_version,
+                PredictionRow.candle_time,
+                PredictionRow.probability,
+                PredictionRow.outcome,
                 PredictionRow.correct,
-                func.count(func.distinct(PredictionRow.candle_time)),
+                PredictionRow.horizon,
             )
-            .where(PredictionRow.pair == pair, PredictionRow.correct.is_not(None))
-            .group_by(PredictionRow.model_type, PredictionRow.model_version, PredictionRow.correct)
+            .join(first, PredictionRow.id == first.c.id)
+            .order_by(
+                PredictionRow.model_type, PredictionRow.model_version, PredictionRow.candle_time
+            )
         )
-        totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
         with read_session(self.url) as session:
-            for model_type, version, correct, n in session.execute(query):
-                entry = totals[(model_type, version)]
-                entry[0] += int(n)
-                if correct:
-                    entry[1] += int(n)
-        return [
-            LiveAccuracy(model_type=t, model_version=v, predictions=n, correct=k)
-            for (t, v), (n, k) in sorted(totals.items())
-        ]
+            rows = session.execute(query).all()
+        found = []
+        for (model_type, version), group in groupby(rows, key=lambda r: (r[0], r[1])):
+            part = list(group)
+            found.append(
+                RealisedRows(
+                    model_type=model_type,
+                    model_version=version,
+                    candle_time=np.array([r[2] for r in part], dtype=np.int64),
+                    probability=np.array([r[3] for r in part], dtype=np.float64),
+                    outcome=np.array([r[4] for r in part], dtype=np.int8),
+                    correct=np.array([bool(r[5]) for r in part], dtype=bool),
+                    horizon=np.array([r[6] for r in part], dtype=np.int64),
+                )
+            )
+        return found
 
     def realised(
         self, *, pair: str, model_type: str, version: str, limit: int

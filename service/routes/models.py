@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipelines.settings import MODEL_TYPES
 from service.deps import StateDep, valid_pair
+from service.live_figures import live_figures
 from service.schemas import ModelStatus, errors
 from service.state import ServiceState
 
@@ -42,15 +43,20 @@ def _model_info(state: ServiceState, pair: str, model_type: str) -> dict[str, An
 
 
 def _served_part(state: ServiceState, pair: str) -> tuple[dict[str, Any], bool, int]:
-    """Model info and live accuracy per model type; cached 1 min per served versions and
-    slot states (a refused or failed version shows at once)."""
+    """Model info and live figures (`service.live_figures`) per model type; cached 1 min per
+    served versions and slot states (a refused or failed version shows at once)."""
     versions = tuple((m.model_type, m.version) for m in state.models.models_of(pair))
     slots = tuple(state.models.status(pair, m) for m in MODEL_TYPES)
     key = (pair, versions, slots)
     hit = state.model_status_cache.get(key)
     if hit is not None:
         return hit.value, True, hit.age_ms
-    live = {(a.model_type, a.model_version): a for a in state.history.live_accuracy(pair=pair)}
+    live = {
+        (f.model_type, f.model_version): f
+        for f in live_figures(
+            state.history, state.store, pair=pair, timeframe=state.settings.timeframe
+        )
+    }
     individual: dict[str, Any] = {}
     for model_type in MODEL_TYPES:
         enabled = model_type in state.settings.enabled_models
@@ -58,12 +64,8 @@ def _served_part(state: ServiceState, pair: str) -> tuple[dict[str, Any], bool, 
             continue
         entry = _model_info(state, pair, model_type)
         entry["liveAccuracy"] = {
-            version: {
-                "predictions": acc.predictions,
-                "correct": acc.correct,
-                "accuracy": acc.accuracy,
-            }
-            for (kind, version), acc in live.items()
+            version: figures.to_json()
+            for (kind, version), figures in live.items()
             if kind == model_type
         }
         individual[model_type] = entry

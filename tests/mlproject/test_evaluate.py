@@ -32,9 +32,18 @@ def test_walk_forward_reports_every_fold_and_predictor(settings: Settings, tmp_p
         for name in PREDICTORS:
             low, high = report.intervals[name]["accuracy"]
             assert low <= report.metrics[name]["accuracy"] <= high
+        # "beats" is the paired verdict: every baseline's interval below -margin.
+        assert set(report.verdicts) == set(PREDICTORS) - {"model"}
+        assert all(v["rows"] == report.rows for v in report.verdicts.values())
+        assert report.beats_baseline is all(
+            v["high"] < -report.rule["margin"] for v in report.verdicts.values()
+        )
+        strongest = max(report.verdicts, key=lambda name: report.verdicts[name]["mean"])
+        assert report.strongest_baseline == strongest
     text = path.read_text()
     assert text.count("| BTC | ") == 3 + 3 * len(PREDICTORS)  # summary and detail rows
     assert "Wilson" in text
+    assert "paired moving-block bootstrap" in text
     assert json.loads(path.with_suffix(".json").read_text())[2]["fold"] == "all"
 
     client = MlflowClient(small.tracking_uri)
@@ -44,6 +53,8 @@ def test_walk_forward_reports_every_fold_and_predictor(settings: Settings, tmp_p
     assert run.data.params["folds"] == "2"
     history = client.get_metric_history(run.info.run_id, "BTC/model/accuracy")
     assert [m.step for m in history] == [1, 2]
+    logged = client.get_metric_history(run.info.run_id, "BTC/beats_interval_low_pooled")
+    assert [m.value for m in logged] == [pooled.verdicts[pooled.strongest_baseline]["low"]]
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
         "walk_forward_lstm.md",
         "walk_forward_lstm.json",

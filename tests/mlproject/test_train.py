@@ -12,6 +12,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -20,6 +21,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from mlproject.baselines import BASELINES
 from mlproject.config import TrainConfig
 from mlproject.gate import apply_gate
 from mlproject.train import TrainingOutcome, train
@@ -31,7 +33,7 @@ from tests.conftest import BUNDLED
 pytestmark = pytest.mark.slow
 
 NAME = "BTC-lstm"
-SMALL = {
+SMALL: dict[str, Any] = {
     "pair": "BTC",
     "epochs": 2,
     "sequence_length": 12,
@@ -39,7 +41,7 @@ SMALL = {
     "layers": 1,
     "max_rows": 400,
 }
-WORSE = {**SMALL, "learning_rate": 0.05, "units": 32}
+WORSE: dict[str, Any] = {**SMALL, "learning_rate": 0.05, "units": 32}
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def test_run_records_params_epoch_metrics_and_tags(trained: Trained) -> None:
     for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
         history = trained.client.get_metric_history(run.info.run_id, key)
         assert [m.step for m in history] == [0, 1], key
-    for prefix in ("test", "baseline_majority", "baseline_persistence", "baseline_logistic"):
+    for prefix in ("test", *(f"baseline_{name}" for name in BASELINES)):
         for metric in ("accuracy", "balanced_accuracy", "roc_auc", "log_loss", "brier"):
             assert f"{prefix}_{metric}" in run.data.metrics
     for strategy in ("signals", "buy_hold"):
@@ -98,6 +100,27 @@ def test_run_records_params_epoch_metrics_and_tags(trained: Trained) -> None:
     assert tags["beats_baseline"] in {"true", "false"}
 
 
+def test_run_logs_the_paired_verdict_behind_beats_baseline(trained: Trained) -> None:
+    scores = trained.champion.scores
+    metrics = trained.client.get_run(trained.champion.run_id).data.metrics
+    verdict = scores.verdict
+
+    assert metrics["beats_interval_low"] == verdict.low
+    assert metrics["beats_interval_high"] == verdict.high
+    assert metrics["beats_mean_difference"] == verdict.mean
+    assert metrics["beats_rows"] == metrics["test_rows"] == scores.y.size
+    assert metrics["beats_block"] == 24
+    assert verdict.low <= verdict.mean <= verdict.high
+    # The logged "beats" is the interval's: below -margin against every baseline.
+    margin = trained.settings.promotion_margin
+    assert scores.beats_baseline is all(
+        metrics[f"verdict_{name}_high"] < -margin for name in BASELINES
+    )
+    # The strongest baseline is the one the model's mean difference is largest against.
+    strongest = max(BASELINES, key=lambda name: metrics[f"verdict_{name}_mean"])
+    assert scores.strongest_baseline == strongest
+
+
 def test_run_artifacts_hold_plots_summary_keras_model_and_the_model_its_bundle(
     trained: Trained,
 ) -> None:
@@ -105,7 +128,12 @@ def test_run_artifacts_hold_plots_summary_keras_model_and_the_model_its_bundle(
 
     plots = {"learning_curves", "confusion_matrix", "reliability", "equity"}
     assert {f"plots/{name}.png" for name in plots} <= artifacts
-    assert {"summary.md", "keras/model.keras"} <= artifacts
+    assert {
+        "summary.md",
+        "keras/model.keras",
+        "verdict/predictions.csv",
+        "verdict/verdict.json",
+    } <= artifacts
     assert not any(path.startswith("bundle/") for path in artifacts)
     version = trained.client.get_model_version(NAME, trained.champion.version or "")
     model_files = {
@@ -125,6 +153,7 @@ def test_run_artifacts_hold_plots_summary_keras_model_and_the_model_its_bundle(
     summary = trained.client.download_artifacts(trained.champion.run_id, "summary.md")
     text = Path(summary).read_text()
     assert "| **model** |" in text
+    assert "tbml verdict RUN_ID" in text
     assert "buy_hold" in text
 
 
@@ -158,27 +187,34 @@ def test_first_version_is_registered_and_made_production(trained: Trained) -> No
     assert version.run_id == champion.run_id
     assert version.tags["tbml.promotion"] == "promoted"
     assert version.tags["tbml.beats_baseline"] == str(champion.scores.beats_baseline).lower()
+    verdict = champion.scores.verdict
+    assert version.tags["tbml.beats_against"] == champion.scores.strongest_baseline
+    assert float(version.tags["tbml.beats_interval_low"]) == verdict.low
+    assert float(version.tags["tbml.beats_interval_high"]) == verdict.high
+    assert int(version.tags["tbml.beats_rows"]) == champion.scores.y.size
     assert str(trained.client.get_model_version_by_alias(NAME, "production").version) == "1"
 
 
-def test_worse_challenger_stays_registered_but_is_rejected_with_its_reason(
+def test_a_challenger_with_too_few_unseen_rows_stays_registered_but_is_rejected_with_its_reason(
     trained: Trained,
 ) -> None:
+    # Trained on the newest 400 candles, its test window holds 58 rows: fewer than
+    # ML_GATE_MIN_ROWS (100), so the gate refuses to decide on them (it never falls back to
+    # rows production trained on, and never promotes unscored). The paired verdict on enough
+    # rows is in tests/mlproject/test_gate.py.
     challenger = trained.challenger
     decision = challenger.decision
     assert decision is not None
-    # The challenger really is worse on the gate's metric, scored on the same rows.
-    assert decision.metric == "log_loss"
-    assert decision.challenger is not None
-    assert decision.incumbent is not None
-    assert decision.challenger > decision.incumbent
+    assert decision.promoted is False
     assert decision.incumbent_version == "1"
-    assert decision.rows == challenger.scores.y.size
+    assert decision.rows is not None
+    assert decision.rows < trained.settings.gate_min_rows
+    assert decision.rows <= challenger.scores.y.size
 
     assert challenger.promotion == "rejected"
     version = trained.client.get_model_version(NAME, "2")
     assert version.tags["tbml.promotion"] == "rejected"
-    assert "worse than production version 1" in version.tags["tbml.promotion_reason"]
+    assert "ML_GATE_MIN_ROWS" in version.tags["tbml.promotion_reason"]
     assert str(trained.client.get_model_version_by_alias(NAME, "production").version) == "1"
     assert trained.client.get_model_version(NAME, "1").current_stage == PRODUCTION_STAGE
     assert version.current_stage != PRODUCTION_STAGE
@@ -286,6 +322,8 @@ def test_promote_command_replaces_a_worse_production_version(
     better = _copy_version(trained, "XMR-cnn", trained.champion)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained.settings.tracking_uri)
     monkeypatch.setenv("ML_ARTIFACT_ROOT", str(trained.settings.artifact_root))
+    # These tiny trainings test on 58 rows; the gate decides on them only when allowed to.
+    monkeypatch.setenv("ML_GATE_MIN_ROWS", "50")
     get_settings.cache_clear()
     try:
         runner = CliRunner()
@@ -317,3 +355,18 @@ def test_downloaded_bundle_matches_the_keras_model(trained: Trained, tmp_path: P
     keras_out = np.asarray(keras_model.predict(windows, verbose=0)).reshape(-1)
 
     np.testing.assert_allclose(bundle.predict_proba(windows, scaled=True), keras_out, atol=1e-5)
+
+
+def test_bundle_metadata_carries_the_verdict_the_gate_and_service_read(
+    trained: Trained, tmp_path: Path
+) -> None:
+    bundle = download_bundle(trained.client, name=NAME, version="1", dst=tmp_path / "bundle")
+    scores = trained.champion.scores
+
+    assert set(bundle.metadata["baseline_metrics"]) == set(BASELINES)
+    assert bundle.metadata["strongest_baseline"] == scores.strongest_baseline
+    assert bundle.metadata["beats_baseline"] is scores.beats_baseline
+    paired = bundle.metadata["beats_verdict"]
+    assert paired["strongest_baseline"] == scores.strongest_baseline
+    assert paired["verdicts"][scores.strongest_baseline] == scores.verdict.to_dict()
+    assert paired["rule"]["metric"] == "log_loss"

@@ -213,3 +213,37 @@ def test_a_restart_serves_the_local_copy_when_the_registry_is_unreachable(
     assert status.state == "registry_unreachable"
     assert status.version == "1"
     assert "unreachable" in status.message
+
+
+def test_a_steady_refresh_asks_the_registry_once_and_still_sees_a_new_version(
+    serve: Callable[..., LiveServer], tmp_path: Path, trained: Trained
+) -> None:
+    settings = make_settings(tmp_path, trained)
+    server = serve(settings)
+    models = server.state.models
+    reader = models.reader
+    calls: list[str] = []
+    searched, asked = reader.production_versions, reader.production
+
+    def production_versions() -> dict[str, str]:
+        calls.append("search")
+        return searched()
+
+    def production(name: str) -> Any:
+        calls.append(name)
+        return asked(name)
+
+    reader.production_versions = production_versions  # type: ignore[method-assign]
+    reader.production = production  # type: ignore[method-assign]
+    served = {key for key, status in models.statuses().items() if status.state == "loaded"}
+    assert served  # the real registry's production versions, one per served slot
+
+    models.refresh()
+    assert calls == ["search"]  # nothing changed: one search, no per-slot lookup
+
+    calls.clear()
+    version = register_variant(settings, tmp_path)
+    set_production(settings, "BTC-lstm", version)
+    models.refresh()
+    assert calls == ["search", "BTC-lstm"]  # only the slot whose version moved
+    assert models.get("BTC", "lstm").version == version

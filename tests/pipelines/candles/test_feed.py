@@ -178,6 +178,22 @@ def test_first_round_fetches_every_pair_and_reports_it_to_every_process(
     assert before - 2500 <= market_now <= after - 2500
 
 
+def test_a_round_of_several_pairs_asks_the_exchange_clock_once(
+    feed_settings: Settings, market: Market
+) -> None:
+    settings = feed_settings.model_copy(update={"pairs": ["BTC", "ETH"]})
+    feed = CandleFeed(settings, clock=exchange_clock(market, ahead_s=2.5))
+
+    feed.run_once()
+
+    clock_calls = [r for r in market.state.requests if r.startswith("/api/v3/time")]
+    assert len(clock_calls) == 1
+    status = read_feed_status(settings)
+    for pair in settings.pairs:
+        assert stored(settings, pair)[-1] == NEWEST  # the forming candle is still left out
+        assert status[pair]["clockOffsetMs"] == -2500
+
+
 def test_next_fetch_is_due_when_the_next_candle_has_closed_plus_the_delay(
     feed_settings: Settings, market: Market
 ) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from sqlalchemy import insert, text
 
 from pipelines.candles.store import CandleStore
-from pipelines.db import migrate
+from pipelines.db import migrate, write_session
 from pipelines.settings import Settings
 from service.history.store import PredictionHistory
+from service.history.tables import PredictionRow
 from service.predictor import PredictionRecord
 
 
@@ -91,23 +93,68 @@ def test_rows_whose_horizon_has_not_passed_or_whose_candle_is_unknown_stay_open(
     assert all(r["outcome"] is None for r in history.recent(pair="BTC", limit=10))
 
 
-def test_live_accuracy_counts_each_candle_once_per_version(
+def test_realised_rows_hold_each_candle_once_per_version_in_candle_order(
     history: PredictionHistory, store: CandleStore
 ) -> None:
     candles = store.load("BTC")
     index, close = candles.index, candles["close"].to_numpy()
     ups = [i for i in range(len(close) - 40, len(close) - 1) if close[i + 1] > close[i]][:3]
     history.record(
-        [_record(index[i], version="1") for i in ups]
+        [_record(index[i], version="1", created_at=5_000 - i) for i in reversed(ups)]
         + [_record(index[ups[0]], version="1")]  # the same candle again (a cache expiry)
         + [_record(index[ups[0]], version="2", direction="down")]
+        + [_record(index[-1], version="2")]  # its outcome is not known yet
     )
     history.fill_outcomes(store=store, timeframe="1h")
 
-    accuracy = {a.model_version: a for a in history.live_accuracy(pair="BTC")}
+    rows = {r.model_version: r for r in history.realised_rows(pair="BTC")}
 
-    assert (accuracy["1"].predictions, accuracy["1"].correct, accuracy["1"].accuracy) == (3, 3, 1)
-    assert (accuracy["2"].predictions, accuracy["2"].correct, accuracy["2"].accuracy) == (1, 0, 0)
+    stamps = [int(index[i].value // 1_000_000) for i in ups]
+    assert rows["1"].candle_time.tolist() == stamps
+    assert rows["1"].correct.tolist() == [True, True, True]
+    assert rows["1"].outcome.tolist() == [1, 1, 1]
+    assert rows["2"].candle_time.tolist() == stamps[:1]
+    assert rows["2"].correct.tolist() == [False]
+    assert rows["2"].probability.tolist() == [0.3]
+
+
+def test_a_candle_stored_twice_with_disagreeing_rows_counts_once(
+    history: PredictionHistory, store: CandleStore, settings: Settings
+) -> None:
+    # A database without the unique index of migration 0004 (one migrated before it, or any
+    # other writer): two rows of one version and candle that disagree. The first one counts.
+    with write_session(settings.database_url) as session:
+        session.execute(text("DROP INDEX uq_prediction_history_version_candle"))
+    candles = store.load("BTC")
+    index, close = candles.index, candles["close"].to_numpy()
+    up = next(i for i in range(len(close) - 10, 0, -1) if close[i + 1] > close[i])
+    rows = [_record(index[up], direction="up"), _record(index[up], direction="down")]
+    with write_session(settings.database_url) as session:
+        session.execute(
+            insert(PredictionRow),
+            [
+                {
+                    "pair": r.pair,
+                    "model_type": r.model_type,
+                    "model_version": r.model_version,
+                    "candle_time": int(r.candle_time.value // 1_000_000),
+                    "horizon": r.horizon,
+                    "created_at": r.created_at,
+                    "probability": r.probability,
+                    "direction": r.direction,
+                    "signal": r.signal,
+                    "unproven": r.unproven,
+                }
+                for r in rows
+            ],
+        )
+    assert history.fill_outcomes(store=store, timeframe="1h") == 2
+
+    (realised,) = history.realised_rows(pair="BTC")
+
+    assert realised.candle_time.tolist() == [int(index[up].value // 1_000_000)]
+    assert realised.correct.tolist() == [True]
+    assert realised.probability.tolist() == [0.7]
 
 
 def test_recent_is_newest_first_limited_and_filtered_by_time(

@@ -5,7 +5,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.service.conftest import LiveServer, Trained, append_candle, make_settings, wait_until
+import numpy as np
+import pytest
+
+from pipelines.features.spec import default_spec
+from service.drift import NAIVE_BASELINES
+from service.live_figures import live_figures
+from service.predictor import PredictionRecord
+from service.schemas import ModelStatus
+from tests.service.conftest import (
+    LiveServer,
+    Trained,
+    append_candle,
+    bundled_candles,
+    make_settings,
+    wait_until,
+)
+from tests.service.test_openapi import assert_described
 
 
 def test_status_names_the_served_version_its_test_metrics_and_training(
@@ -74,10 +90,91 @@ def test_realised_outcome_is_filled_and_counts_in_live_accuracy(
     assert row["outcome"] == "up"
     assert row["correct"] is (direction == "up")
     live = server.client.get("/api/models/BTC/status").json()["individual"]["lstm"]
-    assert live["liveAccuracy"] == {
-        "1": {
-            "predictions": 1,
-            "correct": int(direction == "up"),
-            "accuracy": float(direction == "up"),
-        }
+    figures = live["liveAccuracy"]["1"]
+    # The original three fields, as before; the new ones beside them.
+    assert {k: figures[k] for k in ("predictions", "correct", "accuracy")} == {
+        "predictions": 1,
+        "correct": int(direction == "up"),
+        "accuracy": float(direction == "up"),
     }
+    assert (figures["firstCandle"], figures["lastCandle"]) == (row["candleTime"],) * 2
+    assert figures["versusBaseline"]["rows"] == 1
+
+
+def test_status_reports_live_figures_with_intervals_and_baselines_over_http(
+    serve: Callable[..., LiveServer],
+) -> None:
+    server = serve()
+    state = server.state
+    candles = state.store.load("BTC", state.settings.timeframe)
+    close = candles["close"].to_numpy()
+    positions = range(len(candles) - 121, len(candles) - 1)
+    # Modestly right: 0.6 on the direction that came.
+    records = []
+    for i in positions:
+        p = 0.6 if close[i + 1] > close[i] else 0.4
+        records.append(
+            PredictionRecord(
+                pair="BTC",
+                model_type="lstm",
+                model_version="1",
+                candle_time=candles.index[i],
+                horizon=1,
+                probability=p,
+                direction="up" if p >= 0.5 else "down",
+                signal="HOLD",
+                unproven=False,
+                created_at=1_000 + i,
+            )
+        )
+    state.history.record(records)
+    state.history.fill_outcomes(store=state.store, timeframe=state.settings.timeframe)
+
+    body = server.client.get("/api/models/BTC/status").json()
+
+    assert_described(ModelStatus, body)
+    live = body["individual"]["lstm"]["liveAccuracy"]
+    expected = live_figures(
+        state.history, state.store, pair="BTC", timeframe=state.settings.timeframe
+    )
+    assert [f.to_json() for f in expected] == [live["1"]]
+    figures = live["1"]
+    assert (figures["predictions"], figures["correct"], figures["accuracy"]) == (120, 120, 1.0)
+    assert figures["interval"]["method"] == "wilson"
+    assert figures["interval"]["low"] < 1.0 == figures["interval"]["high"]
+    assert figures["logLoss"]["value"] == pytest.approx(-np.log(0.6))
+    assert figures["logLoss"]["low"] <= figures["logLoss"]["value"] <= figures["logLoss"]["high"]
+    assert set(figures["baselines"]) == set(NAIVE_BASELINES)
+    assert figures["baselines"]["coin"]["logLoss"] == pytest.approx(np.log(2))
+    assert figures["versusBaseline"]["rows"] == 120
+    assert figures["versusBaseline"]["verdict"] == "better"
+
+
+def test_predictions_from_posted_candles_never_enter_live_figures(
+    serve: Callable[..., LiveServer], tmp_path: Path, trained: Trained
+) -> None:
+    settings = make_settings(tmp_path, trained, outcome_fill_interval_ms=200)
+    server = serve(settings)
+    history = server.state.history
+    # The store's own newest candles, posted by a client: were the prediction recorded, the
+    # next candle would settle it like the service's own.
+    candles = bundled_candles("BTC").iloc[-(default_spec().lookback + 12) :]
+    rows = [
+        [int(stamp.value // 1_000_000), *(float(v) for v in row)]
+        for stamp, row in zip(candles.index, candles.to_numpy(), strict=True)
+    ]
+    posted = server.client.post("/api/predictions/BTC", json={"candles": rows}).json()
+    assert posted["source"] == "request"
+    server.state.history_writer.flush()
+    assert history.count(pair="BTC") == 0
+
+    made = server.client.get("/api/predictions/BTC").json()
+    assert made["candleTime"] == posted["candleTime"]
+    server.state.history_writer.flush()
+    append_candle(settings, "BTC", close_factor=1.02)
+    wait_until(lambda: history.realised_rows(pair="BTC"), timeout=30)
+
+    live = server.client.get("/api/models/BTC/status").json()["individual"]["lstm"]
+    assert history.count(pair="BTC") == 1
+    assert live["liveAccuracy"]["1"]["predictions"] == 1
+    assert live["liveAccuracy"]["1"]["versusBaseline"]["rows"] == 1
