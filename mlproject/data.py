@@ -139,8 +139,13 @@ def walk_forward_splits(
 
 def fit_scaler(dataset: Dataset, split: Split) -> FeatureScaler:
     """Standardisation fitted on the rows the training windows cover, and no later row."""
-    rows = dataset.features[dataset.first_row : split.train.stop]
-    return FeatureScaler.fit(rows, names=dataset.spec.names)
+    return fit_scaler_on(dataset, split.train)
+
+
+def fit_scaler_on(dataset: Dataset, rows: range) -> FeatureScaler:
+    """Standardisation fitted on the rows the windows ending on `rows` cover, and no later row."""
+    covered = dataset.features[dataset.first_row : rows.stop]
+    return FeatureScaler.fit(covered, names=dataset.spec.names)
 
 
 def windows(dataset: Dataset, scaler: FeatureScaler, rows: range) -> np.ndarray:

@@ -89,3 +89,38 @@ def fit_model(
     return FitResult(
         history=values, best_epoch=best, epochs_run=epochs_run, fit_seconds=fit_seconds
     )
+
+
+def fit_epochs(
+    model: keras.Model,
+    *,
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    batch_size: int,
+    on_epoch: EpochSink | None = None,
+) -> FitResult:
+    """Fit for exactly `epochs` epochs on all of `x`, with nothing held out to stop on.
+
+    The refit of a training: its epoch count is the one early stopping chose on the held-out
+    run, so no validation part is needed (and none is left: every row trains).
+    """
+    callbacks: list[keras.callbacks.Callback] = []
+    if on_epoch is not None:
+        callbacks.append(_EpochReporter(on_epoch))
+    started = time.perf_counter()
+    history = model.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    fit_seconds = time.perf_counter() - started
+    values = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    epochs_run = len(values.get("loss", []))
+    return FitResult(
+        history=values, best_epoch=epochs_run - 1, epochs_run=epochs_run, fit_seconds=fit_seconds
+    )

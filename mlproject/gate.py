@@ -2,7 +2,8 @@
 
 The comparison. The challenger and the production version (the incumbent) are scored through
 their ONNX bundles on the same rows and labels: the rows of the challenger's own held-out test
-window (the newest) less those whose input windows the incumbent trained on (its `fit_end`).
+window (the newest) less those at or before the incumbent's `fit_end` (the last candle of a
+label it learnt: a later row's outcome is new to it, as a live candle's is).
 The verdict is a paired moving-block bootstrap (`pipelines.verdicts.paired_block_bootstrap`,
 95 %, blocks of one day of candles) of the per-row loss differences, challenger minus
 incumbent: the Brier score's when `ML_PROMOTION_METRIC` is brier, log loss for every other
@@ -16,6 +17,14 @@ m = 0 (the default) is non-inferiority: a challenger is rejected only when it is
 worse, and a difference the rows cannot tell from noise promotes it, the newer version. m > 0
 asks for an improvement of m to lie within the interval; m < 0 tolerates up to |m| worse. The
 interval, its mean and the row count go in the version's tags (`TAG_GATE_*`) and the reason.
+
+A refit challenger (metadata `refit`: its model learnt every candle through its `fit_end`, its
+test window included) is compared through the predictions that justified it: those of its
+run's held-out model on the same window (`verdict/predictions.csv`), after its bundle has been
+scored there (it must load and predict). Rows are left out symmetrically: those at or before
+the scored challenger model's last learnt candle (`held_out_fit_end` of a refit, `fit_end`
+otherwise) or the incumbent's (its `fit_end`); a refit incumbent has learnt through its newest
+candle, so only candles newer than that can be compared.
 
 Rejected without a comparison, the reason saying why: anything that fails on the challenger's
 side (its bundle does not load, its feature set is not the one this code computes and serves,
@@ -43,9 +52,10 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from mlproject.metrics import LOWER_IS_BETTER, classification_metrics
-from mlproject.scoring import WindowScore, score_bundle
+from mlproject.scoring import MODEL, WindowScore, score_bundle
 from mlproject.tracking import set_production
 from mlproject.trading import periods_per_year
+from mlproject.verdict import OUTCOME, PREDICTIONS_ARTIFACT, TIMESTAMP
 from pipelines.features.spec import FeatureSpecMismatchError, ensure_compatible
 from pipelines.modelbundle import BundleError, ModelBundle, download_bundle
 from pipelines.redact import describe_error
@@ -204,6 +214,8 @@ def _decide(
         )
     try:
         own = _score_own_window(challenger, candles)
+        if challenger.metadata.get("refit"):
+            own = _held_out_score(client, name=name, version=version, own=own)
     except Exception as exc:
         logger.warning("%s version %s cannot be scored", name, version, exc_info=True)
         return replace(
@@ -225,8 +237,15 @@ def _decide(
             f"version {current}'s ({incumbent.horizon} candles ahead): losses on different "
             f"targets are not comparable; {proof}",
         )
+    # Rows the scored challenger model learnt from cannot prove it better, as for production.
+    candidates = _unseen_rows(
+        own.timestamps,
+        candles,
+        seen_until=_scored_fit_end(challenger),
+        length=challenger.sequence_length,
+    )
     rows = _unseen_rows(
-        own.timestamps, candles, seen_until=seen_until, length=incumbent.sequence_length
+        candidates, candles, seen_until=seen_until, length=incumbent.sequence_length
     )
     left_out = len(own.timestamps) - len(rows)
     if len(rows) < settings.gate_min_rows:
@@ -298,6 +317,33 @@ def _score_own_window(challenger: ModelBundle, candles: pd.DataFrame) -> WindowS
     )
 
 
+def _held_out_score(
+    client: MlflowClient, *, name: str, version: str, own: WindowScore
+) -> WindowScore:
+    """A refit challenger's scores: its held-out model's probabilities on the same rows."""
+    run_id = client.get_model_version(name, version).run_id
+    if not run_id:
+        raise BundleError("it is a refit, and its version names no run holding its held-out scores")
+    with tempfile.TemporaryDirectory(prefix="tbml-gate-held-out-") as tmp:
+        frame = pd.read_csv(client.download_artifacts(run_id, PREDICTIONS_ARTIFACT, tmp))
+    stamps = pd.DatetimeIndex(pd.to_datetime(frame[TIMESTAMP], utc=True))
+    positions = stamps.get_indexer(own.timestamps)
+    if (positions < 0).any() or not np.array_equal(frame[OUTCOME].to_numpy()[positions], own.y):
+        raise BundleError(
+            f"the held-out predictions of run {run_id} ({PREDICTIONS_ARTIFACT}, {len(frame)} rows) "
+            f"do not cover the {len(own.timestamps)} rows and outcomes of its test window"
+        )
+    proba = frame[MODEL].to_numpy(dtype=np.float64)[positions]
+    return WindowScore(timestamps=own.timestamps, y=own.y, proba=proba)
+
+
+def _scored_fit_end(challenger: ModelBundle) -> pd.Timestamp | None:
+    """The last candle the model whose scores the gate compares learnt from."""
+    key = "held_out_fit_end" if challenger.metadata.get("refit") else "fit_end"
+    value = challenger.metadata.get(key)
+    return None if value is None else _utc(value)
+
+
 def _load_incumbent(
     client: MlflowClient, *, name: str, version: str, dst: Path
 ) -> tuple[ModelBundle, pd.Timestamp | None]:
@@ -319,12 +365,13 @@ def _unseen_rows(
     seen_until: pd.Timestamp | None,
     length: int,
 ) -> pd.DatetimeIndex:
-    """The rows whose input windows of `length` candles all come after `seen_until`."""
+    """The rows after `seen_until`: no label a model learnt from reaches them (a label of
+    `fit_end`'s model ends at `fit_end` at the latest). Their input windows may hold candles it
+    learnt, as every live prediction's does; `length` is kept for the callers' symmetry."""
+    del candles, length
     if seen_until is None:
         return timestamps
-    positions = candles.index.get_indexer(timestamps)
-    window_starts = candles.index[np.maximum(positions - length + 1, 0)]
-    return pd.DatetimeIndex(timestamps[window_starts > seen_until])
+    return pd.DatetimeIndex(timestamps[timestamps > seen_until])
 
 
 def _replaces_unservable(

@@ -3,6 +3,11 @@
 `train(config, settings=...)` is what the `train` entry point, `tbml train` and the tests call.
 It writes into the run named by MLFLOW_RUN_ID when `mlflow run` (or the queue) created one, and
 creates its own run otherwise. What the queue reads afterwards are the run's `tbml.*` tags.
+
+The held-out fit (train, validation for early stopping, test for the verdict) is what justifies
+a version. With `ML_REFIT` (the default) the same architecture is then fitted again on every
+labelled row, through the newest closed candle, for the epoch count early stopping chose, and
+that refit is exported and registered; with `ML_REFIT=false` the held-out model is.
 """
 
 from __future__ import annotations
@@ -24,9 +29,19 @@ from mlflow.data.pandas_dataset import from_pandas
 
 from mlproject import plots
 from mlproject import verdict as verdicts
+from mlproject.architectures import build_model
 from mlproject.config import TrainConfig
-from mlproject.data import Dataset, Split, build_dataset, time_split
+from mlproject.data import (
+    Dataset,
+    Split,
+    build_dataset,
+    fit_scaler_on,
+    labels,
+    time_split,
+    windows,
+)
 from mlproject.export import export_bundle
+from mlproject.fit import FitResult, fit_epochs, make_deterministic
 from mlproject.fold import FoldResult, fit_and_score
 from mlproject.gate import GateDecision, apply_gate
 from mlproject.scoring import MODEL, Scores
@@ -39,6 +54,7 @@ from mlproject.tracking import (
     register_version,
 )
 from pipelines.candles.store import CandleStore
+from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import default_spec
 from pipelines.pairs import check_pair
 from pipelines.pyfunc_model import log_candle_model
@@ -56,6 +72,17 @@ logger = logging.getLogger(__name__)
 
 KERAS_ARTIFACT_PATH = "keras"  # the run's Keras model, for fine-tuning
 KERAS_MODEL_FILE = "model.keras"
+TAG_REFIT = "tbml.refit"  # on a version: "true" when its model is the refit on all candles
+
+
+@dataclass(frozen=True)
+class Refit:
+    """The held-out run's model fitted again on `rows` (every labelled row) for `fit.epochs_run`."""
+
+    model: keras.Model
+    scaler: FeatureScaler
+    rows: range
+    fit: FitResult
 
 
 @dataclass(frozen=True)
@@ -128,7 +155,11 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
             }
         )
         metadata = _metadata(config, dataset, split, result, settings, run_id, name)
-        model_uri, model_id = _log_artifacts(result, dataset, split, metadata, config)
+        refit = _refit(dataset, config=config, held_out=result.fit) if settings.refit else None
+        _log_refit(dataset, refit, held_out=result.fit)
+        if refit is not None:
+            metadata |= _refit_metadata(dataset, refit, held_out_fit_end=metadata["fit_end"])
+        model_uri, model_id = _log_artifacts(result, dataset, split, metadata, config, refit)
         outcome = _register_and_promote(
             client,
             config=config,
@@ -139,6 +170,7 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
             model_id=model_id,
             scores=scores,
             candles=candles,
+            refit=refit is not None,
         )
         mlflow.set_tags(
             {
@@ -158,6 +190,87 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
 
 def _log_epoch(epoch: int, values: dict[str, float]) -> None:
     mlflow.log_metrics(values, step=epoch)
+
+
+def _log_refit_epoch(epoch: int, values: dict[str, float]) -> None:
+    mlflow.log_metrics({f"refit_{key}": value for key, value in values.items()}, step=epoch)
+
+
+def refit_epochs(held_out: FitResult) -> int:
+    """Epochs of the refit: those that made the weights the held-out run kept.
+
+    Early stopping restores the weights of the best validation epoch (Keras does so whether or
+    not it stopped), so that epoch's count is the one the held-out verdict speaks for.
+    """
+    return held_out.best_epoch + 1
+
+
+def _refit(dataset: Dataset, *, config: TrainConfig, held_out: FitResult) -> Refit:
+    """`config`'s model, seeded afresh, fitted on every labelled row for the chosen epochs.
+
+    The scaler is refitted on the same rows (the bundle carries the scaler its model learnt
+    with); no row is held out, so there is no early stopping and no score of its own.
+    """
+    make_deterministic(config.seed)
+    rows = dataset.samples
+    scaler = fit_scaler_on(dataset, rows)
+    model = build_model(
+        model_type=config.model_type,
+        sequence_length=dataset.sequence_length,
+        n_features=len(dataset.spec.names),
+        units=config.units,
+        layers=config.layers,
+        dropout=config.dropout,
+        learning_rate=config.learning_rate,
+    )
+    fit = fit_epochs(
+        model,
+        x=windows(dataset, scaler, rows),
+        y=labels(dataset, rows),
+        epochs=refit_epochs(held_out),
+        batch_size=config.batch_size,
+        on_epoch=_log_refit_epoch,
+    )
+    return Refit(model=model, scaler=scaler, rows=rows, fit=fit)
+
+
+def _refit_range(dataset: Dataset, rows: range) -> tuple[str, str]:
+    """First candle a refit window reads, and the last label it learnt (the newest candle)."""
+    index = dataset.candles.index
+    first = rows.start - dataset.sequence_length + 1
+    return index[first].isoformat(), index[rows.stop - 1 + dataset.horizon].isoformat()
+
+
+def _log_refit(dataset: Dataset, refit: Refit | None, *, held_out: FitResult) -> None:
+    """`refit` and `refit_epochs` params; with a refit, its data range, rows and final loss."""
+    epochs = refit.fit.epochs_run if refit is not None else refit_epochs(held_out)
+    mlflow.log_params({"refit": str(refit is not None).lower(), "refit_epochs": epochs})
+    if refit is None:
+        return
+    start, end = _refit_range(dataset, refit.rows)
+    mlflow.set_tags({"refit_data_start": start, "refit_data_end": end})
+    mlflow.log_metrics(
+        {
+            "refit_final_loss": refit.fit.history["loss"][-1],
+            "refit_rows": float(len(refit.rows)),
+            "refit_fit_seconds": refit.fit.fit_seconds,
+        }
+    )
+
+
+def _refit_metadata(dataset: Dataset, refit: Refit, *, held_out_fit_end: str) -> dict[str, Any]:
+    """What a refit bundle says beside the held-out run's record (which it keeps)."""
+    start, end = _refit_range(dataset, refit.rows)
+    return {
+        "refit": True,
+        "refit_epochs": refit.fit.epochs_run,
+        "refit_window": {**_window(dataset, refit.rows), "data_start": start},
+        # The bundle's model learnt every label through the newest candle; the test metrics,
+        # the verdict and the gate's challenger scores are the held-out model's, which learnt
+        # nothing after `held_out_fit_end`.
+        "fit_end": end,
+        "held_out_fit_end": held_out_fit_end,
+    }
 
 
 def _log_params(
@@ -253,8 +366,10 @@ def _metadata(
         "train_window": _window(dataset, split.train),
         "val_window": _window(dataset, split.val),
         "test_window": _window(dataset, split.test),
-        # The last candle whose value reached training: the validation part's last label.
+        # The last candle whose value reached training: the validation part's last label
+        # (a refit replaces it with its own, the newest candle: `_refit_metadata`).
         "fit_end": index[split.val.stop - 1 + dataset.horizon].isoformat(),
+        "refit": False,
         "test_metrics": scores.metrics[MODEL],
         "baseline_metrics": {k: v for k, v in scores.metrics.items() if k != MODEL},
         "strongest_baseline": scores.strongest_baseline,
@@ -279,9 +394,19 @@ def _log_artifacts(
     split: Split,
     metadata: dict[str, Any],
     config: TrainConfig,
+    refit: Refit | None,
 ) -> tuple[str, str]:
-    """Plots, summary, the Keras model and the pyfunc model; returns the latter's URI and id."""
+    """Plots, summary, the Keras model and the pyfunc model; returns the latter's URI and id.
+
+    The plots, the verdict's per-row predictions and the summary's scores are the held-out
+    model's; the bundle and the Keras model are the refit's when there is one.
+    """
     scores = result.scores
+    if refit is None:
+        model, scaler, check = result.model, result.scaler, result.x_test
+    else:
+        model, scaler = refit.model, refit.scaler
+        check = windows(dataset, refit.scaler, split.test)
     test_index = pd.DatetimeIndex(dataset.candles.index[split.test.start : split.test.stop])
     with tempfile.TemporaryDirectory(prefix="tbml-run-") as tmp:
         root = Path(tmp)
@@ -313,16 +438,16 @@ def _log_artifacts(
         mlflow.log_artifacts(str(root / "plots"), "plots")
         verdicts.log_artifacts(test_index, scores)
         bundle, diff = export_bundle(
-            result.model,
+            model,
             directory=root / "bundle",
-            scaler=result.scaler,
+            scaler=scaler,
             spec=dataset.spec,
             metadata=metadata,
-            check_windows=result.x_test,
+            check_windows=check,
         )
         mlflow.log_metric("onnx_max_abs_diff", diff)
         # The Keras model, for fine-tuning; the registered model is the pyfunc below.
-        result.model.save(root / KERAS_MODEL_FILE)
+        model.save(root / KERAS_MODEL_FILE)
         mlflow.log_artifact(str(root / KERAS_MODEL_FILE), KERAS_ARTIFACT_PATH)
         # Its input example is the newest candles, as the service would read them.
         info = log_candle_model(bundle.onnx_path.parent, candles=dataset.candles)
@@ -336,6 +461,12 @@ def _log_artifacts(
         f"samples; purge gap {dataset.gap} candles between parts",
         "epochs": f"{result.fit.epochs_run} run, weights of epoch {result.fit.best_epoch + 1} kept",
     }
+    if refit is not None:
+        start, end = _refit_range(dataset, refit.rows)
+        facts["registered model"] = (
+            f"refit on all {len(refit.rows)} samples ({start} .. {end}) for "
+            f"{refit.fit.epochs_run} epochs; the scores above are the held-out model's"
+        )
     mlflow.log_text(run_summary(title=title, scores=scores, facts=facts), "summary.md")
     return str(info.model_uri), str(info.model_id)
 
@@ -402,6 +533,7 @@ def _register_and_promote(
     model_id: str,
     scores: Scores,
     candles: pd.DataFrame,
+    refit: bool,
 ) -> TrainingOutcome:
     if not config.register:
         return TrainingOutcome(
@@ -424,9 +556,11 @@ def _register_and_promote(
             TAG_BEATS_BASELINE: str(scores.beats_baseline).lower(),
             **verdicts.verdict_tags(scores),
             "feature_set_version": default_spec().version,
+            TAG_REFIT: str(refit).lower(),
         },
         description=(
-            f"{config.pair} {config.model_type}: test {metric} {model_value:.4f}, strongest "
+            ("Refit on all candles; held-out run: " if refit else "")
+            + f"{config.pair} {config.model_type}: test {metric} {model_value:.4f}, strongest "
             f"baseline {scores.strongest_baseline} {baseline_value:.4f}, accuracy "
             f"{scores.metrics[MODEL]['accuracy']:.4f} on {scores.y.size} rows; log loss per row "
             f"minus the baseline's {paired.mean:+.4f} [{paired.low:+.4f}, {paired.high:+.4f}] "

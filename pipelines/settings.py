@@ -156,6 +156,9 @@ class Settings(BaseSettings):
         0.001, validation_alias="ML_LEARNING_RATE", **_bounds("learning_rate")
     )
     early_stopping_patience: int = Field(5, ge=1, validation_alias="ML_EARLY_STOPPING_PATIENCE")
+    # After the held-out verdict, refit the same model on all candles for the epochs early
+    # stopping chose, and register that one (doubles a training's fitting time).
+    refit: bool = Field(True, validation_alias="ML_REFIT")
     # Newest samples held out for testing, and the samples before them for early stopping.
     test_fraction: float = Field(0.15, gt=0, lt=0.5, validation_alias="ML_TEST_FRACTION")
     validation_fraction: float = Field(

@@ -32,9 +32,10 @@ logger = logging.getLogger(__name__)
 WATCH_CHORE = "candle-watch"
 CLIENT_QUEUE = 64
 SEND_TIMEOUT_S = 10.0
-# Candles that arrived together, before the newest, predicted per look (a day of hourly candles;
-# older ones after a long outage are history the outcomes are not worth recomputing for).
-CATCH_UP_MAX = 24
+# Candles that arrived together, before the newest, predicted per look: a week of hourly
+# candles (the drift window), about 2 ms each; older ones after a longer outage are not
+# predicted (nobody was told them, and a week of outcomes is what the live figures need).
+CATCH_UP_MAX = 168
 
 
 def message(body: dict[str, Any]) -> bytes:

@@ -61,6 +61,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         bundled_data_dir=BUNDLED,
         tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
         artifact_root=root / "mlruns",
+        # The held-out model registered, as with ML_REFIT=false: these tests hold the bundle to
+        # the run's held-out scores. The refit is tests/mlproject/test_refit.py's.
+        refit=False,
     )
     champion = train(TrainConfig(**SMALL), settings=settings)
     challenger = train(TrainConfig(**WORSE), settings=settings)
