@@ -32,6 +32,19 @@ class FoldResult:
     scores: Scores
 
 
+def configured_model(config: TrainConfig, dataset: Dataset) -> keras.Model:
+    """A fresh model of `config`'s architecture and hyperparameters for `dataset`'s windows."""
+    return build_model(
+        model_type=config.model_type,
+        sequence_length=dataset.sequence_length,
+        n_features=len(dataset.spec.names),
+        units=config.units,
+        layers=config.layers,
+        dropout=config.dropout,
+        learning_rate=config.learning_rate,
+    )
+
+
 def fit_and_score(
     dataset: Dataset,
     split: Split,
@@ -46,15 +59,7 @@ def fit_and_score(
     x_train, y_train = windows(dataset, scaler, split.train), labels(dataset, split.train)
     x_val, y_val = windows(dataset, scaler, split.val), labels(dataset, split.val)
     x_test, y_test = windows(dataset, scaler, split.test), labels(dataset, split.test)
-    model = build_model(
-        model_type=config.model_type,
-        sequence_length=dataset.sequence_length,
-        n_features=len(dataset.spec.names),
-        units=config.units,
-        layers=config.layers,
-        dropout=config.dropout,
-        learning_rate=config.learning_rate,
-    )
+    model = configured_model(config, dataset)
     fit = fit_model(
         model,
         x_train=x_train,

@@ -238,15 +238,8 @@ def _decide(
             f"targets are not comparable; {proof}",
         )
     # Rows the scored challenger model learnt from cannot prove it better, as for production.
-    candidates = _unseen_rows(
-        own.timestamps,
-        candles,
-        seen_until=_scored_fit_end(challenger),
-        length=challenger.sequence_length,
-    )
-    rows = _unseen_rows(
-        candidates, candles, seen_until=seen_until, length=incumbent.sequence_length
-    )
+    candidates = _unseen_rows(own.timestamps, seen_until=_scored_fit_end(challenger))
+    rows = _unseen_rows(candidates, seen_until=seen_until)
     left_out = len(own.timestamps) - len(rows)
     if len(rows) < settings.gate_min_rows:
         trained = f", production version {current} trained until {seen_until}" if left_out else ""
@@ -359,16 +352,11 @@ def _load_incumbent(
 
 
 def _unseen_rows(
-    timestamps: pd.DatetimeIndex,
-    candles: pd.DataFrame,
-    *,
-    seen_until: pd.Timestamp | None,
-    length: int,
+    timestamps: pd.DatetimeIndex, *, seen_until: pd.Timestamp | None
 ) -> pd.DatetimeIndex:
     """The rows after `seen_until`: no label a model learnt from reaches them (a label of
     `fit_end`'s model ends at `fit_end` at the latest). Their input windows may hold candles it
-    learnt, as every live prediction's does; `length` is kept for the callers' symmetry."""
-    del candles, length
+    learnt, as every live prediction's does."""
     if seen_until is None:
         return timestamps
     return pd.DatetimeIndex(timestamps[timestamps > seen_until])

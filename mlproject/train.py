@@ -29,7 +29,6 @@ from mlflow.data.pandas_dataset import from_pandas
 
 from mlproject import plots
 from mlproject import verdict as verdicts
-from mlproject.architectures import build_model
 from mlproject.config import TrainConfig
 from mlproject.data import (
     Dataset,
@@ -42,7 +41,7 @@ from mlproject.data import (
 )
 from mlproject.export import export_bundle
 from mlproject.fit import FitResult, fit_epochs, make_deterministic
-from mlproject.fold import FoldResult, fit_and_score
+from mlproject.fold import FoldResult, configured_model, fit_and_score
 from mlproject.gate import GateDecision, apply_gate
 from mlproject.scoring import MODEL, Scores
 from mlproject.summary import run_summary
@@ -214,15 +213,7 @@ def _refit(dataset: Dataset, *, config: TrainConfig, held_out: FitResult) -> Ref
     make_deterministic(config.seed)
     rows = dataset.samples
     scaler = fit_scaler_on(dataset, rows)
-    model = build_model(
-        model_type=config.model_type,
-        sequence_length=dataset.sequence_length,
-        n_features=len(dataset.spec.names),
-        units=config.units,
-        layers=config.layers,
-        dropout=config.dropout,
-        learning_rate=config.learning_rate,
-    )
+    model = configured_model(config, dataset)
     fit = fit_epochs(
         model,
         x=windows(dataset, scaler, rows),

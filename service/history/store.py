@@ -41,6 +41,22 @@ class RealisedRows:
     horizon: np.ndarray
 
 
+def row_values(r: PredictionRecord) -> dict[str, Any]:
+    """The `prediction_history` column values of one computed prediction."""
+    return {
+        "pair": r.pair,
+        "model_type": r.model_type,
+        "model_version": r.model_version,
+        "candle_time": int(r.candle_time.value // 1_000_000),
+        "horizon": r.horizon,
+        "created_at": r.created_at,
+        "probability": r.probability,
+        "direction": r.direction,
+        "signal": r.signal,
+        "unproven": r.unproven,
+    }
+
+
 class PredictionHistory:
     """The `prediction_history` table of the service database at `url`."""
 
@@ -52,21 +68,7 @@ class PredictionHistory:
         repeat of a stored one is skipped."""
         if not records:
             return
-        rows = [
-            {
-                "pair": r.pair,
-                "model_type": r.model_type,
-                "model_version": r.model_version,
-                "candle_time": int(r.candle_time.value // 1_000_000),
-                "horizon": r.horizon,
-                "created_at": r.created_at,
-                "probability": r.probability,
-                "direction": r.direction,
-                "signal": r.signal,
-                "unproven": r.unproven,
-            }
-            for r in records
-        ]
+        rows = [row_values(r) for r in records]
         with write_session(self.url) as session:
             session.execute(_insert_once(session.get_bind().dialect.name), rows)
 

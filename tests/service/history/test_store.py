@@ -9,7 +9,7 @@ from sqlalchemy import insert, text
 from pipelines.candles.store import CandleStore
 from pipelines.db import migrate, write_session
 from pipelines.settings import Settings
-from service.history.store import PredictionHistory
+from service.history.store import PredictionHistory, row_values
 from service.history.tables import PredictionRow
 from service.predictor import PredictionRecord
 
@@ -132,21 +132,7 @@ def test_a_candle_stored_twice_with_disagreeing_rows_counts_once(
     with write_session(settings.database_url) as session:
         session.execute(
             insert(PredictionRow),
-            [
-                {
-                    "pair": r.pair,
-                    "model_type": r.model_type,
-                    "model_version": r.model_version,
-                    "candle_time": int(r.candle_time.value // 1_000_000),
-                    "horizon": r.horizon,
-                    "created_at": r.created_at,
-                    "probability": r.probability,
-                    "direction": r.direction,
-                    "signal": r.signal,
-                    "unproven": r.unproven,
-                }
-                for r in rows
-            ],
+            [row_values(r) for r in rows],
         )
     assert history.fill_outcomes(store=store, timeframe="1h") == 2
 
