@@ -132,99 +132,105 @@ def test_new_candles_give_predictions_outcomes_a_policy_retraining_and_a_swap(
     watch = [replay, service]
     wait_for(lambda: answers(f"{base}/livez"), timeout=300, what="the service", watch=watch)
     client = httpx.Client(base_url=base, timeout=30)
-
-    def served_version() -> str | None:
-        models = client.get("/api/health").json()["models"]["BTC"]["lstm"]
-        return models["version"] if models["state"] == "loaded" else None
-
-    first_version = wait_for(served_version, timeout=60, what="a served model", watch=watch)
-
-    def caught_up() -> bool:
-        # The candles released during the bootstrap arrive in one append; from then on the
-        # feed takes each one as it closes.
-        feed = client.get("/api/health").json()["feed"]["BTC"]
-        return feed["state"] == "ok" and feed["lagMs"] is not None and feed["lagMs"] < HOUR_MS
-
-    wait_for(caught_up, timeout=60, what="the feed caught up with the replay", watch=watch)
-    stream = Stream(f"ws://127.0.0.1:{port}/ws/predictions?pairs=BTC")
     try:
-        # A retraining asked for by the policy (new data since the bootstrap's data end),
-        # trained on replayed candles, promoted, and served, with no request from the test.
-        def retrained() -> dict[str, Any] | None:
-            queue = client.get("/api/training/queue").json()["queue"]
-            for job in queue["history"]["recent"]:
-                if (
-                    job["requestedBy"] in ("schedule", "stale")
-                    and job["status"] == "succeeded"
-                    and job.get("registeredVersion") not in (None, first_version)
-                ):
-                    return dict(job)
-            return None
 
-        job = wait_for(retrained, timeout=420, what="a policy retraining", watch=watch)
-        assert isinstance(job, dict)
-        new_version = str(job["registeredVersion"])
+        def served_version() -> str | None:
+            models = client.get("/api/health").json()["models"]["BTC"]["lstm"]
+            return models["version"] if models["state"] == "loaded" else None
+
+        first_version = wait_for(served_version, timeout=60, what="a served model", watch=watch)
+
+        def caught_up() -> bool:
+            # The candles released during the bootstrap arrive in one append; from then on the
+            # feed takes each one as it closes.
+            feed = client.get("/api/health").json()["feed"]["BTC"]
+            return feed["state"] == "ok" and feed["lagMs"] is not None and feed["lagMs"] < HOUR_MS
+
+        wait_for(caught_up, timeout=60, what="the feed caught up with the replay", watch=watch)
+        stream = Stream(f"ws://127.0.0.1:{port}/ws/predictions?pairs=BTC")
+        try:
+            # A retraining asked for by the policy (new data since the bootstrap's data end),
+            # trained on replayed candles, promoted, and served, with no request from the test.
+            def retrained() -> dict[str, Any] | None:
+                queue = client.get("/api/training/queue").json()["queue"]
+                for job in queue["history"]["recent"]:
+                    if (
+                        job["requestedBy"] in ("schedule", "stale")
+                        and job["status"] == "succeeded"
+                        and job.get("registeredVersion") not in (None, first_version)
+                    ):
+                        return dict(job)
+                return None
+
+            job = wait_for(retrained, timeout=420, what="a policy retraining", watch=watch)
+            assert isinstance(job, dict)
+            new_version = str(job["registeredVersion"])
+            wait_for(
+                lambda: served_version() == new_version,
+                timeout=60,
+                what=f"version {new_version} served",
+                watch=watch,
+            )
+            # A few more candles under the new version.
+            wait_for(
+                lambda: sum(m["modelVersion"] == new_version for m in stream.messages) >= 3,
+                timeout=60,
+                what="predictions of the new version on the stream",
+                watch=watch,
+            )
+        finally:
+            stream.close()
+
+        # The retraining trained on the replayed candles: its data ends after the known ones.
+        assert job["dataEnd"] is not None
+        assert job["dataEnd"] > known_end_ms
+        from mlflow import MlflowClient
+
+        tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        run = MlflowClient(tracking_uri=tracking).get_run(job["runId"])
+        data_end = pd.Timestamp(run.data.tags["data_range"].split(" .. ")[1])
+        assert int(data_end.value // 1_000_000) > known_end_ms
+
+        # One pushed prediction per candle and served version, candles in order: N new candles
+        # gave N predictions (the stream's first message is the latest at connection time).
+        messages = stream.messages
+        assert len(messages) >= 6
+        keys = [(m["modelVersion"], m["candleTime"]) for m in messages]
+        assert len(keys) == len(set(keys))
+        for version in {first_version, new_version}:
+            # Pushed after the connection (the first message, the latest prediction then, may be
+            # older than a batch's earlier candles that were published just before it connected).
+            times = sorted(t for v, t in keys[1:] if v == version)
+            if len(times) > 1:
+                # While one version is served, each newly closed candle gives one message, also
+                # when several arrive in one append (a fetch after a stall longer than an hour).
+                steps = {b - a for a, b in itertools.pairwise(times)}
+                assert steps == {HOUR_MS}, steps
+        # Each message says whether its candle is stale, by its age; a batch's earlier candles
+        # (after a stall longer than ML_STALE_AFTER on a loaded machine) may be.
+        for m in messages:
+            assert m["stale"] is (m["candleAgeMs"] > 2 * HOUR_MS), m
+        assert any(m["stale"] is False for m in messages)
+
+        # The same predictions are in the history, once each, and the outcomes fill in.
+        def history() -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = client.get(
+                "/api/predictions/BTC/history", params={"limit": 1000}
+            ).json()["predictions"]
+            return rows
+
+        rows = history()
+        stored = {(r["modelVersion"], r["candleTime"]) for r in rows}
+        assert len(stored) == len(rows)
+        assert set(keys[1:]) <= stored
+        newest = max(t for _, t in keys)
         wait_for(
-            lambda: served_version() == new_version,
-            timeout=60,
-            what=f"version {new_version} served",
-            watch=watch,
-        )
-        # A few more candles under the new version.
-        wait_for(
-            lambda: sum(m["modelVersion"] == new_version for m in stream.messages) >= 3,
-            timeout=60,
-            what="predictions of the new version on the stream",
+            lambda: all(
+                r["outcome"] is not None for r in history() if r["candleTime"] + HOUR_MS < newest
+            ),
+            timeout=30,
+            what="outcomes of the passed candles",
             watch=watch,
         )
     finally:
-        stream.close()
-
-    # The retraining trained on the replayed candles: its data ends after the known ones.
-    assert job["dataEnd"] is not None
-    assert job["dataEnd"] > known_end_ms
-    from mlflow import MlflowClient
-
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run = MlflowClient(tracking_uri=tracking).get_run(job["runId"])
-    data_end = pd.Timestamp(run.data.tags["data_range"].split(" .. ")[1])
-    assert int(data_end.value // 1_000_000) > known_end_ms
-
-    # One pushed prediction per candle and served version, candles in order: N new candles
-    # gave N predictions (the stream's first message is the latest at connection time).
-    messages = stream.messages
-    assert len(messages) >= 6
-    keys = [(m["modelVersion"], m["candleTime"]) for m in messages]
-    assert len(keys) == len(set(keys))
-    for version in {first_version, new_version}:
-        # Pushed after the connection (the first message, the latest prediction then, may be
-        # older than a batch's earlier candles that were published just before it connected).
-        times = sorted(t for v, t in keys[1:] if v == version)
-        if len(times) > 1:
-            # While one version is served, each newly closed candle gives one message, also
-            # when several arrive in one append (a fetch after a stall longer than an hour).
-            steps = {b - a for a, b in itertools.pairwise(times)}
-            assert steps == {HOUR_MS}, steps
-    assert all(m["stale"] is False for m in messages[1:])
-
-    # The same predictions are in the history, once each, and the outcomes fill in.
-    def history() -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = client.get(
-            "/api/predictions/BTC/history", params={"limit": 1000}
-        ).json()["predictions"]
-        return rows
-
-    rows = history()
-    stored = {(r["modelVersion"], r["candleTime"]) for r in rows}
-    assert len(stored) == len(rows)
-    assert set(keys[1:]) <= stored
-    newest = max(t for _, t in keys)
-    wait_for(
-        lambda: all(
-            r["outcome"] is not None for r in history() if r["candleTime"] + HOUR_MS < newest
-        ),
-        timeout=30,
-        what="outcomes of the passed candles",
-        watch=watch,
-    )
-    client.close()
+        client.close()
