@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -53,7 +54,6 @@ from mlflow import MlflowClient
 
 from mlproject.metrics import LOWER_IS_BETTER, classification_metrics
 from mlproject.scoring import MODEL, WindowScore, score_bundle
-from mlproject.tracking import set_production
 from mlproject.trading import periods_per_year
 from mlproject.verdict import OUTCOME, PREDICTIONS_ARTIFACT, TIMESTAMP
 from pipelines.features.spec import FeatureSpecMismatchError, ensure_compatible
@@ -61,10 +61,14 @@ from pipelines.modelbundle import BundleError, ModelBundle, download_bundle
 from pipelines.redact import describe_error
 from pipelines.settings import Settings
 from pipelines.tracking import (
+    CHALLENGER_ALIAS,
+    PRODUCTION_ALIAS,
     TAG_PROMOTION,
     TAG_PROMOTION_REASON,
     TAG_UNPROVEN,
     production_version,
+    set_challenger,
+    set_production,
 )
 from pipelines.verdicts import PairedVerdict, log_losses, paired_block_bootstrap
 
@@ -106,10 +110,16 @@ class GateDecision:
     unproven: bool = False
     verdict: PairedVerdict | None = None
     verdict_metric: str | None = None
+    # Where a passed version goes: the `production` alias, or `challenger` (ML_PROMOTION=shadow,
+    # after a comparison with a production version that serves: live candles then decide).
+    alias: str = PRODUCTION_ALIAS
 
     @property
     def outcome(self) -> str:
-        return "promoted" if self.promoted else "rejected"
+        """rejected, promoted (production), or challenger."""
+        if not self.promoted:
+            return "rejected"
+        return "challenger" if self.alias == CHALLENGER_ALIAS else "promoted"
 
 
 def apply_gate(
@@ -147,7 +157,23 @@ def apply_gate(
                 workdir=Path(tmp),
                 force=force,
             )
-    if decision.promoted:
+    if decision.promoted and decision.verdict is not None and settings.promotion_mode == "shadow":
+        decision = replace(
+            decision,
+            alias=CHALLENGER_ALIAS,
+            reason=f"{decision.reason}; admitted as the challenger (ML_PROMOTION=shadow): "
+            f"production version {decision.incumbent_version} keeps serving until live "
+            "candles decide",
+        )
+    if decision.alias == CHALLENGER_ALIAS:
+        replaced = set_challenger(
+            client, name=name, version=version, now_ms=int(time.time() * 1000)
+        )
+        if replaced is not None:
+            decision = replace(
+                decision, reason=f"{decision.reason}; it replaces challenger version {replaced}"
+            )
+    elif decision.promoted:
         set_production(client, name=name, version=version)
     tags = {TAG_PROMOTION: decision.outcome, TAG_PROMOTION_REASON: decision.reason}
     if decision.promoted:

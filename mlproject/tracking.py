@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipelines.settings import PROJECT_ROOT, Settings
-from pipelines.tracking import ARCHIVED_STAGE, PRODUCTION_ALIAS, PRODUCTION_STAGE, ensure_experiment
+from pipelines.tracking import ensure_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -109,18 +108,3 @@ def register_version(
     return str(version.version)
 
 
-def set_production(client: MlflowClient, *, name: str, version: str) -> None:
-    """Point the `production` alias at `version` and mirror the legacy stage."""
-    client.set_registered_model_alias(name, PRODUCTION_ALIAS, version)
-    # Stages are deprecated in MLflow (FutureWarning) but still shown by the UI; the alias is
-    # the source of truth and the stage only mirrors it while it exists. The previous holders
-    # are archived one by one: `archive_existing_versions=True` fails on a PostgreSQL-backed
-    # registry in MLflow 3.17 (it compares the integer version column with a string).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        client.transition_model_version_stage(
-            name, version, PRODUCTION_STAGE, archive_existing_versions=False
-        )
-        for other in client.search_model_versions(f"name = '{name}'"):
-            if str(other.version) != str(version) and other.current_stage == PRODUCTION_STAGE:
-                client.transition_model_version_stage(name, other.version, ARCHIVED_STAGE)

@@ -180,6 +180,27 @@ class Settings(BaseSettings):
     # Serve the signals of a production version that does not beat its strongest baseline
     # (otherwise the service answers HOLD for it).
     serve_unproven: bool = Field(False, validation_alias="ML_SERVE_UNPROVEN")
+    # What passing the offline gate makes of a version while a production version exists:
+    # shadow (the alias `challenger`: scored on live candles beside production, and promoted
+    # or retired by the challenger policy) or offline (production at once).
+    promotion_mode: Literal["shadow", "offline"] = Field("shadow", validation_alias="ML_PROMOTION")
+    # Realised live outcomes, scored by both versions, before a challenger may be promoted.
+    challenger_min_outcomes: int = Field(
+        168, ge=1, le=100_000, validation_alias="ML_CHALLENGER_MIN_OUTCOMES"
+    )
+    # Hours a challenger may stay undecided; after them it is retired.
+    challenger_max_hours: float = Field(
+        336.0, gt=0, le=100_000, validation_alias="ML_CHALLENGER_MAX_HOURS"
+    )
+    # How often the challenger policy looks (ms).
+    challenger_interval_ms: int = Field(
+        60_000, ge=100, le=86_400_000, validation_alias="ML_CHALLENGER_INTERVAL"
+    )
+    # Probability calibration on the validation rows: auto (Platt or isotonic, whichever the
+    # validation rows prefer, or none), platt, isotonic, or none.
+    calibration: Literal["auto", "platt", "isotonic", "none"] = Field(
+        "auto", validation_alias="ML_CALIBRATION"
+    )
     # Walk-forward evaluation (`tbml evaluate`): sized so that all bundled pairs take tens of
     # minutes on two CPU cores.
     walk_forward_folds: int = Field(3, ge=1, le=20, validation_alias="ML_WALK_FORWARD_FOLDS")

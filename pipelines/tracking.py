@@ -54,6 +54,17 @@ TAG_UNPROVEN = "tbml.unproven"  # true: promoted without beating its strongest b
 TAG_ROLLED_BACK = "tbml.rolled_back"
 TAG_ROLLED_BACK_REASON = "tbml.rolled_back_reason"
 PRODUCTION_ALIAS = "production"
+# A version that passed the offline gate while another was production (ML_PROMOTION=shadow):
+# scored in shadow on live candles, then promoted or retired by the challenger policy.
+CHALLENGER_ALIAS = "challenger"
+# On a challenger: when it became one (epoch ms), and the policy's decision with its numbers.
+TAG_CHALLENGER_SINCE = "tbml.challenger_since"
+TAG_CHALLENGER_OUTCOME = "tbml.challenger_outcome"  # promoted | retired
+TAG_CHALLENGER_REASON = "tbml.challenger_reason"
+TAG_LIVE_ROWS = "tbml.live_rows"  # realised candles both versions predicted
+TAG_LIVE_DELTA_MEAN = "tbml.live_delta_mean"  # mean per-row log loss, challenger - production
+TAG_LIVE_DELTA_LOW = "tbml.live_delta_low"  # 95 % paired block bootstrap interval
+TAG_LIVE_DELTA_HIGH = "tbml.live_delta_high"
 # The legacy stages `set_production` mirrors the alias into (the UI still shows them).
 PRODUCTION_STAGE = "Production"
 ARCHIVED_STAGE = "Archived"
@@ -87,14 +98,73 @@ def production_version(client: MlflowClient, *, name: str) -> str | None:
     Any other failure (an unreachable tracking server, say) is raised, not taken for "no
     production version": the service keeps serving what it has while the registry is away.
     """
+    return aliased_version(client, name=name, alias=PRODUCTION_ALIAS)
+
+
+def aliased_version(client: MlflowClient, *, name: str, alias: str) -> str | None:
+    """The version number behind `name@alias`, or None if there is none (other failures
+    are raised)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(client.get_model_version_by_alias(name, PRODUCTION_ALIAS).version)
+        return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
         if exc.error_code in NOT_FOUND_CODES:
             return None
         raise
+
+
+def set_production(client: MlflowClient, *, name: str, version: str) -> None:
+    """Point the `production` alias at `version` and mirror the legacy stage.
+
+    A version that was the challenger stops being one (an alias names one version per role).
+    """
+    client.set_registered_model_alias(name, PRODUCTION_ALIAS, version)
+    if aliased_version(client, name=name, alias=CHALLENGER_ALIAS) == str(version):
+        client.delete_registered_model_alias(name, CHALLENGER_ALIAS)
+    # Stages are deprecated in MLflow (FutureWarning) but still shown by the UI; the alias is
+    # the source of truth and the stage only mirrors it while it exists. The previous holders
+    # are archived one by one: `archive_existing_versions=True` fails on a PostgreSQL-backed
+    # registry in MLflow 3.17 (it compares the integer version column with a string).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        client.transition_model_version_stage(
+            name, version, PRODUCTION_STAGE, archive_existing_versions=False
+        )
+        for other in client.search_model_versions(f"name = '{name}'"):
+            if str(other.version) != str(version) and other.current_stage == PRODUCTION_STAGE:
+                client.transition_model_version_stage(name, other.version, ARCHIVED_STAGE)
+
+
+def set_challenger(client: MlflowClient, *, name: str, version: str, now_ms: int) -> str | None:
+    """Point the `challenger` alias at `version`, tagged with when; returns the version it
+    replaced (tagged retired, superseded), or None."""
+    previous = aliased_version(client, name=name, alias=CHALLENGER_ALIAS)
+    client.set_registered_model_alias(name, CHALLENGER_ALIAS, version)
+    client.set_model_version_tag(name, version, TAG_CHALLENGER_SINCE, str(now_ms))
+    if previous is not None and previous != str(version):
+        client.set_model_version_tag(name, previous, TAG_CHALLENGER_OUTCOME, "retired")
+        client.set_model_version_tag(
+            name,
+            previous,
+            TAG_CHALLENGER_REASON,
+            f"superseded by version {version}, which passed the offline gate after it",
+        )
+        return previous
+    return None
+
+
+def retire_challenger(
+    client: MlflowClient, *, name: str, version: str, tags: dict[str, str]
+) -> bool:
+    """Remove the `challenger` alias from `version` (if it still holds it) and tag why;
+    returns whether it held the alias."""
+    held = aliased_version(client, name=name, alias=CHALLENGER_ALIAS) == str(version)
+    if held:
+        client.delete_registered_model_alias(name, CHALLENGER_ALIAS)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return held
 
 
 _SERVER_SCHEMES = ("http", "https")

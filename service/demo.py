@@ -46,6 +46,10 @@ DEMO_ENV = {
     # retrained one with production on the candles that arrived since: about 11 per retraining
     # here, against 100 by default (ML_GATE_MIN_ROWS), so that the gate decides within minutes.
     "ML_GATE_MIN_ROWS": "6",
+    # A passed version is the challenger, scored in shadow, until this many realised candles
+    # decide (168, a week, by default).
+    "ML_CHALLENGER_MIN_OUTCOMES": "12",
+    "ML_CHALLENGER_INTERVAL": "2000",
 }
 
 

@@ -128,6 +128,11 @@ class CandleWatcher:
     Candles that arrive together (a feed catching up after a stall, a batch ingest) each get
     their prediction, oldest first, up to `CATCH_UP_MAX` per look: N new candles give N
     predictions per served model, on the stream and in the history.
+
+    `challengers(pair)` gives the (model type, version) of the pair's challengers, and
+    `predict_shadow(pair, model_type, candles)` a challenger's prediction for the newest of
+    `candles`: each new candle gets one per challenger too, recorded in the history as shadow
+    and never published (production serves; live outcomes decide between the two).
     """
 
     def __init__(
@@ -139,6 +144,8 @@ class CandleWatcher:
         predict: Callable[[str, str], dict[str, Any]],
         publish: Callable[[dict[str, Any]], None],
         predict_past: Callable[[str, str, Any], dict[str, Any]] | None = None,
+        challengers: Callable[[str], list[tuple[str, str]]] | None = None,
+        predict_shadow: Callable[[str, str, Any], dict[str, Any]] | None = None,
     ) -> None:
         self.pairs = tuple(pairs)
         self._load = load
@@ -146,7 +153,11 @@ class CandleWatcher:
         self._predict = predict
         self._predict_past = predict_past
         self._publish = publish
+        self._challengers = challengers
+        self._predict_shadow = predict_shadow
         self._seen: dict[tuple[str, str], tuple[Any, str]] = {}
+        self._seen_shadow: dict[tuple[str, str], tuple[Any, str]] = {}
+        self.shadow_computed = 0
         self.computed = 0
         self.last_errors: dict[str, str] = {}
 
@@ -177,9 +188,36 @@ class CandleWatcher:
                 self._seen[key] = (newest, version)
                 self._publish(body)
                 done += 1
+            self._shadow(pair, candles, failures)
         self.computed += done
         self.last_errors = failures
         return done
+
+    def _shadow(self, pair: str, candles: Any, failures: dict[str, str]) -> None:
+        """Each challenger's prediction for the candles it has not predicted yet (recorded,
+        not published); a new challenger starts at the newest candle."""
+        if self._challengers is None or self._predict_shadow is None:
+            return
+        index = candles.index
+        newest = index[-1]
+        for model_type, version in self._challengers(pair):
+            key = (pair, model_type)
+            seen = self._seen_shadow.get(key)
+            if seen == (newest, version):
+                continue
+            if seen is not None and seen[1] == version and seen[0] < newest:
+                stamps = list(index[(index > seen[0]) & (index <= newest)][-CATCH_UP_MAX:])
+            else:
+                stamps = [newest]
+            try:
+                for stamp in stamps:
+                    self._predict_shadow(pair, model_type, candles.loc[:stamp])
+                    self.shadow_computed += 1
+            except Exception as error:
+                failures[f"{pair}-{model_type}-challenger"] = str(error)
+                logger.warning("no shadow prediction for %s %s: %s", pair, model_type, error)
+                continue
+            self._seen_shadow[key] = (newest, version)
 
     def _catch_up(self, pair: str, model_type: str, candles: Any, *, since: Any) -> int:
         """Predict and publish the candles after `since` and before the newest, oldest first."""

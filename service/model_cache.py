@@ -30,7 +30,13 @@ import numpy as np
 from pipelines.features.spec import FeatureSpecMismatchError, ensure_compatible
 from pipelines.modelbundle import BundleError, ModelBundle
 from pipelines.periodic import Chores
-from pipelines.tracking import TAG_UNPROVEN, registered_model_name
+from pipelines.tracking import (
+    CHALLENGER_ALIAS,
+    PRODUCTION_ALIAS,
+    TAG_CHALLENGER_SINCE,
+    TAG_UNPROVEN,
+    registered_model_name,
+)
 from service.registry_reader import RegistryReader, VersionInfo, reader_for
 
 logger = logging.getLogger(__name__)
@@ -45,7 +51,16 @@ class RegistryUnreachableError(RuntimeError):
 
 
 def _prepare(
-    bundle: ModelBundle, *, pair: str, model_type: str, name: str, version: str, unproven: bool
+    bundle: ModelBundle,
+    *,
+    pair: str,
+    model_type: str,
+    name: str,
+    version: str,
+    unproven: bool,
+    alias: str = PRODUCTION_ALIAS,
+    since_ms: int | None = None,
+    run_id: str | None = None,
 ) -> ServedModel:
     """Check a bundle and open it; raises if it cannot serve."""
     ensure_compatible(bundle.spec)
@@ -62,12 +77,15 @@ def _prepare(
         bundle=bundle,
         unproven=unproven,
         loaded_at=time.time(),
+        alias=alias,
+        since_ms=since_ms,
+        run_id=run_id,
     )
 
 
 @dataclass(frozen=True)
 class ServedModel:
-    """One loaded production version."""
+    """One loaded version: production (served) or the challenger (scored in shadow)."""
 
     pair: str
     model_type: str
@@ -76,6 +94,15 @@ class ServedModel:
     bundle: ModelBundle
     unproven: bool
     loaded_at: float
+    alias: str = PRODUCTION_ALIAS
+    # A challenger's `tbml.challenger_since` tag: when the gate admitted it (epoch ms).
+    since_ms: int | None = None
+    run_id: str | None = None  # the training run that registered it
+
+    @property
+    def shadow(self) -> bool:
+        """Whether its predictions are the challenger's: recorded, never served unasked."""
+        return self.alias != PRODUCTION_ALIAS
 
     def predict_proba(self, windows: np.ndarray) -> np.ndarray:
         return self.bundle.predict_proba(windows)
@@ -117,6 +144,10 @@ class ModelCache:
         self.slots: tuple[Key, ...] = tuple(slots)
         self.reader = reader or reader_for(tracking_uri)
         self._models: dict[Key, ServedModel] = {}
+        # Each slot's challenger (`challenger` alias), loaded beside production.
+        self._challengers: dict[Key, ServedModel] = {}
+        # Why a slot's challenger could not be loaded (the message), while that lasts.
+        self.challenger_errors: dict[Key, str] = {}
         self._status: dict[Key, SlotStatus] = {
             key: SlotStatus("no_production_model", None, "not checked yet") for key in self.slots
         }
@@ -133,6 +164,13 @@ class ModelCache:
 
     def get(self, pair: str, model_type: str) -> ServedModel | None:
         return self._models.get((pair, model_type))
+
+    def challenger(self, pair: str, model_type: str) -> ServedModel | None:
+        """The slot's challenger, scored in shadow, if one is loaded."""
+        return self._challengers.get((pair, model_type))
+
+    def challengers(self) -> list[ServedModel]:
+        return [self._challengers[key] for key in sorted(self._challengers)]
 
     def models_of(self, pair: str) -> list[ServedModel]:
         return [m for (p, _), m in sorted(self._models.items()) if p == pair]
@@ -161,18 +199,27 @@ class ModelCache:
         with self._refresh_lock:
             swapped: list[ServedModel] = []
             try:
-                # One search for every slot's production version; a slot is asked about on
-                # its own only when its version changed (or the search failed).
-                versions: dict[str, str] | None = self.reader.production_versions()
+                # One search for every slot's aliases; a slot is asked about on its own only
+                # when its production version changed (or the search failed).
+                aliases: dict[str, dict[str, str]] | None = self.reader.alias_versions()
             except Exception as exc:
                 logger.warning("model refresh: the registry search failed (%s); per slot", exc)
-                versions = None
+                aliases = None
+            versions = (
+                None
+                if aliases is None
+                else {n: a[PRODUCTION_ALIAS] for n, a in aliases.items() if PRODUCTION_ALIAS in a}
+            )
             for key in self.slots:
                 if versions is not None and self._unchanged(key, versions):
                     continue
                 loaded = self._refresh_slot(key)
                 if loaded is not None:
                     swapped.append(loaded)
+            if aliases is not None:  # without the search, the challengers stay as they are
+                for key in self.slots:
+                    name = registered_model_name(*key)
+                    self._refresh_challenger(key, aliases.get(name, {}).get(CHALLENGER_ALIAS))
             self.last_refresh = time.time()
             self.refresh_count += 1
             return swapped
@@ -282,9 +329,43 @@ class ModelCache:
         )
         return served
 
-    def _load(self, info: VersionInfo, *, pair: str, model_type: str) -> ServedModel:
+    def _refresh_challenger(self, key: Key, wanted: str | None) -> None:
+        """Load the slot's challenger beside production, or drop it when the alias is gone."""
+        current = self._challengers.get(key)
+        if wanted is None or (key in self._models and self._models[key].version == wanted):
+            if current is not None:
+                logger.info("%s has no challenger any more", current.name)
+                self._challengers = {k: m for k, m in self._challengers.items() if k != key}
+            self.challenger_errors.pop(key, None)
+            return
+        if current is not None and current.version == wanted:
+            return
+        name = registered_model_name(*key)
+        try:
+            info = self.reader.aliased(name, CHALLENGER_ALIAS)
+            if info is None:
+                return  # moved since the search: the next refresh sees where
+            served = self._load(info, pair=key[0], model_type=key[1], alias=CHALLENGER_ALIAS)
+        except Exception as exc:
+            if self.challenger_errors.get(key) is None:
+                logger.warning("cannot load the challenger %s version %s: %s", name, wanted, exc)
+            self.challenger_errors[key] = f"version {wanted} failed to load: {exc}"
+            return
+        self.challenger_errors.pop(key, None)
+        self._challengers = {**self._challengers, key: served}
+        logger.info("scoring %s version %s in shadow (challenger)", name, served.version)
+
+    def _load(
+        self,
+        info: VersionInfo,
+        *,
+        pair: str,
+        model_type: str,
+        alias: str = PRODUCTION_ALIAS,
+    ) -> ServedModel:
         bundle = self._fetch(info)
         unproven = info.tags.get(TAG_UNPROVEN, "").lower() == "true" or not bundle.beats_baseline
+        since = info.tags.get(TAG_CHALLENGER_SINCE)
         return _prepare(
             bundle,
             pair=pair,
@@ -292,6 +373,9 @@ class ModelCache:
             name=info.name,
             version=info.version,
             unproven=unproven,
+            alias=alias,
+            since_ms=int(since) if since and since.isdigit() else None,
+            run_id=info.run_id,
         )
 
     def _fetch(self, info: VersionInfo) -> ModelBundle:
@@ -324,7 +408,8 @@ class ModelCache:
         """
         removed: list[str] = []
         with self._refresh_lock:
-            keep = keep | {(m.name, m.version) for m in self._models.values()}
+            served = [*self._models.values(), *self._challengers.values()]
+            keep = keep | {(m.name, m.version) for m in served}
             if not self.cache_dir.is_dir():
                 return removed
             for name_dir in sorted(p for p in self.cache_dir.iterdir() if p.is_dir()):

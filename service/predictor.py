@@ -29,6 +29,7 @@ from pipelines.features.compute import latest_features
 from pipelines.features.spec import FeatureSpec
 from pipelines.settings import Settings
 from pipelines.signals import describe_probability
+from pipelines.tracking import PRODUCTION_ALIAS
 from service.caches import TTLCache
 from service.model_cache import ModelCache, ServedModel
 from service.signals import neutral_prediction
@@ -52,10 +53,16 @@ class PredictionRecord:
     signal: str
     unproven: bool
     created_at: int  # epoch ms when it was computed
+    # A challenger's prediction, scored in shadow: recorded, never served unasked.
+    shadow: bool = False
 
 
 class InsufficientCandlesError(ValueError):
     """Too few candles for one full window of features."""
+
+
+class NoChallengerError(LookupError):
+    """`?alias=challenger` for a slot that has no challenger loaded."""
 
 
 def epoch_ms(stamp: pd.Timestamp) -> int:
@@ -116,7 +123,9 @@ class Predictor:
 
     # --- public ---------------------------------------------------------------------------------
 
-    def answer_now(self, *, pair: str, model_type: str, ensemble: bool) -> dict[str, Any] | None:
+    def answer_now(
+        self, *, pair: str, model_type: str, ensemble: bool, alias: str = PRODUCTION_ALIAS
+    ) -> dict[str, Any] | None:
         """On the event loop: the cached answer, or one computed at once from cached features.
 
         Never reads a file, takes a lock that a computation holds, or computes features: what
@@ -127,12 +136,13 @@ class Predictor:
         candles = self.store.peek(pair, self.settings.timeframe)
         if candles is None:
             return None
-        served = self._served(pair, model_type, ensemble)
-        key = self._key(pair, model_type, ensemble, served, candles)
+        label = self._label(model_type, ensemble, alias)
+        served = self._served(pair, model_type, ensemble, alias)
+        key = self._key(pair, label, served, candles)
         hit = self.prediction_cache.get(key, count_miss=False)
         if hit is not None:
             return self.fresh({**hit.value, "cached": True, "cacheAge": hit.age_ms})
-        pinned = self._pinned(pair, model_type, ensemble, key)
+        pinned = self._pinned(pair, label, key)
         if pinned is not None:
             return pinned
         windows = self._cached_windows(pair, served, candles)
@@ -140,22 +150,26 @@ class Predictor:
             return None
         self.prediction_cache.note(misses=1)
         self.feature_cache.note(hits=len(windows))
-        body = self._answer(pair, model_type, ensemble, served, candles, windows)
+        body = self._answer(pair, model_type, ensemble, served, candles, windows, alias=alias)
         body["source"] = "store"
-        self._store(pair, model_type, ensemble, key, body)
+        self._store(pair, label, key, body)
         return self.fresh({**body, "cached": False, "cacheAge": 0})
 
-    def predict(self, *, pair: str, model_type: str, ensemble: bool) -> dict[str, Any]:
-        """The body of `GET /api/predictions/{pair}` without the per-request timing fields.
+    def predict(
+        self, *, pair: str, model_type: str, ensemble: bool, alias: str = PRODUCTION_ALIAS
+    ) -> dict[str, Any]:
+        """The body of `GET /api/predictions/{pair}` without the per-request timing fields;
+        `alias` challenger: the slot's challenger's (NoChallengerError when it has none).
 
         Blocking (it may parse a candle file and compute features): run it in a thread.
         """
         candles = self.store.load(pair, self.settings.timeframe)
-        served = self._served(pair, model_type, ensemble)
-        key = self._key(pair, model_type, ensemble, served, candles)
+        label = self._label(model_type, ensemble, alias)
+        served = self._served(pair, model_type, ensemble, alias)
+        key = self._key(pair, label, served, candles)
         hit = self.prediction_cache.get(key, count_miss=False)
         if hit is None:
-            pinned = self._pinned(pair, model_type, ensemble, key)
+            pinned = self._pinned(pair, label, key)
             if pinned is not None:
                 return pinned
             self.prediction_cache.note(misses=1)
@@ -167,9 +181,11 @@ class Predictor:
                         self._window(pair=pair, served=m, candles=candles, use_cache=True)
                         for m in served
                     ]
-                    body = self._answer(pair, model_type, ensemble, served, candles, windows)
+                    body = self._answer(
+                        pair, model_type, ensemble, served, candles, windows, alias=alias
+                    )
                     body["source"] = "store"
-                    self._store(pair, model_type, ensemble, key, body)
+                    self._store(pair, label, key, body)
                     return self.fresh({**body, "cached": False, "cacheAge": 0})
         return self.fresh({**hit.value, "cached": True, "cacheAge": hit.age_ms})
 
@@ -216,29 +232,23 @@ class Predictor:
             out["reason"] = f"{out['reason']}; {note}" if out.get("reason") else note
         return out
 
-    def _label(self, model_type: str, ensemble: bool) -> str:
-        return "ensemble" if ensemble else model_type
+    @staticmethod
+    def _label(model_type: str, ensemble: bool, alias: str = PRODUCTION_ALIAS) -> str:
+        if ensemble:
+            return "ensemble"
+        return model_type if alias == PRODUCTION_ALIAS else f"{model_type}@{alias}"
 
-    def _pinned(
-        self, pair: str, model_type: str, ensemble: bool, key: tuple[Any, ...]
-    ) -> dict[str, Any] | None:
-        entry = self._latest.get((pair, self._label(model_type, ensemble)))
+    def _pinned(self, pair: str, label: str, key: tuple[Any, ...]) -> dict[str, Any] | None:
+        entry = self._latest.get((pair, label))
         if entry is None or entry[0] != key:
             return None
         self.prediction_cache.note(hits=1)
         age = int((time.monotonic() - entry[2]) * 1000)
         return self.fresh({**entry[1], "cached": True, "cacheAge": age})
 
-    def _store(
-        self,
-        pair: str,
-        model_type: str,
-        ensemble: bool,
-        key: tuple[Any, ...],
-        body: dict[str, Any],
-    ) -> None:
+    def _store(self, pair: str, label: str, key: tuple[Any, ...], body: dict[str, Any]) -> None:
         self.prediction_cache.put(key, body)
-        self._latest[(pair, self._label(model_type, ensemble))] = (key, body, time.monotonic())
+        self._latest[(pair, label)] = (key, body, time.monotonic())
 
     def predict_candles(
         self, *, pair: str, model_type: str, ensemble: bool, candles: pd.DataFrame
@@ -253,15 +263,22 @@ class Predictor:
         body = self._answer(pair, model_type, ensemble, served, candles, windows, record=False)
         return self.fresh({**body, "source": "request", "cached": False, "cacheAge": 0})
 
-    def predict_past(self, *, pair: str, model_type: str, candles: pd.DataFrame) -> dict[str, Any]:
+    def predict_past(
+        self,
+        *,
+        pair: str,
+        model_type: str,
+        candles: pd.DataFrame,
+        alias: str = PRODUCTION_ALIAS,
+    ) -> dict[str, Any]:
         """The prediction for the newest of `candles`, a prefix of the store's frame (a candle
         that arrived together with newer ones): recorded in the history like any of the
         service's own predictions, never cached (it is not the answer to `GET` any more)."""
-        served = self._served(pair, model_type, False)
+        served = self._served(pair, model_type, False, alias)
         windows = [
             self._window(pair=pair, served=m, candles=candles, use_cache=False) for m in served
         ]
-        body = self._answer(pair, model_type, False, served, candles, windows)
+        body = self._answer(pair, model_type, False, served, candles, windows, alias=alias)
         return self.fresh({**body, "source": "store", "cached": False, "cacheAge": 0})
 
     def warm(self) -> int:
@@ -307,8 +324,11 @@ class Predictor:
         windows: list[np.ndarray],
         *,
         record: bool = True,
+        alias: str = PRODUCTION_ALIAS,
     ) -> dict[str, Any]:
         label = "ensemble" if ensemble else model_type
+        if not served and alias != PRODUCTION_ALIAS:
+            raise NoChallengerError(f"{pair} has no {model_type} {alias} loaded")
         if not served:
             return self._fallback(
                 pair=pair, model_type=label, ensemble=ensemble, newest=candles.index[-1]
@@ -322,19 +342,24 @@ class Predictor:
             record=record,
         )
 
-    def _served(self, pair: str, model_type: str, ensemble: bool) -> list[ServedModel]:
+    def _served(
+        self, pair: str, model_type: str, ensemble: bool, alias: str = PRODUCTION_ALIAS
+    ) -> list[ServedModel]:
         if ensemble:
             return self.models.models_of(pair)
-        model = self.models.get(pair, model_type)
+        if alias == PRODUCTION_ALIAS:
+            model = self.models.get(pair, model_type)
+        else:
+            model = self.models.challenger(pair, model_type)
         return [] if model is None else [model]
 
     @staticmethod
     def _key(
-        pair: str, model_type: str, ensemble: bool, served: list[ServedModel], candles: pd.DataFrame
+        pair: str, label: str, served: list[ServedModel], candles: pd.DataFrame
     ) -> tuple[Any, ...]:
         # Everything that makes an answer stale: the models' versions and the newest candle.
         versions = tuple((m.model_type, m.version) for m in served)
-        return (pair, "ensemble" if ensemble else model_type, versions, _newest(candles))
+        return (pair, label, versions, _newest(candles))
 
     @staticmethod
     def _window_key(pair: str, served: ServedModel, candles: pd.DataFrame) -> tuple[Any, ...]:
@@ -413,6 +438,7 @@ class Predictor:
                     signal=described["signal"],
                     unproven=model.unproven,
                     created_at=created,
+                    shadow=model.shadow,
                 )
             )
         unproven = [m for m in served if m.unproven]
@@ -436,6 +462,10 @@ class Predictor:
             "unproven": bool(unproven),
             **self._model_age(served, newest),
         }
+        if any(m.shadow for m in served):
+            # Asked for by name (`?alias=challenger`): what the challenger would answer.
+            body["alias"] = served[0].alias
+            body["shadow"] = True
         if ensemble:
             body["models"] = {
                 m.model_type: {"prediction": round(p, 6), "version": m.version}

@@ -77,9 +77,18 @@ class RegistryReader(Protocol):
         """The version behind `name@production`, or None when there is none."""
         ...
 
+    def aliased(self, name: str, alias: str) -> VersionInfo | None:
+        """The version behind `name@alias`, or None when there is none."""
+        ...
+
+    def alias_versions(self) -> dict[str, dict[str, str]]:
+        """Every registered model's aliases (`production`, `challenger`) and their versions,
+        by name, in one search (paged): a steady refresh asks this once instead of once per
+        slot."""
+        ...
+
     def production_versions(self) -> dict[str, str]:
-        """Every registered model's `production` version, by name, in one search (paged):
-        a steady refresh asks this once instead of once per slot."""
+        """Every registered model's `production` version, by name (from `alias_versions`)."""
         ...
 
     def download_bundle(self, info: VersionInfo, dst: Path) -> Path:
@@ -151,10 +160,11 @@ class RestReader:
             raise RegistryError(f"tracking server {self.base} unreachable: {exc}") from exc
 
     def production(self, name: str) -> VersionInfo | None:
+        return self.aliased(name, PRODUCTION_ALIAS)
+
+    def aliased(self, name: str, alias: str) -> VersionInfo | None:
         try:
-            data = self._get(
-                "/api/2.0/mlflow/registered-models/alias", name=name, alias=PRODUCTION_ALIAS
-            )
+            data = self._get("/api/2.0/mlflow/registered-models/alias", name=name, alias=alias)
         except _HttpError as exc:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 return None
@@ -214,13 +224,16 @@ class RestReader:
             if not token:
                 return models
 
-    def production_versions(self) -> dict[str, str]:
+    def alias_versions(self) -> dict[str, dict[str, str]]:
         return {
-            str(model["name"]): str(alias["version"])
+            str(model["name"]): {
+                str(alias["alias"]): str(alias["version"]) for alias in model.get("aliases", [])
+            }
             for model in self._registered_models()
-            for alias in model.get("aliases", [])
-            if alias.get("alias") == PRODUCTION_ALIAS
         }
+
+    def production_versions(self) -> dict[str, str]:
+        return _production_of(self.alias_versions())
 
     def summary(self) -> RegistrySummary:
         models = self._registered_models()
@@ -236,6 +249,14 @@ class RestReader:
         return RegistrySummary(
             registered_models=len(models), versions=versions, production=production
         )
+
+
+def _production_of(aliases: dict[str, dict[str, str]]) -> dict[str, str]:
+    return {
+        name: found[PRODUCTION_ALIAS]
+        for name, found in aliases.items()
+        if PRODUCTION_ALIAS in found
+    }
 
 
 def _auth_headers() -> dict[str, str]:
@@ -278,11 +299,14 @@ class MlflowReader:
         return self._client
 
     def production(self, name: str) -> VersionInfo | None:
-        from pipelines.tracking import production_version
+        return self.aliased(name, PRODUCTION_ALIAS)
+
+    def aliased(self, name: str, alias: str) -> VersionInfo | None:
+        from pipelines.tracking import aliased_version
 
         client = self._get_client()
         try:
-            version = production_version(client, name=name)
+            version = aliased_version(client, name=name, alias=alias)
         except Exception as exc:
             raise RegistryError(f"registry unreachable: {exc}") from exc
         if version is None:
@@ -313,16 +337,15 @@ class MlflowReader:
             if not token:
                 return models
 
-    def production_versions(self) -> dict[str, str]:
+    def alias_versions(self) -> dict[str, dict[str, str]]:
         try:
             models = self._registered_models()
         except Exception as exc:
             raise RegistryError(f"registry unreachable: {exc}") from exc
-        return {
-            str(m.name): str(m.aliases[PRODUCTION_ALIAS])
-            for m in models
-            if PRODUCTION_ALIAS in (m.aliases or {})
-        }
+        return {str(m.name): {str(a): str(v) for a, v in (m.aliases or {}).items()} for m in models}
+
+    def production_versions(self) -> dict[str, str]:
+        return _production_of(self.alias_versions())
 
     def summary(self) -> RegistrySummary:
         client = self._get_client()

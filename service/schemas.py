@@ -215,6 +215,12 @@ class PredictionBody(Schema):
     unproven: bool
     models: dict[str, EnsembleMember] | None = Field(None, description="Ensembles only.")
     reason: str | None = Field(None, description="Why a fallback, or which model is unproven.")
+    alias: Literal["challenger"] | None = Field(
+        None, description="`?alias=challenger` only: the challenger's answer, scored in shadow."
+    )
+    shadow: bool | None = Field(
+        None, description="True for a challenger's answer: production serves the signals."
+    )
     source: Literal["store", "request"] | None = Field(
         None, description="Candles of the store, or of the request body."
     )
@@ -257,6 +263,9 @@ class HistoryRow(Schema):
     direction: str
     signal: str
     unproven: bool
+    shadow: bool = Field(
+        False, description="A challenger's prediction, scored in shadow (`?alias=challenger`)."
+    )
     outcome: Literal["up", "down"] | None
     correct: bool | None
 
@@ -352,6 +361,7 @@ class LiveAccuracy(Schema):
 class ModelInfo(Schema):
     name: str
     version: str
+    run_id: str | None = Field(None, description="The MLflow run that registered it.")
     feature_set_version: str
     feature_count: int
     sequence_length: int
@@ -365,12 +375,43 @@ class ModelInfo(Schema):
     loaded_at: int
 
 
+class LiveComparison(Schema):
+    """The challenger against production on the realised candles both predicted."""
+
+    production_version: str
+    challenger_version: str
+    rows: int = Field(description="Realised candles both versions predicted.")
+    needed: int = Field(description="ML_CHALLENGER_MIN_OUTCOMES: rows needed for a decision.")
+    challenger_log_loss: float | None
+    production_log_loss: float | None
+    delta_mean: float | None = Field(description="Mean per-row log loss, challenger - production.")
+    low: float | None = Field(description="95 % paired moving-block bootstrap interval.")
+    high: float | None
+    verdict: Literal["better", "worse", "undecided", "waiting"]
+    decision: Literal["waiting", "promote", "retire"] = Field(
+        description="What the challenger policy does at its next look."
+    )
+    reason: str
+    hours: float | None = Field(description="Hours since it became the challenger.")
+
+
+class ChallengerStatus(Schema):
+    """A version that passed the offline gate, scored in shadow beside production."""
+
+    model_info: ModelInfo
+    since: int | None = Field(description="When it became the challenger, epoch ms.")
+    comparison: LiveComparison
+
+
 class ModelTypeStatus(Schema):
     has_model: bool
     status: SlotState
     model_info: ModelInfo | None = None
     live_accuracy: dict[str, LiveAccuracy] = Field(
-        description="Version -> live accuracy, log loss and baselines."
+        description="Version -> live accuracy, log loss and baselines (the challenger's too)."
+    )
+    challenger: ChallengerStatus | None = Field(
+        None, description="The challenger (alias `challenger`), if any, and how it compares."
     )
     training: CanTrain
 

@@ -21,8 +21,10 @@ from pipelines.candles.store import CandleStore
 from pipelines.db import migrate, read_session
 from pipelines.periodic import Chores, ChoreStatus
 from pipelines.settings import Settings
+from pipelines.tracking import CHALLENGER_ALIAS
 from service.caches import TTLCache
 from service.candles import ServingCandleStore
+from service.challenger import ChallengerPolicy
 from service.history.store import PredictionHistory
 from service.history.writer import HistoryWriter
 from service.live import WATCH_CHORE, CandleWatcher, PredictionHub
@@ -64,6 +66,8 @@ class ServiceState:
     clock_offset_ms: int = 0
     # The last drift check per served (pair, model type): `service.drift.DriftResult.to_dict()`.
     drift: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # Champion and challenger on live candles (`service.challenger`), set by `build`.
+    challengers: ChallengerPolicy | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> ServiceState:
@@ -119,6 +123,7 @@ class ServiceState:
             hub=PredictionHub(max_connections=settings.ws_max_connections),
         )
         predictor.market_now_ms = state.market_now_ms
+        state.challengers = ChallengerPolicy(settings=settings, history=history, models=models)
         state.watcher = CandleWatcher(
             pairs=settings.pairs,
             load=lambda pair: store.load(pair, settings.timeframe),
@@ -130,6 +135,12 @@ class ServiceState:
                 pair=pair, model_type=model_type, candles=candles
             ),
             publish=state.publish,
+            challengers=lambda pair: [
+                (m.model_type, m.version) for m in models.challengers() if m.pair == pair
+            ],
+            predict_shadow=lambda pair, model_type, candles: predictor.predict_past(
+                pair=pair, model_type=model_type, candles=candles, alias=CHALLENGER_ALIAS
+            ),
         )
         return state
 
@@ -162,6 +173,12 @@ class ServiceState:
             return None
         end = model_data_end(model)
         return None if end is None else (model.version, end)
+
+    def challenger_of(self, pair: str, model_type: str) -> str | None:
+        """The slot's loaded challenger version (for the retraining policy: a slot with one
+        waits for live candles to decide)."""
+        model = self.models.challenger(pair, model_type)
+        return None if model is None else model.version
 
     def check_drift(self) -> None:
         """The drift chore: is a production version's live log loss over its last

@@ -63,6 +63,8 @@ POLICY_OFF_REASON = "the retraining policy is off (ML_RETRAIN_POLICY=false)"
 
 # (pair, model type) -> (production version, end of its training data), or None without one.
 ProductionDataEnd = Callable[[str, str], "tuple[str, pd.Timestamp] | None"]
+# (pair, model type) -> the version holding the `challenger` alias, or None.
+ChallengerOf = Callable[[str, str], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,15 @@ class RetrainingPolicy:
         *,
         store: CandleStore,
         production_data_end: ProductionDataEnd,
+        challenger_of: ChallengerOf | None = None,
     ) -> None:
+        """`challenger_of`: a slot's challenger version (a slot with one is not retrained:
+        a new version would supersede it before live candles decide); None: none ever."""
         self._settings = settings
         self._queue = queue
         self._store = store
         self._production_data_end = production_data_end
+        self._challenger_of = challenger_of
         self._url = settings.database_url
 
     def evaluate(self) -> list[Decision]:
@@ -193,6 +199,16 @@ class RetrainingPolicy:
         )
         if want.requested_by is None:
             return skipped(want.reason)
+        try:
+            challenger = self._challenger_of(pair, model_type) if self._challenger_of else None
+        except Exception as error:
+            return skipped(f"could not read the challenger of {name}: {error}")
+        if challenger is not None:
+            return skipped(
+                f"{name} challenger version {challenger} is being decided on live candles "
+                f"(ML_CHALLENGER_MIN_OUTCOMES): a new version now would supersede it (due: "
+                f"{want.reason})"
+            )
         try:
             result = self._queue.enqueue(
                 pair=pair,
@@ -310,6 +326,17 @@ def registry_data_end(settings: Settings) -> ProductionDataEnd:
         return version, pd.Timestamp(tracking.parse_data_end(data_range))
 
     return production_data_end
+
+
+def registry_challenger(settings: Settings) -> ChallengerOf:
+    """`challenger_of` read from the MLflow registry (MLflow is imported on first use)."""
+
+    def challenger_of(pair: str, model_type: str) -> str | None:
+        client = tracking.client_for(settings)
+        name = tracking.registered_model_name(pair, model_type)
+        return tracking.aliased_version(client, name=name, alias=tracking.CHALLENGER_ALIAS)
+
+    return challenger_of
 
 
 def _trained_data_ends(session: Session) -> dict[tuple[str, str], int]:

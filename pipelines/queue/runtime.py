@@ -31,7 +31,13 @@ from pipelines.queue import jobs, lease, retention, store
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.clock import now_ms
 from pipelines.queue.dispatcher import Dispatcher
-from pipelines.queue.policy import ProductionDataEnd, RetrainingPolicy, registry_data_end
+from pipelines.queue.policy import (
+    ChallengerOf,
+    ProductionDataEnd,
+    RetrainingPolicy,
+    registry_challenger,
+    registry_data_end,
+)
 from pipelines.queue.schemas import JobView
 from pipelines.settings import Settings
 
@@ -63,10 +69,13 @@ class TrainingScheduler:
         *,
         worker_id: str | None = None,
         production_data_end: ProductionDataEnd | None = None,
+        challenger_of: ChallengerOf | None = None,
     ) -> None:
         """`production_data_end(pair, model_type)`: the production version and where its data
         ends, for the retraining policy; by default read from the MLflow registry
         (`registry_data_end`). The API passes one reading its model cache (no MLflow import).
+        `challenger_of(pair, model_type)`: the slot's challenger version, likewise
+        (`registry_challenger` by default).
         """
         self.settings = settings
         self.worker_id = worker_id or new_worker_id()
@@ -86,6 +95,7 @@ class TrainingScheduler:
             self.queue,
             store=CandleStore.from_settings(settings),
             production_data_end=production_data_end or registry_data_end(settings),
+            challenger_of=challenger_of or registry_challenger(settings),
         )
         self._leader_chores: dict[str, tuple[Callable[[], object], float]] = {}
         self._callbacks: list[Callable[[JobView], None]] = []

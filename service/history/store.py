@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, true, update
 
 from pipelines.candles.store import CandlesNotFoundError, CandleStore
 from pipelines.db import read_session, write_session
@@ -22,6 +22,17 @@ from service.predictor import PredictionRecord
 logger = logging.getLogger(__name__)
 
 _TABLE = cast(Table, PredictionRow.__table__)
+_SERVED = (
+    update(_TABLE)
+    .where(
+        _TABLE.c.pair == bindparam("k_pair"),
+        _TABLE.c.model_type == bindparam("k_model_type"),
+        _TABLE.c.model_version == bindparam("k_model_version"),
+        _TABLE.c.candle_time == bindparam("k_candle_time"),
+        _TABLE.c.shadow == true(),
+    )
+    .values(shadow=False)
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,7 @@ def row_values(r: PredictionRecord) -> dict[str, Any]:
         "direction": r.direction,
         "signal": r.signal,
         "unproven": r.unproven,
+        "shadow": r.shadow,
     }
 
 
@@ -69,12 +81,26 @@ class PredictionHistory:
         if not records:
             return
         rows = [row_values(r) for r in records]
+        served = [
+            {f"k_{k}": row[k] for k in ("pair", "model_type", "model_version", "candle_time")}
+            for row in rows
+            if not row["shadow"]
+        ]
         with write_session(self.url) as session:
             session.execute(_insert_once(session.get_bind().dialect.name), rows)
+            if served:
+                # A candle a challenger predicted in shadow and then, promoted, served: the same
+                # prediction (version and candle), now one clients were given.
+                session.connection().execute(_SERVED, served)
 
-    def recent(self, *, pair: str, limit: int, since_ms: int | None = None) -> list[dict[str, Any]]:
-        """Newest first, at most `limit`, optionally only those made at or after `since_ms`."""
-        query = select(PredictionRow).where(PredictionRow.pair == pair)
+    def recent(
+        self, *, pair: str, limit: int, since_ms: int | None = None, shadow: bool = False
+    ) -> list[dict[str, Any]]:
+        """Newest first, at most `limit`, optionally only those made at or after `since_ms`;
+        production's predictions, or with `shadow` the challengers' (scored in shadow)."""
+        query = select(PredictionRow).where(
+            PredictionRow.pair == pair, PredictionRow.shadow == shadow
+        )
         if since_ms is not None:
             query = query.where(PredictionRow.created_at >= since_ms)
         query = query.order_by(PredictionRow.created_at.desc(), PredictionRow.id.desc()).limit(
@@ -83,10 +109,12 @@ class PredictionHistory:
         with read_session(self.url) as session:
             return [_row_json(row) for row in session.scalars(query)]
 
-    def count(self, *, pair: str | None = None) -> int:
+    def count(self, *, pair: str | None = None, shadow: bool | None = None) -> int:
         query = select(func.count()).select_from(PredictionRow)
         if pair is not None:
             query = query.where(PredictionRow.pair == pair)
+        if shadow is not None:
+            query = query.where(PredictionRow.shadow == shadow)
         with read_session(self.url) as session:
             return int(session.scalar(query) or 0)
 
@@ -280,6 +308,7 @@ def _row_json(row: PredictionRow) -> dict[str, Any]:
         "direction": row.direction,
         "signal": row.signal,
         "unproven": row.unproven,
+        "shadow": bool(row.shadow),
         "outcome": None if row.outcome is None else ("up" if row.outcome else "down"),
         "correct": row.correct,
     }

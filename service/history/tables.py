@@ -1,8 +1,8 @@
-"""The prediction history table (migration `0002`)."""
+"""The prediction history table (migrations `0002`, `0004`, `0005`)."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Float, Index, Integer, String
+from sqlalchemy import BigInteger, Boolean, Float, Index, Integer, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pipelines.db import Base
@@ -31,6 +31,8 @@ class PredictionRow(Base):
     unproven: Mapped[bool] = mapped_column(Boolean)
     outcome: Mapped[int | None] = mapped_column(Integer, nullable=True)
     correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # A challenger's prediction, scored in shadow (migration 0005): never served unasked.
+    shadow: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
 
     __table_args__ = (
         Index("ix_prediction_history_pair_created_at", "pair", "created_at"),

@@ -9,12 +9,54 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.settings import MODEL_TYPES
+from service.challenger import compare
 from service.deps import StateDep, valid_pair
+from service.history.store import RealisedRows
 from service.live_figures import live_figures
+from service.model_cache import ServedModel
 from service.schemas import ModelStatus, errors
 from service.state import ServiceState
 
 router = APIRouter(prefix="/api", tags=["models"])
+
+
+def _version_info(served: ServedModel) -> dict[str, Any]:
+    """A loaded version: registry name and number, run, feature set, offline metrics."""
+    meta = served.bundle.metadata
+    return {
+        "name": served.name,
+        "version": served.version,
+        "runId": served.run_id,
+        "featureSetVersion": served.bundle.spec.version,
+        "featureCount": len(served.bundle.spec.names),
+        "sequenceLength": served.bundle.sequence_length,
+        "horizon": served.bundle.horizon,
+        "minimumCandles": served.bundle.spec.warmup + served.bundle.sequence_length,
+        "beatsBaseline": served.bundle.beats_baseline,
+        "unproven": served.unproven,
+        "dataRange": meta.get("data_range"),
+        "testMetrics": meta.get("test_metrics"),
+        "baselineMetrics": meta.get("baseline_metrics"),
+        "loadedAt": int(served.loaded_at * 1000),
+    }
+
+
+def _challenger_info(
+    state: ServiceState, pair: str, model_type: str, realised: list[RealisedRows]
+) -> dict[str, Any] | None:
+    """The slot's challenger beside production: its version, and the live comparison."""
+    challenger = state.models.challenger(pair, model_type)
+    production = state.models.get(pair, model_type)
+    if challenger is None or production is None:
+        return None
+    comparison = compare(
+        realised, production=production, challenger=challenger, settings=state.settings
+    )
+    return {
+        "modelInfo": _version_info(challenger),
+        "since": challenger.since_ms,
+        "comparison": comparison.to_json(),
+    }
 
 
 def _model_info(state: ServiceState, pair: str, model_type: str) -> dict[str, Any]:
@@ -23,22 +65,7 @@ def _model_info(state: ServiceState, pair: str, model_type: str) -> dict[str, An
     status = state.models.status(pair, model_type)
     entry: dict[str, Any] = {"hasModel": served is not None, "status": status.to_dict()}
     if served is not None:
-        meta = served.bundle.metadata
-        entry["modelInfo"] = {
-            "name": served.name,
-            "version": served.version,
-            "featureSetVersion": served.bundle.spec.version,
-            "featureCount": len(served.bundle.spec.names),
-            "sequenceLength": served.bundle.sequence_length,
-            "horizon": served.bundle.horizon,
-            "minimumCandles": served.bundle.spec.warmup + served.bundle.sequence_length,
-            "beatsBaseline": served.bundle.beats_baseline,
-            "unproven": served.unproven,
-            "dataRange": meta.get("data_range"),
-            "testMetrics": meta.get("test_metrics"),
-            "baselineMetrics": meta.get("baseline_metrics"),
-            "loadedAt": int(served.loaded_at * 1000),
-        }
+        entry["modelInfo"] = _version_info(served)
     return entry
 
 
@@ -46,6 +73,11 @@ def _served_part(state: ServiceState, pair: str) -> tuple[dict[str, Any], bool, 
     """Model info and live figures (`service.live_figures`) per model type; cached 1 min per
     served versions and slot states (a refused or failed version shows at once)."""
     versions = tuple((m.model_type, m.version) for m in state.models.models_of(pair))
+    versions += tuple(
+        (m.model_type, f"challenger {m.version}")
+        for m in state.models.challengers()
+        if m.pair == pair
+    )
     slots = tuple(state.models.status(pair, m) for m in MODEL_TYPES)
     key = (pair, versions, slots)
     hit = state.model_status_cache.get(key)
@@ -57,6 +89,7 @@ def _served_part(state: ServiceState, pair: str) -> tuple[dict[str, Any], bool, 
             state.history, state.store, pair=pair, timeframe=state.settings.timeframe
         )
     }
+    realised = state.history.realised_rows(pair=pair)
     individual: dict[str, Any] = {}
     for model_type in MODEL_TYPES:
         enabled = model_type in state.settings.enabled_models
@@ -68,6 +101,7 @@ def _served_part(state: ServiceState, pair: str) -> tuple[dict[str, Any], bool, 
             for (kind, version), figures in live.items()
             if kind == model_type
         }
+        entry["challenger"] = _challenger_info(state, pair, model_type, realised)
         individual[model_type] = entry
     first = next(iter(state.models.models_of(pair)), None)
     part = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
@@ -25,9 +25,10 @@ from starlette.concurrency import run_in_threadpool
 
 from pipelines.candles.store import CandlesNotFoundError
 from pipelines.candles.validate import CandleValidationError, validate_candles
+from pipelines.tracking import CHALLENGER_ALIAS, PRODUCTION_ALIAS
 from service.deps import StateDep, get_state, valid_model_type, valid_pair
 from service.errors import ApiError, no_candles
-from service.predictor import InsufficientCandlesError
+from service.predictor import InsufficientCandlesError, NoChallengerError
 from service.schemas import AllPredictions, Prediction, PredictionHistory, errors
 from service.state import ServiceState
 
@@ -38,6 +39,8 @@ ModelQuery = Annotated[
     Query(description="Model type: lstm, gru, cnn or transformer (default: the first enabled)."),
 ]
 EnsembleQuery = Annotated[bool, Query(description="Average the pair's production models.")]
+# The registry aliases a prediction can be asked of (`?alias=`).
+ALIASES: tuple[str, ...] = (PRODUCTION_ALIAS, CHALLENGER_ALIAS)
 # Epoch milliseconds below this are more likely seconds (1e11 ms is March 1973); from the
 # upper bound on (2200-01-01) they are more likely microseconds, and near it pandas' time range
 # ends (2262).
@@ -56,15 +59,34 @@ def _json(body: dict[str, Any], start: float, status_code: int = 200) -> Respons
     return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
 
 
-async def _predict(state: ServiceState, pair: str, model_type: str, ensemble: bool) -> Any:
+async def _predict(
+    state: ServiceState,
+    pair: str,
+    model_type: str,
+    ensemble: bool,
+    alias: str = PRODUCTION_ALIAS,
+) -> Any:
     # A cached answer (or one from cached features) on the event loop; the rest in a thread.
-    body = state.predictor.answer_now(pair=pair, model_type=model_type, ensemble=ensemble)
-    if body is not None:
-        return body
     try:
-        return await run_in_threadpool(
-            state.predictor.predict, pair=pair, model_type=model_type, ensemble=ensemble
+        body = state.predictor.answer_now(
+            pair=pair, model_type=model_type, ensemble=ensemble, alias=alias
         )
+        if body is not None:
+            return body
+        return await run_in_threadpool(
+            state.predictor.predict,
+            pair=pair,
+            model_type=model_type,
+            ensemble=ensemble,
+            alias=alias,
+        )
+    except NoChallengerError as exc:
+        raise ApiError(
+            404,
+            f"{pair} has no {model_type} challenger: no version holds the alias "
+            f"'{CHALLENGER_ALIAS}' (a version that passes the offline gate while another is "
+            "production becomes one, with ML_PROMOTION=shadow)",
+        ) from exc
     except CandlesNotFoundError as exc:
         raise no_candles(exc, pair=pair, timeframe=state.settings.timeframe) from exc
     except InsufficientCandlesError as exc:
@@ -107,7 +129,26 @@ _PREDICTION_PARAMETERS = [
         "schema": {"type": "boolean", "default": False},
         "description": "Average the pair's production models.",
     },
+    {
+        "name": "alias",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": list(ALIASES), "default": PRODUCTION_ALIAS},
+        "description": "challenger: the answer of the pair's challenger, scored in shadow "
+        "(404 when it has none); production (the default) is what serves.",
+    },
 ]
+
+
+def _alias(value: str | None, *, ensemble: bool) -> str:
+    if value is None:
+        return PRODUCTION_ALIAS
+    text = value.strip().lower()
+    if text not in ALIASES:
+        raise ApiError(422, f"alias: {value!r} is not one of {', '.join(repr(a) for a in ALIASES)}")
+    if ensemble and text != PRODUCTION_ALIAS:
+        raise ApiError(422, "alias: an ensemble averages production models; drop ensemble")
+    return text
 
 
 def _flag(name: str, value: str | None) -> bool:
@@ -137,7 +178,9 @@ async def prediction(request: Request) -> Response:
     query = request.query_params
     pair = valid_pair(state, request.path_params["pair"])
     model_type = valid_model_type(state, query.get("model"))
-    body = await _predict(state, pair, model_type, _flag("ensemble", query.get("ensemble")))
+    ensemble = _flag("ensemble", query.get("ensemble"))
+    alias = _alias(query.get("alias"), ensemble=ensemble)
+    body = await _predict(state, pair, model_type, ensemble, alias)
     return _json(body, start)
 
 
@@ -351,15 +394,21 @@ async def prediction_history(
             json_schema_extra=SINCE_SCHEMA,
         ),
     ] = None,
+    alias: Annotated[
+        Literal["production", "challenger"],
+        Query(description="challenger: the challengers' predictions, scored in shadow."),
+    ] = "production",
 ) -> Response:
-    """Stored predictions, newest first, with their realised outcome once the horizon passed."""
+    """Stored predictions, newest first, with their realised outcome once the horizon passed:
+    production's, or with `alias=challenger` those its challengers made in shadow."""
     start = time.perf_counter()
     symbol = valid_pair(state, pair)
     since_ms = parse_since(since) if since is not None else None
+    shadow = alias == CHALLENGER_ALIAS
     rows = await run_in_threadpool(
-        state.history.recent, pair=symbol, limit=limit, since_ms=since_ms
+        state.history.recent, pair=symbol, limit=limit, since_ms=since_ms, shadow=shadow
     )
-    total = await run_in_threadpool(state.history.count, pair=symbol)
+    total = await run_in_threadpool(state.history.count, pair=symbol, shadow=shadow)
     return _json(
         {"pair": symbol, "count": len(rows), "totalCount": total, "predictions": rows}, start
     )

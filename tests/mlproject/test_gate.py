@@ -158,7 +158,10 @@ class Registry:
 
 @pytest.fixture
 def registry(settings: Settings, btc_candles: pd.DataFrame, tmp_path: Path) -> Registry:
-    return Registry(settings, btc_candles, tmp_path)
+    # The offline gate's own decisions (ML_PROMOTION=offline); shadow admission is tested below.
+    return Registry(
+        settings.model_copy(update={"promotion_mode": "offline"}), btc_candles, tmp_path
+    )
 
 
 def _unseen_rows(registry: Registry, seen_until: pd.Timestamp) -> int:
@@ -489,3 +492,70 @@ def test_force_promotes_and_clears_the_numbers_of_an_earlier_gating(registry: Re
     tags = registry.tags(worse)
     assert "promoted by the operator (--force)" in tags["tbml.promotion_reason"]
     assert not any(key.startswith("tbml.gate_") for key in tags)
+
+
+# --- ML_PROMOTION=shadow: a passed version becomes the challenger --------------------------
+
+
+def test_in_shadow_mode_a_passing_version_becomes_the_challenger_and_production_stays(
+    registry: Registry,
+) -> None:
+    old = registry.version(0.9)
+    registry.gate(old, promotion_mode="shadow")  # the first version: production at once
+    new = registry.version(0.5)
+
+    decision = registry.gate(new, promotion_mode="shadow")
+
+    assert decision.promoted and decision.outcome == "challenger"
+    assert registry.production() == old
+    challenger = registry.client.get_model_version_by_alias(NAME, "challenger")
+    assert str(challenger.version) == new
+    tags = registry.tags(new)
+    assert tags["tbml.promotion"] == "challenger"
+    assert "admitted as the challenger (ML_PROMOTION=shadow)" in tags["tbml.promotion_reason"]
+    assert int(tags["tbml.challenger_since"]) > 0
+    assert tags["tbml.gate_rows"] == str(TEST_ROWS)
+
+
+def test_a_newer_challenger_supersedes_the_old_one_which_is_tagged_retired(
+    registry: Registry,
+) -> None:
+    registry.gate(registry.version(0.9), promotion_mode="shadow")
+    first = registry.version(0.5)
+    registry.gate(first, promotion_mode="shadow")
+    second = registry.version(0.5)
+
+    decision = registry.gate(second, promotion_mode="shadow")
+
+    assert decision.outcome == "challenger"
+    assert f"replaces challenger version {first}" in decision.reason
+    assert str(registry.client.get_model_version_by_alias(NAME, "challenger").version) == second
+    assert registry.tags(first)["tbml.challenger_outcome"] == "retired"
+    assert f"superseded by version {second}" in registry.tags(first)["tbml.challenger_reason"]
+
+
+def test_in_shadow_mode_a_rejected_version_gets_no_alias(registry: Registry) -> None:
+    old = registry.version(0.5)
+    registry.gate(old, promotion_mode="shadow")
+    worse = registry.version(0.9)
+
+    decision = registry.gate(worse, promotion_mode="shadow")
+
+    assert decision.outcome == "rejected"
+    assert registry.production() == old
+    aliases = registry.client.get_registered_model(NAME).aliases
+    assert "challenger" not in aliases
+
+
+def test_forced_promotion_skips_the_challenger_stage_and_clears_its_alias(
+    registry: Registry,
+) -> None:
+    registry.gate(registry.version(0.9), promotion_mode="shadow")
+    new = registry.version(0.5)
+    registry.gate(new, promotion_mode="shadow")
+
+    decision = registry.gate(new, force=True, promotion_mode="shadow")
+
+    assert decision.outcome == "promoted"
+    assert registry.production() == new
+    assert "challenger" not in registry.client.get_registered_model(NAME).aliases

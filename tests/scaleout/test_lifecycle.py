@@ -28,6 +28,7 @@ HOUR_MS = 3_600_000
 # Replayed candles available: enough for the bootstrap, a retraining and the checks after it.
 REPLAYED = 400
 RETRAIN_HOURS = 8
+CHALLENGER_OUTCOMES = 3
 
 
 def _environment(root: Path, *, exchange_url: str, port: int) -> dict[str, str]:
@@ -67,6 +68,10 @@ def _environment(root: Path, *, exchange_url: str, port: int) -> dict[str, str]:
         # compares on the candles since production's: about RETRAIN_HOURS of them.
         "ML_PROMOTION_MARGIN": "-1",
         "ML_GATE_MIN_ROWS": "4",
+        # A passed version is the challenger (ML_PROMOTION=shadow, the default), scored in
+        # shadow until this many realised candles both versions predicted decide.
+        "ML_CHALLENGER_MIN_OUTCOMES": str(CHALLENGER_OUTCOMES),
+        "ML_CHALLENGER_INTERVAL": "500",
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
 
@@ -150,7 +155,8 @@ def test_new_candles_give_predictions_outcomes_a_policy_retraining_and_a_swap(
         stream = Stream(f"ws://127.0.0.1:{port}/ws/predictions?pairs=BTC")
         try:
             # A retraining asked for by the policy (new data since the bootstrap's data end),
-            # trained on replayed candles, promoted, and served, with no request from the test.
+            # trained on replayed candles, admitted as the challenger, scored in shadow,
+            # promoted by the challenger policy and served, with no request from the test.
             def retrained() -> dict[str, Any] | None:
                 queue = client.get("/api/training/queue").json()["queue"]
                 for job in queue["history"]["recent"]:
@@ -165,6 +171,7 @@ def test_new_candles_give_predictions_outcomes_a_policy_retraining_and_a_swap(
             job = wait_for(retrained, timeout=420, what="a policy retraining", watch=watch)
             assert isinstance(job, dict)
             new_version = str(job["registeredVersion"])
+            assert job["promotion"] == "challenger", job
             wait_for(
                 lambda: served_version() == new_version,
                 timeout=60,
@@ -187,7 +194,28 @@ def test_new_candles_give_predictions_outcomes_a_policy_retraining_and_a_swap(
         from mlflow import MlflowClient
 
         tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        run = MlflowClient(tracking_uri=tracking).get_run(job["runId"])
+        registry = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+
+        # Before it served, the challenger predicted in shadow: recorded, never pushed; the
+        # policy promoted it on the realised candles both versions predicted.
+        shadow = client.get(
+            "/api/predictions/BTC/history", params={"limit": 1000, "alias": "challenger"}
+        ).json()["predictions"]
+        assert shadow, "no shadow prediction recorded"
+        assert {r["modelVersion"] for r in shadow} == {new_version}
+        assert all(r["shadow"] is True for r in shadow)
+        pushed_before = {
+            m["candleTime"] for m in stream.messages if m["modelVersion"] == new_version
+        }
+        assert {r["candleTime"] for r in shadow} - pushed_before, "shadow rows were pushed"
+        tags = registry.get_model_version("BTC-lstm", new_version).tags
+        assert tags["tbml.challenger_outcome"] == "promoted", tags
+        assert int(tags["tbml.live_rows"]) >= CHALLENGER_OUTCOMES
+        assert "not worse than production" in tags["tbml.challenger_reason"]
+        aliases = registry.get_registered_model("BTC-lstm").aliases
+        assert str(aliases.get("production")) == new_version
+        assert "challenger" not in aliases
+        run = registry.get_run(job["runId"])
         data_end = pd.Timestamp(run.data.tags["data_range"].split(" .. ")[1])
         assert int(data_end.value // 1_000_000) > known_end_ms
 

@@ -223,9 +223,9 @@ def test_a_steady_refresh_asks_the_registry_once_and_still_sees_a_new_version(
     models = server.state.models
     reader = models.reader
     calls: list[str] = []
-    searched, asked = reader.production_versions, reader.production
+    searched, asked = reader.alias_versions, reader.production
 
-    def production_versions() -> dict[str, str]:
+    def alias_versions() -> dict[str, dict[str, str]]:
         calls.append("search")
         return searched()
 
@@ -233,7 +233,7 @@ def test_a_steady_refresh_asks_the_registry_once_and_still_sees_a_new_version(
         calls.append(name)
         return asked(name)
 
-    reader.production_versions = production_versions  # type: ignore[method-assign]
+    reader.alias_versions = alias_versions  # type: ignore[method-assign]
     reader.production = production  # type: ignore[method-assign]
     served = {key for key, status in models.statuses().items() if status.state == "loaded"}
     assert served  # the real registry's production versions, one per served slot

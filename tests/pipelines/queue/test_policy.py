@@ -26,6 +26,7 @@ from pipelines.queue.policy import (
     PRIORITY_STALE,
     Decision,
     RetrainingPolicy,
+    registry_challenger,
     registry_data_end,
 )
 from pipelines.queue.tables import SUCCEEDED
@@ -355,3 +356,36 @@ def test_a_run_s_data_range_becomes_its_report_s_data_end(tracked_settings: Sett
     assert tracking.read_report(tracked_settings, bare.info.run_id).data_end is None
     with pytest.raises(ValueError, match=r"data_range 'yesterday' is not 'START \.\. END'"):
         tracking.parse_data_end("yesterday")
+
+
+def test_a_slot_whose_challenger_is_being_decided_is_not_retrained(
+    tracked_settings: Settings,
+) -> None:
+    end = BUNDLED_END - pd.Timedelta(hours=200)
+    _register_production(
+        tracked_settings, pair="BTC", data_range=f"2020-01-01T00:00:00+00:00 .. {end.isoformat()}"
+    )
+    client = tracking.client_for(tracked_settings)
+    first = client.get_model_version("BTC-lstm", "1")
+    second = str(client.create_model_version("BTC-lstm", first.source, run_id=first.run_id).version)
+    # The second version is the challenger (the alias the gate sets), the first production.
+    tracking.set_challenger(client, name="BTC-lstm", version=second, now_ms=now_ms())
+    policy = RetrainingPolicy(
+        tracked_settings,
+        TrainingQueue(tracked_settings),
+        store=CandleStore.from_settings(tracked_settings),
+        production_data_end=registry_data_end(tracked_settings),
+        challenger_of=registry_challenger(tracked_settings),
+    )
+
+    decision = _btc(policy.evaluate())
+
+    assert decision.action == "skipped"
+    assert decision.reason.startswith(
+        f"BTC-lstm challenger version {second} is being decided on live candles"
+    )
+    assert "(due: BTC-lstm production version 1 is stale" in decision.reason
+    assert _queued(tracked_settings) == []
+    # Once it is decided (the alias removed), the due retraining is queued.
+    client.delete_registered_model_alias("BTC-lstm", tracking.CHALLENGER_ALIAS)
+    assert _btc(policy.evaluate()).action == "enqueued"
