@@ -1,5 +1,11 @@
 """The promotion gate: whether a registered version (the challenger) may become production.
 
+Passing it is admission, not yet promotion, with `ML_PROMOTION=shadow` (the default): a version
+that passed a comparison with a production version that serves gets the alias `challenger`, and
+live candles decide (`service.challenger`). The first version, a forced one, and one that
+replaces a production version this code cannot score become production at once, as every
+passed version does with `ML_PROMOTION=offline`.
+
 The comparison. The challenger and the production version (the incumbent) are scored through
 their ONNX bundles on the same rows and labels: the rows of the challenger's own held-out test
 window (the newest) less those at or before the incumbent's `fit_end` (the last candle of a

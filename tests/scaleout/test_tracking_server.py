@@ -83,7 +83,7 @@ def test_a_killed_job_run_ends_killed_without_versions_on_the_server(
 def test_the_promotion_gate_can_mirror_the_production_stage_on_postgres(
     server_settings: Settings,
 ) -> None:
-    from mlproject.tracking import set_production
+    from pipelines.tracking import set_production
 
     client = _client(server_settings)
     _, run_id = tracking.create_job_run(
@@ -162,3 +162,13 @@ def test_the_serving_side_reads_production_and_the_models_bundle_through_the_res
     }
     summary = reader.summary()
     assert summary.production[name] == str(version.version)
+    # The challenger alias reaches the service the same way, in the refresh's one search.
+    assert reader.aliased(name, "challenger") is None
+    client.set_registered_model_alias(name, "challenger", version.version)
+    challenger = reader.aliased(name, "challenger")
+    assert challenger is not None
+    assert challenger.version == str(version.version)
+    assert reader.alias_versions()[name] == {
+        "production": str(version.version),
+        "challenger": str(version.version),
+    }
