@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     )
     artifact_root: Path = Field(Path("mlruns"), validation_alias="ML_ARTIFACT_ROOT")
     experiment_name: str = Field("trading-bot-ml", validation_alias="ML_EXPERIMENT_NAME")
+    # Where people open the MLflow UI (`make ui`): the dashboard links runs and versions there.
+    mlflow_ui_url: str = Field(
+        "http://127.0.0.1:5000", max_length=2000, validation_alias="ML_MLFLOW_UI_URL"
+    )
 
     # --- training, evaluation and promotion (mlproject/; see docs/training.md) ----------------
     evaluation_experiment_name: str = Field(
@@ -311,6 +315,17 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             return [str(item).upper() for item in value]
         return value
+
+    @field_validator("mlflow_ui_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        text = value.strip().rstrip("/")
+        scheme, _, rest = text.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest or any(c.isspace() for c in text):
+            raise ValueError(
+                f"ML_MLFLOW_UI_URL must be an http:// or https:// address, got {value!r}"
+            )
+        return text
 
     @field_validator("enabled_models", mode="before")
     @classmethod

@@ -327,6 +327,8 @@ def test_promote_command_replaces_a_worse_production_version(
     monkeypatch.setenv("ML_ARTIFACT_ROOT", str(trained.settings.artifact_root))
     # These tiny trainings test on 58 rows; the gate decides on them only when allowed to.
     monkeypatch.setenv("ML_GATE_MIN_ROWS", "50")
+    # Production at once, as the offline gate decides (shadow admission: test_gate.py).
+    monkeypatch.setenv("ML_PROMOTION", "offline")
     get_settings.cache_clear()
     try:
         runner = CliRunner()
