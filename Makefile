@@ -10,11 +10,12 @@ UV_VERSION := 0.9.5
 LOCK := requirements/dev.lock
 STAMP := $(VENV)/.installed
 PAIR ?= BTC
+CHROMIUM ?= /usr/bin/chromium
 UI_PORT ?= 5000
 DEMO_INTERVAL ?= 3
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install run demo test test-fast lint audit format bench ui train migrate lock clean
+.PHONY: help install browser run demo test test-fast lint audit format bench ui train migrate lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,6 +28,16 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(UV) pip sync --quiet --compile-bytecode --python $(PY) $(LOCK)
 	$(UV) pip install --quiet --python $(PY) --no-deps --editable .
 	@touch $(STAMP)
+
+browser: ## Debian's Chromium for the dashboard's browser tests (apt-get, as root, when missing)
+	@if [ -x "$(CHROMIUM)" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "no Chromium at $(CHROMIUM): the browser tests need it; as root run" \
+			"'apt-get install -y chromium' (or 'sudo make browser')" >&2; exit 1; \
+	fi; \
+	command -v apt-get >/dev/null || { echo "no apt-get here: install Chromium so that" \
+		"$(CHROMIUM) exists (or pass CHROMIUM=/path/to/chromium)" >&2; exit 1; }; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 run: install ## Set up everything, train the bundled pairs if the registry is empty, serve on :3001
 	$(VENV)/bin/tbml up
@@ -48,11 +59,11 @@ ui: install ## MLflow UI (runs, plots, registry) on the service's tracking store
 migrate: install ## Bring the service database to the newest schema (alembic upgrade head)
 	$(VENV)/bin/alembic upgrade head
 
-test: install ## Run the test suite (installs first if needed)
-	$(PY) -m pytest
+test: install browser ## Run the test suite (installs first if needed, Chromium included)
+	TBML_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
-test-fast: install ## Run the tests not marked slow
-	$(PY) -m pytest -m "not slow"
+test-fast: install browser ## Run the tests not marked slow
+	TBML_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -m "not slow"
 
 lint: install audit ## Ruff (lint and format check), mypy and the dependency audit
 	$(VENV)/bin/ruff check .

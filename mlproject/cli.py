@@ -133,22 +133,52 @@ def train(
 
 
 def evaluate(
-    pair: Annotated[str | None, typer.Argument(help="A pair, or 'all'.")] = None,
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="A pair, or 'all'; with --combine, the JSON reports to combine.",
+            show_default=False,
+        ),
+    ] = None,
     all_pairs: Annotated[bool, typer.Option("--all", help="Every configured pair.")] = False,
     model_type: Annotated[str, typer.Option(help="lstm, gru, cnn or transformer.")] = "lstm",
     folds: Annotated[int | None, typer.Option(help="Expanding folds per pair.")] = None,
     test_size: Annotated[int | None, typer.Option(help="Test samples per fold.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Most epochs per fold.")] = None,
-    seed: Annotated[int, typer.Option()] = 42,
+    seed: Annotated[int | None, typer.Option(help="One seed (default 42).")] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(help="Several seeds, e.g. 42,43,44: every metric as mean ± sd over them."),
+    ] = None,
     max_rows: Annotated[int, typer.Option(help="Newest candles used (0 = all).")] = 0,
     output_dir: Annotated[Path, typer.Option(help="Where the report is written.")] = (
         DEFAULT_REPORT_DIR
     ),
+    combine: Annotated[
+        bool,
+        typer.Option(
+            "--combine",
+            help="Combine the JSON reports given as arguments (one per architecture) into one "
+            "page with a verdict per pair; nothing is trained.",
+        ),
+    ] = False,
+    output: Annotated[
+        Path, typer.Option(help="With --combine: the page written.")
+    ] = DEFAULT_REPORT_DIR / "evaluation.md",
+    note: Annotated[
+        list[str] | None, typer.Option(help="With --combine: a line added to the page's notes.")
+    ] = None,
 ) -> None:
-    """Walk-forward evaluation: the model against every baseline, fold by fold."""
+    """Walk-forward evaluation: the model against every baseline, fold by fold, seed by seed."""
+    if combine:
+        _combine(targets or [], output=output, notes=note or [])
+        return
     from pipelines.pairs import InvalidNameError, check_model_type
 
     settings = get_settings()
+    if targets is not None and len(targets) > 1:
+        raise typer.BadParameter(f"name one PAIR or 'all', got {' '.join(targets)}")
+    pair = targets[0] if targets else None
     if all_pairs or (pair is not None and pair.strip().lower() == "all"):
         pairs = list(settings.pairs)
     elif pair is not None:
@@ -156,9 +186,15 @@ def evaluate(
     else:
         raise typer.BadParameter("name a PAIR or pass --all")
     from mlproject.data import NotEnoughDataError
-    from mlproject.evaluate import EvaluationPlan
+    from mlproject.evaluate import EvaluationPlan, parse_seeds
     from mlproject.evaluate import evaluate as run_evaluation
 
+    if seed is not None and seeds is not None:
+        raise typer.BadParameter("pass --seed or --seeds, not both")
+    try:
+        chosen = parse_seeds(seeds) if seeds is not None else (42 if seed is None else seed,)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--seeds") from None
     try:
         plan = EvaluationPlan.from_settings(
             settings,
@@ -168,7 +204,7 @@ def evaluate(
             folds=folds or None,
             test_size=test_size or None,
             epochs=epochs or None,
-            seed=seed,
+            seeds=chosen,
             max_rows=max_rows,
         )
         _, path = run_evaluation(plan, settings=settings, output_dir=output_dir)
@@ -176,6 +212,20 @@ def evaluate(
         _fail(exc)
     typer.echo(path.read_text())
     typer.echo(f"report written to {path}")
+
+
+def _combine(paths: list[str], *, output: Path, notes: list[str]) -> None:
+    from mlproject.evaluation_page import ReportError, combine_reports
+
+    if not paths:
+        raise typer.BadParameter("--combine needs the JSON reports to combine")
+    try:
+        page = combine_reports([Path(p) for p in paths], notes=notes)
+    except ReportError as exc:
+        _fail(exc)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(page)
+    typer.echo(f"page written to {output}")
 
 
 def promote(

@@ -2,11 +2,15 @@
 
 Fold i trains on everything before its test window (less the purge gaps and the validation part)
 and tests on the next `test_size` samples; the last fold's window ends at the newest candle.
-Each fold goes through the same `fit_and_score` as a training run. Intervals: Wilson for
+Each fold goes through the same `fit_and_score` as a training run, once per seed of the plan
+(the model's initialisation, dropout and shuffling; the fitted baselines take the same seed, which
+only LightGBM's column sampling uses). Intervals: Wilson for
 accuracy; a circular moving-block bootstrap (blocks of 24 rows, 1000 resamples) for ROC AUC and
 log loss, so that the dependence between neighbouring hours is not pretended away. `beats` is
 the training run's paired verdict (`mlproject.scoring.judge`): per-row log-loss differences,
 model minus each baseline on the same rows, through a moving-block bootstrap of a day's blocks.
+Over several seeds, `summarise` gives every metric's mean and standard deviation per pair and
+fold and counts the seeds whose paired interval lies wholly below `-margin`.
 """
 
 from __future__ import annotations
@@ -54,14 +58,32 @@ class EvaluationPlan:
     test_size: int = 2000
     epochs: int = 8
     patience: int = 3
-    seed: int = 42
+    seeds: tuple[int, ...] = (42,)
     max_rows: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("an evaluation needs at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must differ, got {','.join(map(str, self.seeds))}")
+
+    @property
+    def seed(self) -> int:
+        """The first seed (the only one of a one-seed plan)."""
+        return self.seeds[0]
 
     @classmethod
     def from_settings(
         cls, settings: Settings, *, pairs: list[str], **overrides: Any
     ) -> EvaluationPlan:
+        """A plan with the settings' walk-forward defaults; `seed=` is a one-seed `seeds=`."""
         given = {k: v for k, v in overrides.items() if v is not None}
+        if "seed" in given:
+            if "seeds" in given:
+                raise ValueError("give seed or seeds, not both")
+            given["seeds"] = (given.pop("seed"),)
+        if "seeds" in given:
+            given["seeds"] = tuple(int(s) for s in given["seeds"])
         return cls(
             pairs=tuple(check_pair(p, settings.pairs) for p in pairs),
             folds=given.pop("folds", settings.walk_forward_folds),
@@ -70,6 +92,19 @@ class EvaluationPlan:
             patience=given.pop("patience", settings.walk_forward_patience),
             **given,
         )
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """`"42,43,44"` -> (42, 43, 44): whole numbers >= 0, comma-separated, each once."""
+    parts = [part.strip() for part in text.split(",")]
+    if not text.strip() or not all(part.isdigit() for part in parts):
+        raise ValueError(
+            f"invalid seeds {text!r}: give whole numbers >= 0 separated by commas, e.g. 42,43,44"
+        )
+    seeds = tuple(int(part) for part in parts)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"invalid seeds {text!r}: each seed may appear only once")
+    return seeds
 
 
 @dataclass(frozen=True)
@@ -88,6 +123,7 @@ class FoldReport:
     # Model minus each baseline, log loss per row: mean, low, high, rows, block.
     verdicts: dict[str, dict[str, float | int]] = field(default_factory=dict)
     rule: dict[str, Any] = field(default_factory=dict)  # `VerdictRule.to_dict()`
+    seed: int = 42
     epochs_run: int = 0
     best_epoch: int = 0
     fit_seconds: float = 0.0
@@ -120,6 +156,7 @@ def _report(pair: str, fold: str, scores: Scores, *, start: str, end: str, seed:
         beats_baseline=scores.beats_baseline,
         verdicts={name: v.to_dict() for name, v in scores.judgement.verdicts.items()},
         rule=scores.rule.to_dict(),
+        seed=seed,
     )
 
 
@@ -128,11 +165,14 @@ def walk_forward(
     *,
     plan: EvaluationPlan,
     settings: Settings,
+    seed: int | None = None,
     on_fold: Callable[[FoldReport], None] | None = None,
 ) -> list[FoldReport]:
-    """Every fold of `pair`, then the folds pooled (fold "all")."""
+    """Every fold of `pair` for one seed (the plan's first by default), then the folds pooled
+    (fold "all")."""
+    seed = plan.seed if seed is None else seed
     config = TrainConfig.from_settings(
-        settings, pair=pair, model_type=plan.model_type, epochs=plan.epochs, seed=plan.seed
+        settings, pair=pair, model_type=plan.model_type, epochs=plan.epochs, seed=seed
     )
     fold_settings = settings.model_copy(update={"early_stopping_patience": plan.patience})
     dataset = load_dataset(config, settings=settings, max_rows=plan.max_rows)
@@ -153,7 +193,7 @@ def walk_forward(
             result.scores,
             start=index[split.test.start].isoformat(),
             end=index[split.test.stop - 1].isoformat(),
-            seed=plan.seed,
+            seed=seed,
         )
         report = replace(
             report,
@@ -167,17 +207,19 @@ def walk_forward(
             pooled.setdefault(f"{name}.proba", []).append(prediction.proba)
             pooled.setdefault(f"{name}.pred", []).append(prediction.pred)
         logger.info(
-            "%s fold %d: model accuracy %.4f, log loss %.4f (%s: %.4f)",
+            "%s fold %d seed %d: model accuracy %.4f, log loss %.4f (%s: %.4f), %.0f s",
             pair,
             number,
+            seed,
             report.metrics[MODEL]["accuracy"],
             report.metrics[MODEL]["log_loss"],
             report.strongest_baseline,
             report.metrics[report.strongest_baseline]["log_loss"],
+            report.fit_seconds,
         )
         if on_fold is not None:
             on_fold(report)
-    reports.append(_pooled(pair, reports, pooled, settings=settings, seed=plan.seed))
+    reports.append(_pooled(pair, reports, pooled, settings=settings, seed=seed))
     return reports
 
 
@@ -209,11 +251,114 @@ def _pooled(
     )
 
 
+@dataclass(frozen=True)
+class SeedSummary:
+    """One pair and fold over every seed: each metric's mean and sd, and the paired verdicts."""
+
+    pair: str
+    fold: str
+    test_start: str
+    test_end: str
+    rows: int
+    seeds: tuple[int, ...]
+    mean: dict[str, dict[str, float]]  # predictor -> metric -> mean over the seeds
+    sd: dict[str, dict[str, float]]  # sample standard deviation (n - 1); NaN for one seed
+    strongest_baseline: str  # the baseline of lowest mean log loss
+    # Per baseline, model minus baseline: the seeds' means of the paired mean, low and high, and
+    # how many seeds' intervals lie wholly below -margin ("better") or above +margin ("worse").
+    verdicts: dict[str, dict[str, float | int]]
+    beats_seeds: int  # seeds on which the model beats every baseline (`FoldReport.beats_baseline`)
+    margin: float
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarise(reports: list[FoldReport]) -> list[SeedSummary]:
+    """Group per-seed fold reports by (pair, fold), in their order, into mean, sd and counts.
+
+    Raises:
+        ValueError: when one pair and fold was tested on different rows under different seeds,
+            or one seed appears twice for it.
+    """
+    groups: dict[tuple[str, str], list[FoldReport]] = {}
+    for report in reports:
+        groups.setdefault((report.pair, report.fold), []).append(report)
+    summaries = []
+    for (pair, fold), group in groups.items():
+        first = group[0]
+        seeds = tuple(r.seed for r in group)
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{pair} fold {fold}: seed reported twice in {seeds}")
+        for other in group[1:]:
+            if (other.test_start, other.test_end, other.rows) != (
+                first.test_start,
+                first.test_end,
+                first.rows,
+            ):
+                raise ValueError(
+                    f"{pair} fold {fold}: seed {other.seed} tested {other.test_start} .. "
+                    f"{other.test_end} ({other.rows} rows), seed {first.seed} "
+                    f"{first.test_start} .. {first.test_end} ({first.rows} rows)"
+                )
+        mean: dict[str, dict[str, float]] = {}
+        sd: dict[str, dict[str, float]] = {}
+        for name, metrics in first.metrics.items():
+            mean[name], sd[name] = {}, {}
+            for metric in metrics:
+                mean[name][metric], sd[name][metric] = _mean_sd(
+                    [float(r.metrics[name][metric]) for r in group]
+                )
+        margin = float(first.rule.get("margin", 0.0))
+        verdicts: dict[str, dict[str, float | int]] = {}
+        for name in first.verdicts:
+            each = [r.verdicts[name] for r in group]
+            verdicts[name] = {
+                "mean": _mean_sd([float(v["mean"]) for v in each])[0],
+                "low": _mean_sd([float(v["low"]) for v in each])[0],
+                "high": _mean_sd([float(v["high"]) for v in each])[0],
+                "better": sum(float(v["high"]) < -margin for v in each),
+                "worse": sum(float(v["low"]) > margin for v in each),
+                "rows": int(each[0]["rows"]),
+            }
+        summaries.append(
+            SeedSummary(
+                pair=pair,
+                fold=fold,
+                test_start=first.test_start,
+                test_end=first.test_end,
+                rows=first.rows,
+                seeds=seeds,
+                mean=mean,
+                sd=sd,
+                strongest_baseline=max(verdicts, key=lambda name: float(verdicts[name]["mean"])),
+                verdicts=verdicts,
+                beats_seeds=sum(r.beats_baseline for r in group),
+                margin=margin,
+            )
+        )
+    return summaries
+
+
 def evaluate(
     plan: EvaluationPlan, *, settings: Settings, output_dir: Path
 ) -> tuple[list[FoldReport], Path]:
-    """Walk forward over every pair of `plan`; write and log the report; return it and its path."""
+    """Walk forward over every pair and seed of `plan`; write and log the report; return the
+    per-seed fold reports and the report's path.
+
+    The report (markdown and JSON) is rewritten after each pair and seed, marked incomplete
+    until the last, so an interrupted evaluation leaves what it finished.
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / f"walk_forward_{plan.model_type}.md"
     with active_run(
         settings,
         experiment=settings.evaluation_experiment_name,
@@ -232,24 +377,104 @@ def evaluate(
                     "max_rows": plan.max_rows,
                 }
             )
+        mlflow.log_param("seeds", ",".join(map(str, plan.seeds)))
         started = time.perf_counter()
         reports: list[FoldReport] = []
-        for pair in plan.pairs:
-            pair_reports = walk_forward(pair, plan=plan, settings=settings)
-            for report in pair_reports:
-                _log_fold(report)
-            reports.extend(pair_reports)
+        # Seeds outermost: an interrupted evaluation has every pair at its first seeds.
+        for seed in plan.seeds:
+            for pair in plan.pairs:
+                pair_reports = walk_forward(pair, plan=plan, settings=settings, seed=seed)
+                prefix = "" if len(plan.seeds) == 1 else f"seed{seed}/"
+                for report in pair_reports:
+                    _log_fold(report, prefix=prefix)
+                reports.extend(pair_reports)
+                _write(
+                    path,
+                    reports,
+                    plan=plan,
+                    settings=settings,
+                    elapsed=time.perf_counter() - started,
+                    complete=False,
+                )
         elapsed = time.perf_counter() - started
+        summaries = summarise(reports)
+        for summary in summaries:
+            _log_summary(summary)
         mlflow.log_metric("elapsed_seconds", elapsed)
-        markdown = render_markdown(reports, plan=plan, settings=settings, elapsed=elapsed)
-        path = output_dir / f"walk_forward_{plan.model_type}.md"
-        path.write_text(markdown)
-        data = [_jsonable(asdict(r)) for r in reports]
-        json_path = path.with_suffix(".json")
-        json_path.write_text(json.dumps(data, indent=2) + "\n")
+        _write(path, reports, plan=plan, settings=settings, elapsed=elapsed, complete=True)
         mlflow.log_artifact(str(path))
-        mlflow.log_artifact(str(json_path))
+        mlflow.log_artifact(str(path.with_suffix(".json")))
     return reports, path
+
+
+def _write(
+    path: Path,
+    reports: list[FoldReport],
+    *,
+    plan: EvaluationPlan,
+    settings: Settings,
+    elapsed: float,
+    complete: bool,
+) -> None:
+    document = report_document(
+        reports, plan=plan, settings=settings, elapsed=elapsed, complete=complete
+    )
+    path.write_text(render_markdown(document))
+    path.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+
+
+def report_document(
+    reports: list[FoldReport],
+    *,
+    plan: EvaluationPlan,
+    settings: Settings,
+    elapsed: float,
+    complete: bool,
+) -> dict[str, Any]:
+    """The JSON report: the plan, the model's shape, every seed's folds and their summary."""
+    return _jsonable(
+        {
+            "plan": asdict(plan),
+            "model": {
+                "layers": settings.lstm_layers,
+                "units": settings.lstm_units,
+                "dropout": settings.dropout,
+                "sequence_length": settings.sequence_length,
+                "horizon": settings.horizon,
+                "batch_size": settings.batch_size,
+                "validation_fraction": settings.validation_fraction,
+                "metric": settings.promotion_metric,
+            },
+            "elapsed_seconds": elapsed,
+            "complete": complete,
+            "folds": [asdict(r) for r in reports],
+            "summary": [asdict(s) for s in summarise(reports)],
+        }
+    )
+
+
+def fold_reports(document: dict[str, Any]) -> list[FoldReport]:
+    """The per-seed fold reports of a JSON report (`report_document`), as written."""
+
+    def restore(data: dict[str, Any]) -> FoldReport:
+        values = dict(data)
+        values["metrics"] = {
+            name: {k: math.nan if v is None else float(v) for k, v in metrics.items()}
+            for name, metrics in data["metrics"].items()
+        }
+        values["intervals"] = {
+            name: {
+                k: (
+                    math.nan if v[0] is None else float(v[0]),
+                    math.nan if v[1] is None else float(v[1]),
+                )
+                for k, v in intervals.items()
+            }
+            for name, intervals in data["intervals"].items()
+        }
+        return FoldReport(**values)
+
+    return [restore(data) for data in document["folds"]]
 
 
 def _resumed() -> bool:
@@ -258,24 +483,37 @@ def _resumed() -> bool:
     return run is not None and bool(run.data.params)
 
 
-def _log_fold(report: FoldReport) -> None:
+def _log_fold(report: FoldReport, *, prefix: str = "") -> None:
     step = 0 if report.fold == "all" else int(report.fold)
     suffix = "_pooled" if report.fold == "all" else ""
+    key = f"{prefix}{report.pair}"
     values = {
-        f"{report.pair}/{name}/{metric}{suffix}": value
+        f"{key}/{name}/{metric}{suffix}": value
         for name, metrics in report.metrics.items()
         for metric, value in metrics.items()
     }
     against = report.verdicts[report.strongest_baseline]
     values.update(
         {
-            f"{report.pair}/beats_mean_difference{suffix}": float(against["mean"]),
-            f"{report.pair}/beats_interval_low{suffix}": float(against["low"]),
-            f"{report.pair}/beats_interval_high{suffix}": float(against["high"]),
-            f"{report.pair}/beats_rows{suffix}": float(against["rows"]),
-            f"{report.pair}/beats{suffix}": float(report.beats_baseline),
+            f"{key}/beats_mean_difference{suffix}": float(against["mean"]),
+            f"{key}/beats_interval_low{suffix}": float(against["low"]),
+            f"{key}/beats_interval_high{suffix}": float(against["high"]),
+            f"{key}/beats_rows{suffix}": float(against["rows"]),
+            f"{key}/beats{suffix}": float(report.beats_baseline),
         }
     )
+    mlflow.log_metrics(values, step=step)
+
+
+def _log_summary(summary: SeedSummary) -> None:
+    step = 0 if summary.fold == "all" else int(summary.fold)
+    suffix = "_pooled" if summary.fold == "all" else ""
+    values: dict[str, float] = {f"{summary.pair}/beats_seeds{suffix}": float(summary.beats_seeds)}
+    for name, metrics in summary.mean.items():
+        for metric, value in metrics.items():
+            values[f"{summary.pair}/{name}/{metric}_mean{suffix}"] = value
+            if not math.isnan(summary.sd[name][metric]):
+                values[f"{summary.pair}/{name}/{metric}_sd{suffix}"] = summary.sd[name][metric]
     mlflow.log_metrics(values, step=step)
 
 
@@ -303,67 +541,123 @@ def _cell(value: float, interval: tuple[float, float] | None = None, *, pct: boo
     return text
 
 
-def _difference(verdict: dict[str, float | int]) -> str:
+def _spread(
+    summary: SeedSummary,
+    name: str,
+    metric: str,
+    one: FoldReport | None = None,
+    *,
+    pct: bool = False,
+    digits: int = 3,
+) -> str:
+    """`mean ± sd` over several seeds; the value and its interval (from `one`) for one seed."""
+    value, sd = summary.mean[name][metric], summary.sd[name][metric]
+    if math.isnan(value):
+        return "—"
+    if summary.n == 1:
+        interval = one.intervals[name].get(metric) if one is not None else None
+        return _cell(value, interval, pct=pct) if digits == 3 else f"{value:.{digits}f}"
+    scale = 100.0 if pct else 1.0
+    places = 1 if pct else digits
+    return f"{value * scale:.{places}f} ± {sd * scale:.{places}f}"
+
+
+def _difference(verdict: dict[str, Any]) -> str:
     return f"{verdict['mean']:+.4f} [{verdict['low']:+.4f}, {verdict['high']:+.4f}]"
 
 
-def render_markdown(
-    reports: list[FoldReport], *, plan: EvaluationPlan, settings: Settings, elapsed: float
-) -> str:
-    """The report: how it was made, a summary row per pair and fold, then every predictor."""
-    metric = settings.promotion_metric
-    rule = reports[0].rule if reports else {}
+def _seeds_text(seeds: tuple[int, ...] | list[int]) -> str:
+    return ", ".join(map(str, seeds))
+
+
+def summary_table(summaries: list[SeedSummary], reports: list[FoldReport], *, metric: str) -> str:
+    """One row per pair and fold: the model over the seeds against its strongest baseline."""
+    single = {(r.pair, r.fold): r for r in reports}
     lines = [
-        f"# Walk-forward evaluation: {plan.model_type}",
+        "| pair | fold | test window (UTC) | rows | seeds | model accuracy % | model ROC AUC | "
+        f"model {metric} | strongest baseline ({metric}) | model - strongest | "
+        "beats every baseline (seeds) |",
+        "|---|---|---|---:|---:|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        one = single.get((s.pair, s.fold))
+        strongest = s.strongest_baseline
+        lines.append(
+            f"| {s.pair} | {s.fold} | {s.test_start[:10]} .. {s.test_end[:10]} | {s.rows} | "
+            f"{s.n} | {_spread(s, MODEL, 'accuracy', one, pct=True)} | "
+            f"{_spread(s, MODEL, 'roc_auc', one)} | {_spread(s, MODEL, metric, one)} | "
+            f"{strongest} ({_spread(s, strongest, metric)}) | "
+            f"{_difference(s.verdicts[strongest])} | {s.beats_seeds}/{s.n} |"
+        )
+    return "\n".join(lines)
+
+
+def verdict_table(summaries: list[SeedSummary]) -> str:
+    """One row per pair, fold and baseline: the paired verdict over the seeds."""
+    lines = [
+        "| pair | fold | baseline | baseline log loss | model log loss | model - baseline "
+        "(mean interval) | seeds below | seeds above |",
+        "|---|---|---|---|---|---|---:|---:|",
+    ]
+    for s in summaries:
+        for name, verdict in s.verdicts.items():
+            lines.append(
+                f"| {s.pair} | {s.fold} | {name} | {_spread(s, name, 'log_loss')} | "
+                f"{_spread(s, MODEL, 'log_loss')} | {_difference(verdict)} | "
+                f"{verdict['better']}/{s.n} | {verdict['worse']}/{s.n} |"
+            )
+    return "\n".join(lines)
+
+
+def render_markdown(document: dict[str, Any]) -> str:
+    """The report of a JSON document (`report_document`): how it was made, a summary row per
+    pair and fold, the paired verdicts against every baseline, every predictor, every seed."""
+    plan, model = document["plan"], document["model"]
+    reports = fold_reports(document)
+    summaries = summarise(reports)
+    metric = model["metric"]
+    rule = reports[0].rule if reports else {}
+    seeds = plan["seeds"]
+    lines = [
+        f"# Walk-forward evaluation: {plan['model_type']}",
         "",
-        f"- Pairs: {', '.join(plan.pairs)}; {plan.folds} expanding folds of {plan.test_size} "
-        "hourly test samples each, the last ending at the newest candle"
-        + (f" (newest {plan.max_rows} candles only)" if plan.max_rows else "")
+        *(
+            []
+            if document["complete"]
+            else ["**Incomplete**: the evaluation was interrupted or is still running.", ""]
+        ),
+        f"- Pairs: {', '.join(plan['pairs'])}; {plan['folds']} expanding folds of "
+        f"{plan['test_size']} hourly test samples each, the last ending at the newest candle"
+        + (f" (newest {plan['max_rows']} candles only)" if plan["max_rows"] else "")
         + ".",
-        f"- Model: {plan.model_type}, {settings.lstm_layers} layers x {settings.lstm_units} units, "
-        f"dropout {settings.dropout}, sequence length {settings.sequence_length}, horizon "
-        f"{settings.horizon}, batch {settings.batch_size}; at most {plan.epochs} epochs, early "
-        f"stopping on validation loss (patience {plan.patience}), best weights restored; "
-        f"seed {plan.seed}.",
+        f"- Model: {plan['model_type']}, {model['layers']} layers x {model['units']} units, "
+        f"dropout {model['dropout']}, sequence length {model['sequence_length']}, horizon "
+        f"{model['horizon']}, batch {model['batch_size']}; at most {plan['epochs']} epochs, early "
+        f"stopping on validation loss (patience {plan['patience']}), best weights restored; "
+        f"seeds {_seeds_text(seeds)}.",
         "- Each fold: purge gap of sequence_length + horizon between train, validation "
-        f"({settings.validation_fraction:.0%} of the pre-test samples) and test; scaler fitted on "
-        "the training rows only; baselines fitted on the same training rows.",
-        "- Accuracy in %, with a 95 % Wilson interval; ROC AUC and log loss with a 95 % "
-        "moving-block bootstrap interval (blocks of 24 rows, 1000 resamples). Fold `all` pools "
-        "the folds' predictions.",
-        "- `model - strongest`: the model's log loss per row minus that of its strongest "
-        "baseline (lowest log loss) on the same rows, mean and 95 % interval of a paired "
-        f"moving-block bootstrap (blocks of {rule.get('block', '?')} rows, "
-        f"{rule.get('resamples', '?')} resamples). `beats`: the interval against every "
-        f"baseline lies wholly below zero by at least {rule.get('margin', 0.0):g} "
-        "(ML_PROMOTION_MARGIN).",
-        f"- Took {elapsed / 60:.1f} min.",
+        f"({model['validation_fraction']:.0%} of the pre-test samples) and test; scaler fitted "
+        "on the training rows only; baselines fitted on the same training rows.",
+        "- With several seeds, each metric is the mean ± standard deviation over the seeds; "
+        "with one seed, the value with its 95 % interval: Wilson for accuracy (in %), "
+        "moving-block bootstrap (blocks of 24 rows, 1000 resamples) for ROC AUC and log loss. "
+        "Fold `all` pools each seed's folds.",
+        "- `model - strongest` / `model - baseline`: the model's log loss per row minus the "
+        "baseline's on the same rows, mean and 95 % interval of a paired moving-block bootstrap "
+        f"(blocks of {rule.get('block', '?')} rows, {rule.get('resamples', '?')} resamples), "
+        "averaged over the seeds. `seeds below`: seeds whose interval lies wholly below "
+        f"-{rule.get('margin', 0.0):g} (ML_PROMOTION_MARGIN): the model significantly better; "
+        "`seeds above`: wholly above it, significantly worse. `beats every baseline`: seeds "
+        "whose intervals against every baseline lie below it (the training run's `beats`).",
+        f"- Took {document['elapsed_seconds'] / 60:.1f} min.",
         "",
         "## Summary",
         "",
-        "| pair | fold | test window (UTC) | rows | model accuracy % | model ROC AUC | "
-        f"model {metric} | strongest baseline ({metric}) | model - strongest | "
-        "logistic accuracy % | epochs | beats |",
-        "|---|---|---|---:|---|---|---|---|---|---|---|---|",
-    ]
-    for report in reports:
-        window = f"{report.test_start[:10]} .. {report.test_end[:10]}"
-        model, intervals = report.metrics[MODEL], report.intervals[MODEL]
-        strongest = report.strongest_baseline
-        epochs = f"{report.best_epoch + 1}/{report.epochs_run}" if report.epochs_run else ""
-        lines.append(
-            f"| {report.pair} | {report.fold} | {window} | {report.rows} | "
-            f"{_cell(model['accuracy'], intervals['accuracy'], pct=True)} | "
-            f"{_cell(model['roc_auc'], intervals['roc_auc'])} | "
-            f"{_cell(model[metric], intervals.get(metric))} | "
-            f"{strongest} ({_cell(report.metrics[strongest][metric])}) | "
-            f"{_difference(report.verdicts[strongest])} | "
-            f"{_cell(report.metrics['logistic']['accuracy'], pct=True)} | {epochs} | "
-            f"{'yes' if report.beats_baseline else 'no'} |"
-        )
-    lines += [
+        summary_table(summaries, reports, metric=metric),
         "",
-        "`epochs`: the kept epoch / epochs run.",
+        "## Paired verdicts against every baseline",
+        "",
+        verdict_table(summaries),
         "",
         "## Every predictor",
         "",
@@ -371,17 +665,43 @@ def render_markdown(
         "| Brier |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for report in reports:
-        for name in PREDICTORS:
-            values, intervals = report.metrics[name], report.intervals[name]
+    single = {(r.pair, r.fold): r for r in reports}
+    for s in summaries:
+        one = single.get((s.pair, s.fold))
+        for name in s.mean:
             label = f"**{name}**" if name == MODEL else name
             lines.append(
-                f"| {report.pair} | {report.fold} | {label} | "
-                f"{_cell(values['accuracy'], intervals['accuracy'], pct=True)} | "
-                f"{_cell(values['balanced_accuracy'], pct=True)} | "
-                f"{_cell(values['roc_auc'], intervals['roc_auc'])} | "
-                f"{_cell(values['log_loss'], intervals['log_loss'])} | "
-                f"{_cell(values['brier'])} |"
+                f"| {s.pair} | {s.fold} | {label} | "
+                f"{_spread(s, name, 'accuracy', one, pct=True)} | "
+                f"{_spread(s, name, 'balanced_accuracy', pct=True)} | "
+                f"{_spread(s, name, 'roc_auc', one)} | {_spread(s, name, 'log_loss', one)} | "
+                f"{_spread(s, name, 'brier')} |"
             )
+    baselines = list(reports[0].verdicts) if reports else []
+    lines += [
+        "",
+        "## Every seed",
+        "",
+        "Model minus each baseline, log loss per row: mean [95 % interval]. `epochs`: the kept "
+        "epoch / epochs run.",
+        "",
+        "| pair | fold | seed | model log loss | epochs | "
+        + " | ".join(f"- {name}" for name in baselines)
+        + " | beats |",
+        "|---|---|---:|---|---|" + "---|" * len(baselines) + "---|",
+    ]
+    pair_order = {pair: i for i, pair in enumerate(dict.fromkeys(r.pair for r in reports))}
+
+    def order(r: FoldReport) -> tuple[int, int, int]:
+        return (pair_order[r.pair], 10**6 if r.fold == "all" else int(r.fold), r.seed)
+
+    for r in sorted(reports, key=order):
+        epochs = f"{r.best_epoch + 1}/{r.epochs_run}" if r.epochs_run else ""
+        lines.append(
+            f"| {r.pair} | {r.fold} | {r.seed} | {_cell(r.metrics[MODEL]['log_loss'])} | "
+            f"{epochs} | "
+            + " | ".join(_difference(r.verdicts[name]) for name in baselines)
+            + f" | {'yes' if r.beats_baseline else 'no'} |"
+        )
     lines.append("")
     return "\n".join(lines)

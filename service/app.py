@@ -23,6 +23,7 @@ from service.errors import install_error_handlers
 from service.live import WATCH_CHORE
 from service.metrics import BodyLimitMiddleware, LatencyMiddleware, Metrics
 from service.routes import (
+    dashboard,
     features,
     health,
     metrics,
@@ -80,7 +81,11 @@ def _start(state: ServiceState) -> None:
         from pipelines.candles.feed import attach_feed
         from pipelines.queue.runtime import TrainingScheduler
 
-        scheduler = TrainingScheduler(settings, production_data_end=state.production_data_end)
+        scheduler = TrainingScheduler(
+            settings,
+            production_data_end=state.production_data_end,
+            challenger_of=state.challenger_of,
+        )
         scheduler.on_training_finished(lambda _job: state.models.trigger())
         attach_feed(scheduler, settings, on_new=state.candles_arrived, store=state.store)
         state.scheduler = scheduler.start()
@@ -95,6 +100,12 @@ def _start(state: ServiceState) -> None:
         lambda: state.history.fill_outcomes(store=state.store, timeframe=settings.timeframe),
     )
     state.every(settings.policy_interval_ms / 1000, "drift", state.check_drift)
+    if state.challengers is not None:
+        from service.challenger import CHALLENGER_CHORE
+
+        state.every(
+            settings.challenger_interval_ms / 1000, CHALLENGER_CHORE, state.challengers.check
+        )
     from service.storage import RETENTION_INTERVAL_S, retention
 
     state.every(RETENTION_INTERVAL_S, "retention", lambda: retention(state))
@@ -183,6 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, predictions, features, training, models, storage, metrics, stream):
         app.include_router(module.router)
+    app.include_router(dashboard.router)
     app.include_router(health.probes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, metrics=meters)
