@@ -95,6 +95,10 @@ class RegistryReader(Protocol):
         """Copy the bundle files of the version's logged model into `dst`; returns `dst`."""
         ...
 
+    def latest_metrics(self, run_id: str) -> dict[str, tuple[int, float]]:
+        """A run's metrics as last logged: key -> (step, value)."""
+        ...
+
     def summary(self) -> RegistrySummary:
         """Counts for `/api/storage/stats`."""
         ...
@@ -209,6 +213,18 @@ class RestReader:
             except (urllib.error.URLError, OSError) as exc:
                 raise RegistryError(f"downloading {name} of {info.name}: {exc}") from exc
         return dst
+
+    def latest_metrics(self, run_id: str) -> dict[str, tuple[int, float]]:
+        try:
+            data = self._get("/api/2.0/mlflow/runs/get", run_id=run_id)
+        except _HttpError as exc:
+            raise RegistryError(f"run {run_id}: {exc.status} {exc.body}") from exc
+        metrics = data.get("run", {}).get("data", {}).get("metrics", [])
+        return {
+            str(m["key"]): (int(m.get("step", 0) or 0), float(m["value"]))
+            for m in metrics
+            if "key" in m and "value" in m
+        }
 
     def _registered_models(self) -> list[dict[str, Any]]:
         models: list[dict[str, Any]] = []
@@ -325,6 +341,21 @@ class MlflowReader:
 
         bundle = download_bundle(self._get_client(), name=info.name, version=info.version, dst=dst)
         return bundle.onnx_path.parent
+
+    def latest_metrics(self, run_id: str) -> dict[str, tuple[int, float]]:
+        client = self._get_client()
+        try:
+            values = dict(client.get_run(run_id).data.metrics)
+            found = {key: (0, float(value)) for key, value in values.items()}
+            for key in ("loss", "refit_loss"):  # the per-epoch series: their steps count
+                if key in values:
+                    history = client.get_metric_history(run_id, key)
+                    if history:
+                        last = max(history, key=lambda m: (m.step, m.timestamp))
+                        found[key] = (int(last.step), float(last.value))
+        except Exception as exc:
+            raise RegistryError(f"run {run_id}: {exc}") from exc
+        return found
 
     def _registered_models(self) -> list[Any]:
         client = self._get_client()

@@ -91,6 +91,17 @@ class JobView(ApiModel):
     data_end: int | None = None
 
 
+class TrainingProgress(ApiModel):
+    """How far a training has come, read from its MLflow run's per-epoch metrics."""
+
+    # held_out: the model judged on the test window; refit: the same on every candle.
+    phase: Literal["held_out", "refit"]
+    epoch: int  # epochs finished in this phase
+    epochs: int | None  # the most it may run (early stopping ends sooner)
+    loss: float | None = None  # training loss of the latest epoch
+    val_loss: float | None = None  # validation loss of the latest epoch (held_out only)
+
+
 class ActiveJob(ApiModel):
     """A job that is training now."""
 
@@ -103,6 +114,9 @@ class ActiveJob(ApiModel):
     attempt: int
     run_id: str | None
     cancel_requested: bool
+    # The most epochs it may run (its `epochs` parameter or ML_EPOCHS).
+    epochs: int | None = None
+    progress: TrainingProgress | None = None
 
 
 class QueuedJob(ApiModel):

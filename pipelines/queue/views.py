@@ -98,6 +98,7 @@ def queue_status(
             attempt=job.attempts,
             run_id=job.run_id,
             cancel_requested=job.cancel_requested_at is not None,
+            epochs=_epochs(dict(job.params), settings),
         )
         for job in live.training
     ]
@@ -205,3 +206,9 @@ def can_train(session: Session, *, pair: str, model_type: str, priority: int, no
             allowed=False, reason=f"Queued behind {len(ahead)} job{'s' if len(ahead) > 1 else ''}"
         )
     return CanTrain(allowed=True, reason=ALLOWED)
+
+
+def _epochs(params: dict[str, object], settings: Settings) -> int | None:
+    """The most epochs a job's training runs: its `epochs` parameter, else ML_EPOCHS."""
+    value = params.get("epochs", settings.epochs)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import Annotated, Any
@@ -38,6 +39,7 @@ from service.schemas import (
     errors,
 )
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["training"])
 
 # Both training routes: the key, 202 with the job, and the queue's refusals.
@@ -173,7 +175,39 @@ async def train(
 async def training_queue(state: StateDep) -> Any:
     """Active, queued (in dispatch order), recent history and cooldowns."""
     result = await run_in_threadpool(state.queue.queue_status)
-    return result.to_json_dict()
+    body = result.to_json_dict()
+    for job in body["queue"]["active"]["jobs"]:
+        if job.get("runId"):
+            job["progress"] = await run_in_threadpool(training_progress, state, job)
+    return body
+
+
+def training_progress(state: Any, job: dict[str, Any]) -> dict[str, Any] | None:
+    """Epoch n of N and the latest losses of an active job, from its run's metrics (None
+    before the first epoch, or when the run cannot be read: the queue answers anyway)."""
+    try:
+        metrics = state.models.reader.latest_metrics(str(job["runId"]))
+    except Exception as exc:  # the tracking store is away: say nothing rather than fail
+        logger.debug("no progress for %s: %s", job["id"], exc)
+        return None
+    refit = "refit_loss" in metrics
+    prefix = "refit_" if refit else ""
+    loss = metrics.get(f"{prefix}loss")
+    if loss is None:
+        return None
+    val = metrics.get("val_loss")
+    epochs = job.get("epochs")
+    if refit:
+        # The refit runs the epochs that made the kept weights (mlproject.train.refit_epochs).
+        best = metrics.get("best_epoch")
+        epochs = int(best[1]) + 1 if best else epochs
+    return {
+        "phase": "refit" if refit else "held_out",
+        "epoch": loss[0] + 1,  # steps are Keras's 0-based epochs
+        "epochs": epochs,
+        "loss": loss[1],
+        "valLoss": None if refit or val is None else val[1],
+    }
 
 
 @router.get("/training/job/{job_id}", response_model=JobView, responses=errors(404, 422))
