@@ -97,7 +97,15 @@
     if (view.failures.size) {
       status.className = "badge bad";
       status.textContent = "problems: see the banner";
+    } else if (view.health) {
+      showHealth(view.health);
     }
+  }
+
+  function showHealth(health) {
+    const status = $("service-status");
+    status.className = `badge ${health.status === "healthy" ? "ok" : "warn"}`;
+    status.textContent = health.status;
   }
 
   // --- the API ---------------------------------------------------------------------------------
@@ -676,11 +684,7 @@
         text: `database ${health.database?.state ?? "–"} · stream ${health.stream ? `${health.stream.connections} client(s)` : "–"} · up ${duration(1000 * health.uptimeSeconds)}`,
       }),
     );
-    if (!view.failures.size) {
-      const status = $("service-status");
-      status.className = `badge ${health.status === "healthy" ? "ok" : "warn"}`;
-      status.textContent = health.status;
-    }
+    if (!view.failures.size) showHealth(health);
   }
 
   async function refreshHealth() {

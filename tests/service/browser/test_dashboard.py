@@ -190,3 +190,32 @@ def test_the_root_redirects_to_the_dashboard_and_the_page_allows_only_its_own_or
     missing = client.get("/dashboard/static/secret.py")
     assert missing.status_code == 404
     assert "dashboard.js" in missing.json()["error"]
+
+
+def test_a_failing_route_shows_a_banner_naming_it_and_the_page_recovers(
+    dashboard: Dashboard, page: Page
+) -> None:
+    browser_page, _ = page
+    open_dashboard(browser_page, dashboard)
+    browser_page.wait_for_selector("#queue-state #active-none")
+    assert browser_page.locator("#banner").is_hidden()
+
+    # The queue route fails (as a restarting service answers), then the service returns.
+    def unavailable(route: Any) -> None:
+        route.fulfill(
+            status=503,
+            content_type="application/json",
+            body='{"error": "the service is restarting", "status": 503}',
+        )
+
+    browser_page.route("**/api/training/queue", unavailable)
+    browser_page.wait_for_selector("#banner:not([hidden])", timeout=20_000)
+    text = browser_page.inner_text("#banner")
+    assert "GET /api/training/queue failed" in text
+    assert "503: the service is restarting" in text
+    screenshot(browser_page, "route-failing")
+
+    browser_page.unroute("**/api/training/queue")
+    browser_page.wait_for_selector("#banner", state="hidden", timeout=20_000)
+    assert "problems" not in browser_page.inner_text("#service-status")
+    screenshot(browser_page, "recovered")
