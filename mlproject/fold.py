@@ -1,4 +1,8 @@
-"""One split, end to end: scale, window, fit, predict the test rows, score against baselines.
+"""One split, end to end: scale, window, fit, calibrate, predict the test rows, score them.
+
+The calibrator is chosen on the validation rows (`settings.calibration`,
+`pipelines.calibration.choose_calibrator`) and the test rows are scored with the calibrated
+probabilities: what the bundle serves is what the metrics, verdicts and gate see.
 
 The training run and every fold of the walk-forward evaluation go through `fit_and_score`, so
 what the evaluation reports is what a training does.
@@ -16,13 +20,18 @@ from mlproject.config import TrainConfig
 from mlproject.data import Dataset, Split, fit_scaler, labels, next_returns, windows
 from mlproject.fit import EpochSink, FitResult, fit_model, make_deterministic
 from mlproject.scoring import Scores, fit_baselines, score
+from pipelines.calibration import CalibrationReport, Calibrator, choose_calibrator
 from pipelines.features.scaler import FeatureScaler
 from pipelines.settings import Settings
 
 
 @dataclass(frozen=True)
 class FoldResult:
-    """The fitted model and scaler, the fit's history and the scores on the test rows."""
+    """The fitted model, scaler and calibrator, the fit's history and the scores on the test rows.
+
+    `scores` are of the calibrated probabilities; `raw_proba` are the model's own on the same
+    test rows, before calibration.
+    """
 
     split: Split
     model: keras.Model
@@ -30,6 +39,9 @@ class FoldResult:
     fit: FitResult
     x_test: np.ndarray
     scores: Scores
+    raw_proba: np.ndarray
+    calibrator: Calibrator
+    calibration: CalibrationReport
 
 
 def configured_model(config: TrainConfig, dataset: Dataset) -> keras.Model:
@@ -53,7 +65,8 @@ def fit_and_score(
     settings: Settings,
     on_epoch: EpochSink | None = None,
 ) -> FoldResult:
-    """Fit `config`'s model on `split.train` (early stopping on `split.val`), score `split.test`."""
+    """Fit `config`'s model on `split.train` (early stopping on `split.val`), calibrate it on
+    `split.val`, score `split.test` with the calibrated probabilities."""
     make_deterministic(config.seed)
     scaler = fit_scaler(dataset, split)
     x_train, y_train = windows(dataset, scaler, split.train), labels(dataset, split.train)
@@ -71,16 +84,27 @@ def fit_and_score(
         patience=settings.early_stopping_patience,
         on_epoch=on_epoch,
     )
-    proba = predict(model, x_test)
+    calibrator, report = choose_calibrator(
+        predict(model, x_val), y_val.astype(np.int8), mode=settings.calibration
+    )
+    raw_proba = predict(model, x_test)
     scores = score(
         y=y_test.astype(np.int8),
-        model_proba=proba,
+        model_proba=calibrator.apply(raw_proba),
         baseline_predictions=fit_baselines(dataset, split, scaler, seed=config.seed),
         returns=next_returns(dataset, split.test),
         settings=settings,
     )
     return FoldResult(
-        split=split, model=model, scaler=scaler, fit=fit, x_test=x_test, scores=scores
+        split=split,
+        model=model,
+        scaler=scaler,
+        fit=fit,
+        x_test=x_test,
+        scores=scores,
+        raw_proba=raw_proba,
+        calibrator=calibrator,
+        calibration=report,
     )
 
 

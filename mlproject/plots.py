@@ -1,4 +1,4 @@
-"""The run's pictures: learning curves, confusion matrix, reliability curve, equity curves.
+"""The run's pictures: learning curves, confusion matrix, reliability curves, equity curves.
 
 Figures are built with matplotlib's object API on the Agg canvas: no pyplot, no global state, no
 display needed.
@@ -13,6 +13,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from pipelines.calibration import expected_calibration_error, reliability_curve
 
 DPI = 110
 
@@ -69,22 +71,25 @@ def confusion_matrix(y: np.ndarray, pred: np.ndarray, *, path: Path) -> Path:
 def reliability(
     y: np.ndarray, probas: dict[str, np.ndarray], *, path: Path, bins: int = 10
 ) -> Path:
-    """Observed rate of "up" per bin of predicted probability (the diagonal is calibrated)."""
+    """Observed rate of "up" per bin of predicted probability (the diagonal is calibrated).
+
+    One curve per entry of `probas` (e.g. the model before and after calibration beside a
+    baseline), each labelled with its expected calibration error; the bins are
+    `pipelines.calibration.reliability_curve`'s, as in the run's `calibration/reliability.json`.
+    """
     fig = _figure(8.0, 3.8)
     curve, hist = fig.subplots(1, 2)
     curve.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="calibrated")
-    y = np.asarray(y, dtype=float)
     for name, proba in probas.items():
         p = np.asarray(proba, dtype=float)
-        edges = np.linspace(0.0, 1.0, bins + 1)
-        which = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
-        used = [b for b in range(bins) if np.any(which == b)]
+        points = reliability_curve(p, y, bins=bins)
+        ece = expected_calibration_error(p, y, bins)
         curve.plot(
-            [p[which == b].mean() for b in used],
-            [y[which == b].mean() for b in used],
+            [b.mean_predicted for b in points],
+            [b.observed_rate for b in points],
             marker="o",
             ms=4,
-            label=name,
+            label=f"{name} (ECE {ece:.3f})",
         )
         hist.hist(p, bins=40, range=(0, 1), alpha=0.5, label=name)
     curve.set_xlabel("predicted probability of up")

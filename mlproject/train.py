@@ -8,6 +8,11 @@ The held-out fit (train, validation for early stopping, test for the verdict) is
 a version. With `ML_REFIT` (the default) the same architecture is then fitted again on every
 labelled row, through the newest closed candle, for the epoch count early stopping chose, and
 that refit is exported and registered; with `ML_REFIT=false` the held-out model is.
+
+The held-out model's probabilities are calibrated on its validation rows (`ML_CALIBRATION`); the
+calibrator travels in the bundle, so the scores, the verdict and the served model all read the
+calibrated probabilities. A refit has no validation rows of its own and carries the held-out
+model's calibrator.
 """
 
 from __future__ import annotations
@@ -52,6 +57,11 @@ from mlproject.tracking import (
     git_commit,
     register_version,
 )
+from pipelines.calibration import (
+    DEFAULT_BINS,
+    expected_calibration_error,
+    reliability_curve,
+)
 from pipelines.candles.store import CandleStore
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import default_spec
@@ -72,6 +82,7 @@ logger = logging.getLogger(__name__)
 KERAS_ARTIFACT_PATH = "keras"  # the run's Keras model, for fine-tuning
 KERAS_MODEL_FILE = "model.keras"
 TAG_REFIT = "tbml.refit"  # on a version: "true" when its model is the refit on all candles
+RELIABILITY_ARTIFACT = "calibration/reliability.json"  # curves and ECE before/after calibration
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,7 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
         )
         scores = result.scores
         mlflow.log_metrics({**_flat_metrics(result, split), **verdicts.verdict_metrics(scores)})
+        _log_calibration(result, settings=settings)
         mlflow.set_tags(
             {
                 "beats_baseline": str(scores.beats_baseline).lower(),
@@ -158,6 +170,7 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
         _log_refit(dataset, refit, held_out=result.fit)
         if refit is not None:
             metadata |= _refit_metadata(dataset, refit, held_out_fit_end=metadata["fit_end"])
+        metadata["calibration"] = _calibration_metadata(result, refit=refit is not None)
         model_uri, model_id = _log_artifacts(result, dataset, split, metadata, config, refit)
         outcome = _register_and_promote(
             client,
@@ -261,6 +274,61 @@ def _refit_metadata(dataset: Dataset, refit: Refit, *, held_out_fit_end: str) ->
         # nothing after `held_out_fit_end`.
         "fit_end": end,
         "held_out_fit_end": held_out_fit_end,
+    }
+
+
+def _calibration_record(result: FoldResult) -> dict[str, Any]:
+    """The test rows' reliability curves and ECE, raw and calibrated, with the choice made."""
+    y = result.scores.y
+    calibrated = result.scores.predictions[MODEL].proba
+
+    def side(proba: Any) -> dict[str, Any]:
+        return {
+            "ece": expected_calibration_error(proba, y, DEFAULT_BINS),
+            "curve": [b.to_dict() for b in reliability_curve(proba, y, bins=DEFAULT_BINS)],
+        }
+
+    return {
+        "rows": int(y.size),
+        "bins": DEFAULT_BINS,
+        "choice": result.calibration.to_dict(),
+        "calibrator": result.calibrator.to_dict(),
+        "before": side(result.raw_proba),
+        "after": side(calibrated),
+    }
+
+
+def _log_calibration(result: FoldResult, *, settings: Settings) -> None:
+    """Params `calibration` (chosen) and `calibration_mode`, ECE on the test rows, the curves."""
+    report = result.calibration
+    record = _calibration_record(result)
+    mlflow.log_params({"calibration": report.method, "calibration_mode": settings.calibration})
+    mlflow.log_metrics(
+        {
+            "ece_before": record["before"]["ece"],
+            "ece_after": record["after"]["ece"],
+            **{
+                f"calibration_heldout_log_loss_{method}": loss
+                for method, loss in report.held_log_loss.items()
+            },
+        }
+    )
+    mlflow.log_dict(record, RELIABILITY_ARTIFACT)
+    logger.info("calibration: %s (%s)", report.method, report.reason)
+
+
+def _calibration_metadata(result: FoldResult, *, refit: bool) -> dict[str, Any]:
+    """What the bundle says of its calibrator (`calibration.json`) and where it came from."""
+    report = result.calibration
+    return {
+        "method": report.method,
+        "mode": report.mode,
+        "reason": report.reason,
+        # A refit learnt every row, so none is left to calibrate it on: it carries the
+        # calibrator fitted to the held-out model's outputs.
+        "fitted_on": "held-out model's validation rows" if refit else "validation rows",
+        "rows": report.rows,
+        "held_log_loss": report.held_log_loss,
     }
 
 
@@ -412,7 +480,8 @@ def _log_artifacts(
         plots.reliability(
             scores.y,
             {
-                MODEL: scores.predictions[MODEL].proba,
+                f"{MODEL} before calibration": result.raw_proba,
+                f"{MODEL} calibrated ({result.calibrator.method})": scores.predictions[MODEL].proba,
                 "logistic": scores.predictions["logistic"].proba,
             },
             path=root / "plots/reliability.png",
@@ -435,6 +504,7 @@ def _log_artifacts(
             spec=dataset.spec,
             metadata=metadata,
             check_windows=check,
+            calibrator=result.calibrator,
         )
         mlflow.log_metric("onnx_max_abs_diff", diff)
         # The Keras model, for fine-tuning; the registered model is the pyfunc below.
@@ -451,6 +521,7 @@ def _log_artifacts(
         "split": f"train {len(split.train)}, validation {len(split.val)}, test {len(split.test)} "
         f"samples; purge gap {dataset.gap} candles between parts",
         "epochs": f"{result.fit.epochs_run} run, weights of epoch {result.fit.best_epoch + 1} kept",
+        "calibration": f"{result.calibration.method} ({result.calibration.reason})",
     }
     if refit is not None:
         start, end = _refit_range(dataset, refit.rows)

@@ -11,6 +11,9 @@ through its bundle). Layout:
     feature_spec.json   the FeatureSpec the model was trained on
     metadata.json       pair, model type, sequence_length, horizon, data range, test window,
                         test and baseline metrics, beats_baseline, feature-set version
+    calibration.json    the Calibrator applied after the ONNX output (`pipelines.calibration`);
+                        a bundle saved before calibration existed has none and loads as the
+                        identity (method none), so it predicts what it always did
 
 Registered model names are `pipelines.tracking.registered_model_name(pair, model_type)`:
 `{PAIR}-{model_type}`, e.g. `BTC-lstm`, one registered model per pair and architecture.
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from pipelines.calibration import CalibrationError, Calibrator
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import FeatureSpec
 from pipelines.features.windows import make_windows
@@ -42,6 +46,11 @@ MODEL_FILE = "model.onnx"
 SCALER_FILE = "scaler.json"
 SPEC_FILE = "feature_spec.json"
 METADATA_FILE = "metadata.json"
+CALIBRATION_FILE = "calibration.json"
+# Every file a bundle may hold; all but the optional ones must be there.
+REQUIRED_FILES = (MODEL_FILE, SCALER_FILE, SPEC_FILE, METADATA_FILE)
+OPTIONAL_FILES = (CALIBRATION_FILE,)
+BUNDLE_FILES = (*REQUIRED_FILES, *OPTIONAL_FILES)
 
 
 class BundleError(ValueError):
@@ -50,12 +59,13 @@ class BundleError(ValueError):
 
 @dataclass
 class ModelBundle:
-    """An ONNX model with the scaler, feature spec and metadata it was trained with."""
+    """An ONNX model with the scaler, feature spec, metadata and calibrator it was trained with."""
 
     onnx_path: Path
     scaler: FeatureScaler
     spec: FeatureSpec
     metadata: dict[str, Any]
+    calibrator: Calibrator = field(default_factory=Calibrator)
     _session: Any = field(default=None, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -72,7 +82,7 @@ class ModelBundle:
         return bool(self.metadata.get("beats_baseline", False))
 
     def save(self, directory: Path) -> Path:
-        """Write the bundle's four files into `directory` (created if needed)."""
+        """Write the bundle's files into `directory` (created if needed), calibration included."""
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / MODEL_FILE
         if self.onnx_path.resolve() != target.resolve():
@@ -83,16 +93,14 @@ class ModelBundle:
             _strict(self.metadata), indent=2, sort_keys=True, default=_json_default, allow_nan=False
         )
         (directory / METADATA_FILE).write_text(text + "\n")
+        calibration = json.dumps(self.calibrator.to_dict(), indent=2, allow_nan=False)
+        (directory / CALIBRATION_FILE).write_text(calibration + "\n")
         return directory
 
     @classmethod
     def load(cls, directory: Path) -> ModelBundle:
         """Read a bundle directory; the ONNX session is opened on the first prediction."""
-        missing = [
-            name
-            for name in (MODEL_FILE, SCALER_FILE, SPEC_FILE, METADATA_FILE)
-            if not (directory / name).is_file()
-        ]
+        missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
         if missing:
             raise BundleError(f"bundle {directory} lacks {', '.join(missing)}")
         scaler = FeatureScaler.load(directory / SCALER_FILE)
@@ -103,7 +111,13 @@ class ModelBundle:
         for key in ("sequence_length", "horizon", "pair", "model_type"):
             if key not in metadata:
                 raise BundleError(f"bundle {directory}: metadata lacks {key!r}")
-        return cls(onnx_path=directory / MODEL_FILE, scaler=scaler, spec=spec, metadata=metadata)
+        return cls(
+            onnx_path=directory / MODEL_FILE,
+            scaler=scaler,
+            spec=spec,
+            metadata=metadata,
+            calibrator=_load_calibrator(directory),
+        )
 
     def windows(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Raw (unscaled) windows of every complete `sequence_length` run of feature rows.
@@ -119,14 +133,18 @@ class ModelBundle:
             matrix = np.asarray(features, dtype=np.float64)
         return make_windows(matrix, sequence_length=self.sequence_length)
 
-    def predict_proba(self, windows: np.ndarray, *, scaled: bool = False) -> np.ndarray:
-        """Probability of "up" for each window.
+    def predict_proba(
+        self, windows: np.ndarray, *, scaled: bool = False, calibrated: bool = True
+    ) -> np.ndarray:
+        """Probability of "up" for each window: the ONNX output through the calibrator.
 
         Args:
             windows: (n, sequence_length, n_features) feature windows, raw as
                 `compute_features` gives them (the bundle scales them), or already scaled
                 with this bundle's scaler when `scaled` is True.
             scaled: whether `windows` are already scaled.
+            calibrated: False for the ONNX model's own output (what the export check
+                compares with Keras); what is served is calibrated.
 
         Returns:
             (n,) float64 probabilities.
@@ -141,7 +159,8 @@ class ModelBundle:
         session = self._get_session()
         name = session.get_inputs()[0].name
         out = session.run(None, {name: np.ascontiguousarray(inputs, dtype=np.float32)})[0]
-        return np.asarray(out, dtype=np.float64).reshape(-1)
+        raw = np.asarray(out, dtype=np.float64).reshape(-1)
+        return self.calibrator.apply(raw) if calibrated else raw
 
     def _get_session(self) -> Any:
         with self._lock:
@@ -191,6 +210,17 @@ def logged_model_id(source: str | None, model_id: str | None = None) -> str | No
         if rest.startswith("m-") and "/" not in rest:
             return rest
     return None
+
+
+def _load_calibrator(directory: Path) -> Calibrator:
+    """The bundle's calibrator; the identity for a bundle saved before calibration existed."""
+    path = directory / CALIBRATION_FILE
+    if not path.is_file():
+        return Calibrator()
+    try:
+        return Calibrator.from_dict(json.loads(path.read_text()))
+    except (CalibrationError, json.JSONDecodeError) as exc:
+        raise BundleError(f"bundle {directory}: {CALIBRATION_FILE} is invalid: {exc}") from exc
 
 
 def _strict(value: Any) -> Any:

@@ -1,6 +1,6 @@
 """The registered model: one MLflow pyfunc that answers a DataFrame of candles, on onnxruntime.
 
-A registered version is this `CandleModel` with the four bundle files as its artifacts (they
+A registered version is this `CandleModel` with the bundle's files as its artifacts (they
 land in the model directory's `artifacts/` folder) and the few modules it runs shipped as
 `code/pipelines/...`, so `mlflow models serve -m models:/BTC-lstm@production` and
 `mlflow.pyfunc.load_model(...)` work in a process that has neither this project nor
@@ -31,6 +31,7 @@ from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
 from pipelines.features.compute import CANDLE_COLUMNS, latest_features
 from pipelines.modelbundle import (
+    CALIBRATION_FILE,
     METADATA_FILE,
     MODEL_FILE,
     SCALER_FILE,
@@ -51,6 +52,7 @@ ARTIFACT_KEYS = {
     "scaler": SCALER_FILE,
     "feature_spec": SPEC_FILE,
     "metadata": METADATA_FILE,
+    "calibration": CALIBRATION_FILE,
 }
 TIMESTAMP_COLUMN = "timestamp"
 INPUT_COLUMNS = (TIMESTAMP_COLUMN, *CANDLE_COLUMNS)
@@ -58,6 +60,7 @@ INPUT_COLUMNS = (TIMESTAMP_COLUMN, *CANDLE_COLUMNS)
 # the candle store, MLflow's tracking or TensorFlow.
 _CODE = (
     "__init__.py",
+    "calibration.py",
     "modelbundle.py",
     "pyfunc_model.py",
     "signals.py",
@@ -203,7 +206,7 @@ def log_candle_model(directory: Path, *, candles: pd.DataFrame) -> ModelInfo:
     """Log the bundle in `directory` as the active run's pyfunc model `model`.
 
     Args:
-        directory: a ModelBundle directory (the four files).
+        directory: a ModelBundle directory (`ModelBundle.save` writes every file it holds).
         candles: real candles (DatetimeIndex, oldest first); the newest of them are the input
             example, and the signature is inferred from them and the model's answer.
     """
@@ -216,7 +219,11 @@ def log_candle_model(directory: Path, *, candles: pd.DataFrame) -> ModelInfo:
         return mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=CandleModel(),
-            artifacts={key: str(directory / file) for key, file in ARTIFACT_KEYS.items()},
+            artifacts={
+                key: str(directory / file)
+                for key, file in ARTIFACT_KEYS.items()
+                if (directory / file).is_file()
+            },
             code_paths=[str(code)],
             signature=signature,
             input_example=example,

@@ -34,18 +34,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipelines.modelbundle import (
-    METADATA_FILE,
-    MODEL_FILE,
+    BUNDLE_FILES,
+    OPTIONAL_FILES,
     PYFUNC_ARTIFACTS_DIR,
-    SCALER_FILE,
-    SPEC_FILE,
     logged_model_id,
 )
 from pipelines.tracking import PRODUCTION_ALIAS, is_tracking_server
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_FILES = (MODEL_FILE, SCALER_FILE, SPEC_FILE, METADATA_FILE)
 HTTP_TIMEOUT_S = 10.0
 
 
@@ -126,6 +123,8 @@ def _copy_local_bundle(model_location: str, dst: Path) -> Path | None:
     source = Path(urllib.parse.unquote(parsed.path)) / PYFUNC_ARTIFACTS_DIR
     dst.mkdir(parents=True, exist_ok=True)
     for name in BUNDLE_FILES:
+        if name in OPTIONAL_FILES and not (source / name).exists():
+            continue  # a version from before the file existed
         shutil.copyfile(source / name, dst / name)
     return dst
 
@@ -210,6 +209,10 @@ class RestReader:
             try:
                 with self._open(url) as response:
                     (dst / name).write_bytes(response.read())
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404 and name in OPTIONAL_FILES:
+                    continue  # a version from before the file existed
+                raise RegistryError(f"downloading {name} of {info.name}: {exc}") from exc
             except (urllib.error.URLError, OSError) as exc:
                 raise RegistryError(f"downloading {name} of {info.name}: {exc}") from exc
         return dst

@@ -1,7 +1,9 @@
-"""The serving bundle: naming, save/load, prediction through onnxruntime, and no TensorFlow."""
+"""The serving bundle: naming, save/load, prediction through onnxruntime, calibration, and no
+TensorFlow."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,9 +14,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from pipelines.calibration import Calibrator
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import default_spec
-from pipelines.modelbundle import METADATA_FILE, BundleError, ModelBundle
+from pipelines.modelbundle import CALIBRATION_FILE, METADATA_FILE, BundleError, ModelBundle
 from pipelines.pairs import InvalidNameError
 from pipelines.settings import PROJECT_ROOT
 from pipelines.tracking import registered_model_name
@@ -140,3 +143,50 @@ def test_bundle_module_does_not_import_tensorflow() -> None:
         [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def _platt(a: float, b: float) -> Calibrator:
+    return Calibrator(method="platt", a=a, b=b, rows=100)
+
+
+def test_saved_bundle_with_a_calibrator_predicts_calibrated_probabilities_after_load(
+    bundle: ModelBundle, tmp_path: Path
+) -> None:
+    calibrated = dataclasses.replace(bundle, calibrator=_platt(0.5, 0.2))
+    directory = calibrated.save(tmp_path / "bundle")
+    loaded = ModelBundle.load(directory)
+    rng = np.random.default_rng(2)
+    windows = rng.normal(3.0, 2.0, size=(9, LENGTH, len(bundle.spec.names)))
+
+    proba = loaded.predict_proba(windows)
+
+    raw = 1 / (1 + np.exp(-bundle.scaler.transform(windows).mean(axis=(1, 2))))
+    expected = 1 / (1 + np.exp(-(0.5 * np.log(raw / (1 - raw)) + 0.2)))
+    np.testing.assert_allclose(proba, expected, atol=1e-6)
+    np.testing.assert_allclose(loaded.predict_proba(windows, calibrated=False), raw, atol=1e-6)
+    assert loaded.calibrator == _platt(0.5, 0.2)
+    assert json.loads((directory / CALIBRATION_FILE).read_text())["method"] == "platt"
+
+
+def test_a_bundle_without_a_calibration_file_loads_as_none_and_predicts_the_raw_output(
+    bundle: ModelBundle, tmp_path: Path
+) -> None:
+    directory = bundle.save(tmp_path / "bundle")
+    (directory / CALIBRATION_FILE).unlink()  # as bundles registered before calibration
+    loaded = ModelBundle.load(directory)
+    windows = np.random.default_rng(3).normal(size=(4, LENGTH, len(bundle.spec.names)))
+
+    assert loaded.calibrator == Calibrator()
+    np.testing.assert_array_equal(
+        loaded.predict_proba(windows), loaded.predict_proba(windows, calibrated=False)
+    )
+
+
+def test_a_bundle_with_an_invalid_calibration_file_is_refused_naming_it(
+    bundle: ModelBundle, tmp_path: Path
+) -> None:
+    directory = bundle.save(tmp_path / "bundle")
+    (directory / CALIBRATION_FILE).write_text('{"format_version": 1, "method": "beta", "rows": 0}')
+
+    with pytest.raises(BundleError, match=r"calibration\.json is invalid: unknown calibration"):
+        ModelBundle.load(directory)

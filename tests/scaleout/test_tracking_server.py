@@ -172,3 +172,22 @@ def test_the_serving_side_reads_production_and_the_models_bundle_through_the_res
         "production": str(version.version),
         "challenger": str(version.version),
     }
+
+    # A version from before calibration.json existed still downloads: the file is optional.
+    from pipelines.modelbundle import OPTIONAL_FILES, REQUIRED_FILES
+
+    old_dir = tmp_path / "old-model"
+    (old_dir / "artifacts").mkdir(parents=True)
+    for file in REQUIRED_FILES:
+        (old_dir / "artifacts" / file).write_bytes(file.encode())
+    old_model = client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
+    client.log_model_artifacts(old_model.model_id, str(old_dir))
+    old_version = client.create_model_version(
+        name, f"models:/{old_model.model_id}", run_id=run_id, model_id=old_model.model_id
+    )
+    client.set_registered_model_alias(name, "production", old_version.version)
+    old_info = reader.production(name)
+    assert old_info is not None
+    fetched = reader.download_bundle(old_info, tmp_path / "old-copy")
+    assert sorted(p.name for p in fetched.iterdir()) == sorted(REQUIRED_FILES)
+    assert not set(OPTIONAL_FILES) & {p.name for p in fetched.iterdir()}
