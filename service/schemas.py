@@ -372,6 +372,9 @@ class ModelInfo(Schema):
     data_range: dict[str, Any] | None
     test_metrics: dict[str, Any] | None
     baseline_metrics: dict[str, Any] | None
+    calibration: Literal["none", "platt", "isotonic"] | None = Field(
+        None, description="How its probabilities are calibrated (ML_CALIBRATION at training)."
+    )
     loaded_at: int
 
 

@@ -37,6 +37,7 @@ def _version_info(served: ServedModel) -> dict[str, Any]:
         "dataRange": meta.get("data_range"),
         "testMetrics": meta.get("test_metrics"),
         "baselineMetrics": meta.get("baseline_metrics"),
+        "calibration": served.bundle.calibrator.method,
         "loadedAt": int(served.loaded_at * 1000),
     }
 

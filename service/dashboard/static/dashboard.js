@@ -449,7 +449,9 @@
       el("td", { text: `${pair} ${modelType}` }),
       el("td", { text: role }),
       el("td", {}, mlflowLinks(info)),
-      el("td", { text: info.unproven ? "unproven" : info.beatsBaseline ? "beats baselines" : "–" }),
+      el("td", {
+        text: `${info.unproven ? "unproven" : info.beatsBaseline ? "beats baselines" : "–"}; calibration ${info.calibration ?? "none"}`,
+      }),
       el("td", { text: metricsText(info.testMetrics) }),
       el("td", { class: "muted", text: baselinesText(info.baselineMetrics) }),
       el("td", { text: extra ?? liveText(entry, info.version) }),
