@@ -106,5 +106,3 @@ def register_version(
         model_id=model_id,
     )
     return str(version.version)
-
-

@@ -506,7 +506,8 @@ def test_in_shadow_mode_a_passing_version_becomes_the_challenger_and_production_
 
     decision = registry.gate(new, promotion_mode="shadow")
 
-    assert decision.promoted and decision.outcome == "challenger"
+    assert decision.promoted
+    assert decision.outcome == "challenger"
     assert registry.production() == old
     challenger = registry.client.get_model_version_by_alias(NAME, "challenger")
     assert str(challenger.version) == new
