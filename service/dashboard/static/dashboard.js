@@ -564,12 +564,12 @@
               el("progress", { max: progress.epochs, value: progress.epoch }),
               el("div", {
                 class: "line",
-                text: `epoch ${progress.epoch} of ${progress.epochs}, loss ${num(progress.loss, 4)}, val loss ${num(progress.valLoss, 4)}`,
+                text: `${progress.phase === "refit" ? "refit on every candle: " : ""}epoch ${progress.epoch} of ${progress.epochs ?? "?"}, loss ${num(progress.loss, 4)}${progress.phase === "refit" ? "" : `, val loss ${num(progress.valLoss, 4)}`}`,
               }),
             ]
           : el("div", {
               class: "line muted",
-              text: `${epochs ? `${epochs} epochs; ` : ""}per-epoch progress is in the run's metrics (MLflow UI)`,
+              text: `${epochs ? `${epochs} epochs; ` : ""}no epoch finished yet (the run's metrics show each one)`,
             }),
         job.runId ? el("div", { class: "line" }, el("a", { href: `${view.config.mlflowUiUrl}/#/runs/${encodeURIComponent(job.runId)}`, target: "_blank", rel: "noopener", text: `run ${job.runId.slice(0, 8)}` })) : null,
       );
