@@ -416,6 +416,9 @@ class ModelTypeStatus(Schema):
     challenger: ChallengerStatus | None = Field(
         None, description="The challenger (alias `challenger`), if any, and how it compares."
     )
+    challenger_error: str | None = Field(
+        None, description="Why the version aliased `challenger` could not be loaded, if so."
+    )
     training: CanTrain
 
 

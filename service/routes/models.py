@@ -80,7 +80,10 @@ def _served_part(state: ServiceState, pair: str) -> tuple[dict[str, Any], bool, 
         if m.pair == pair
     )
     slots = tuple(state.models.status(pair, m) for m in MODEL_TYPES)
-    key = (pair, versions, slots)
+    failures = tuple(
+        sorted((k, v) for k, v in state.models.challenger_errors.items() if k[0] == pair)
+    )
+    key = (pair, versions, slots, failures)
     hit = state.model_status_cache.get(key)
     if hit is not None:
         return hit.value, True, hit.age_ms
@@ -103,6 +106,9 @@ def _served_part(state: ServiceState, pair: str) -> tuple[dict[str, Any], bool, 
             if kind == model_type
         }
         entry["challenger"] = _challenger_info(state, pair, model_type, realised)
+        failure = state.models.challenger_errors.get((pair, model_type))
+        if failure is not None:
+            entry["challengerError"] = failure
         individual[model_type] = entry
     first = next(iter(state.models.models_of(pair)), None)
     part = {

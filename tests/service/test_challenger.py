@@ -24,6 +24,7 @@ from tests.service.conftest import (
     LiveServer,
     Trained,
     append_candle,
+    edit_json,
     make_settings,
     register_variant,
     registry,
@@ -119,6 +120,28 @@ def test_asking_a_challenger_that_does_not_exist_or_a_bad_alias_is_refused(
     assert "ensemble" in both.json()["error"]
     history = client.get("/api/predictions/BTC/history", params={"alias": "champion"})
     assert history.status_code == 422
+
+
+def test_a_challenger_that_cannot_load_is_reported_and_production_serves_on(
+    serve: Callable[..., LiveServer], tmp_path: Path, trained: Trained
+) -> None:
+    settings = make_settings(tmp_path, trained, challenger_interval_ms=600_000)
+    version = register_variant(
+        settings, tmp_path, edit=lambda d: edit_json(d / "feature_spec.json", version="0" * 12)
+    )
+    set_challenger(registry(settings), name=NAME, version=version, now_ms=int(time.time() * 1000))
+    server = serve(settings)
+    server.state.models.refresh()
+
+    assert server.state.models.challenger("BTC", "lstm") is None
+    status = server.client.get("/api/models/BTC/status").json()["individual"]["lstm"]
+    assert status["challenger"] is None
+    assert status["challengerError"].startswith(f"version {version} failed to load")
+    assert "feature" in status["challengerError"]
+    assert server.client.get("/api/predictions/BTC").json()["modelVersion"] == "1"
+    assert (
+        server.client.get("/api/predictions/BTC", params={"alias": "challenger"}).status_code == 404
+    )
 
 
 def _realised(
