@@ -484,6 +484,16 @@
           const c = challenger.comparison || {};
           const text = `${c.verdict ?? "–"}: ${c.rows ?? 0}/${c.needed ?? "?"} rows, Δ log loss ${num(c.deltaMean)} [${num(c.low)}…${num(c.high)}], since ${duration(Date.now() - challenger.since)} ago`;
           rows.push(versionRow(pair, modelType, "challenger", challenger.modelInfo, entry, text));
+        } else if (entry.challengerError) {
+          rows.push(
+            el(
+              "tr",
+              { "data-pair": pair, "data-model": modelType, "data-role": "challenger" },
+              el("td", { text: `${pair} ${modelType}` }),
+              el("td", { text: "challenger" }),
+              el("td", { colspan: 7, class: "bad", text: `not loaded: ${entry.challengerError}` }),
+            ),
+          );
         }
       }
     }
