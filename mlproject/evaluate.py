@@ -30,7 +30,6 @@ import numpy as np
 from mlproject.baselines import BASELINES, Prediction
 from mlproject.config import TrainConfig
 from mlproject.data import walk_forward_splits
-from mlproject.fold import fit_and_score
 from mlproject.metrics import (
     block_bootstrap_interval,
     log_loss,
@@ -39,7 +38,6 @@ from mlproject.metrics import (
 )
 from mlproject.scoring import MODEL, Scores, score
 from mlproject.tracking import active_run
-from mlproject.train import load_dataset
 from pipelines.pairs import check_pair
 from pipelines.settings import Settings
 
@@ -170,6 +168,10 @@ def walk_forward(
 ) -> list[FoldReport]:
     """Every fold of `pair` for one seed (the plan's first by default), then the folds pooled
     (fold "all")."""
+    # TensorFlow comes in with the fold, here and not on import: `--combine` never needs it.
+    from mlproject.fold import fit_and_score
+    from mlproject.train import load_dataset
+
     seed = plan.seed if seed is None else seed
     config = TrainConfig.from_settings(
         settings, pair=pair, model_type=plan.model_type, epochs=plan.epochs, seed=seed
@@ -200,6 +202,7 @@ def walk_forward(
             epochs_run=result.fit.epochs_run,
             best_epoch=result.fit.best_epoch,
             fit_seconds=result.fit.fit_seconds,
+            extra=_calibration(result, y=result.scores.y),
         )
         reports.append(report)
         pooled.setdefault("y", []).append(result.scores.y)
@@ -221,6 +224,35 @@ def walk_forward(
             on_fold(report)
     reports.append(_pooled(pair, reports, pooled, settings=settings, seed=seed))
     return reports
+
+
+def _calibration(result: object, *, y: np.ndarray) -> dict[str, Any]:
+    """How the fold's test probabilities were calibrated, and the model's log loss before it
+    (empty for a fold without calibration)."""
+    calibration, raw = getattr(result, "calibration", None), getattr(result, "raw_proba", None)
+    if calibration is None or raw is None:
+        return {}
+    return {
+        "calibration": calibration.to_dict(),
+        "raw_log_loss": log_loss(y, np.asarray(raw, dtype=np.float64)),
+    }
+
+
+def calibration_line(reports: list[FoldReport]) -> str:
+    """One sentence: which calibrator the folds chose, and the model's log loss before and after."""
+    folds = [r for r in reports if r.fold != "all"]
+    chosen = [r.extra["calibration"]["method"] for r in folds if "calibration" in r.extra]
+    if not chosen:
+        return "Test probabilities uncalibrated: the model's own."
+    counts = ", ".join(f"{m} on {chosen.count(m)}" for m in sorted(set(chosen)))
+    before = [float(r.extra["raw_log_loss"]) for r in folds if "raw_log_loss" in r.extra]
+    after = [r.metrics[MODEL]["log_loss"] for r in folds if "raw_log_loss" in r.extra]
+    return (
+        f"Test probabilities calibrated on each fold's validation rows (ML_CALIBRATION): {counts} "
+        f"of {len(folds)} fold x seed fits; the model's test log loss, mean over them, "
+        f"{sum(before) / len(before):.4f} before calibration and {sum(after) / len(after):.4f} "
+        "after (the figures below)."
+    )
 
 
 def _pooled(
@@ -649,6 +681,7 @@ def render_markdown(document: dict[str, Any]) -> str:
         f"-{rule.get('margin', 0.0):g} (ML_PROMOTION_MARGIN): the model significantly better; "
         "`seeds above`: wholly above it, significantly worse. `beats every baseline`: seeds "
         "whose intervals against every baseline lie below it (the training run's `beats`).",
+        f"- {calibration_line(reports)}",
         f"- Took {document['elapsed_seconds'] / 60:.1f} min.",
         "",
         "## Summary",
@@ -677,7 +710,6 @@ def render_markdown(document: dict[str, Any]) -> str:
                 f"{_spread(s, name, 'roc_auc', one)} | {_spread(s, name, 'log_loss', one)} | "
                 f"{_spread(s, name, 'brier')} |"
             )
-    baselines = list(reports[0].verdicts) if reports else []
     lines += [
         "",
         "## Every seed",
@@ -685,6 +717,16 @@ def render_markdown(document: dict[str, Any]) -> str:
         "Model minus each baseline, log loss per row: mean [95 % interval]. `epochs`: the kept "
         "epoch / epochs run.",
         "",
+        seed_table(reports),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def seed_table(reports: list[FoldReport]) -> str:
+    """One row per pair, fold and seed: the model's log loss and its verdict on every baseline."""
+    baselines = list(reports[0].verdicts) if reports else []
+    lines = [
         "| pair | fold | seed | model log loss | epochs | "
         + " | ".join(f"- {name}" for name in baselines)
         + " | beats |",
@@ -703,5 +745,4 @@ def render_markdown(document: dict[str, Any]) -> str:
             + " | ".join(_difference(r.verdicts[name]) for name in baselines)
             + f" | {'yes' if r.beats_baseline else 'no'} |"
         )
-    lines.append("")
     return "\n".join(lines)

@@ -56,6 +56,11 @@ def test_walk_forward_reports_every_fold_and_predictor(settings: Settings, tmp_p
     assert text.count("| BTC | ") == 3 * (1 + baselines + len(PREDICTORS) + 1)
     assert "Wilson" in text
     assert "paired moving-block bootstrap" in text
+    # Each fold's test probabilities are calibrated on its validation rows, and it says how.
+    for report in (first, second):
+        assert report.extra["calibration"]["method"] in {"none", "platt", "isotonic"}
+        assert report.extra["raw_log_loss"] > 0
+    assert "Test probabilities calibrated on each fold's validation rows" in text
     document = json.loads(path.with_suffix(".json").read_text())
     assert document["complete"] is True
     assert [f["fold"] for f in document["folds"]] == ["1", "2", "all"]
@@ -271,9 +276,13 @@ def test_combined_page_serves_the_lowest_loss_architecture_that_beats_on_most_se
     assert "| BTC | lstm | beats every baseline on 2/3 seeds" in text
     assert "| XMR | nothing (HOLD) | none beats last_move" in text
     assert "- Raw." in text
+    # The headline: the lowest log loss is gru's on BTC, yet lstm is served (gru beats on 1 seed).
+    assert "| BTC | lstm | gru 0.6840 ± 0.0000 | last_move 0.6900 | last_move: " in text
+    assert "| XMR | nothing (HOLD) | cnn 0.6895 ± 0.0000 | last_move 0.6900 | " in text
     assert "`tbml evaluate --all --model-type gru --folds 1 --test-size 2000 --epochs 8 " in text
     assert "--seeds 42,43,44`" in text
-    assert text.count("| BTC | all | ") == 3 + 3 * (len(PREDICTORS) - 1)  # summary + verdicts
+    # Per architecture: the summary row, a verdict per baseline, a row per seed.
+    assert text.count("| BTC | all | ") == 3 * (1 + (len(PREDICTORS) - 1) + len(seeds))
 
 
 @pytest.mark.parametrize(

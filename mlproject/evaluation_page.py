@@ -1,0 +1,347 @@
+"""One page from several architectures' walk-forward reports, with a verdict per pair.
+
+`tbml evaluate --combine A.json B.json ... --output docs/evaluation.md` reads the JSON reports
+that `tbml evaluate` writes (one per architecture; an interrupted one counts with what it
+finished) and says, per pair, which architecture is worth serving, by `RULE`:
+
+1. An architecture qualifies for a pair when, on its folds pooled (fold `all`), the paired
+   interval against every baseline lies wholly below `-margin` on a strict majority of its seeds
+   (the training run's `beats`, on most seeds).
+2. Of those that qualify, the one of lowest mean log loss on the newest test window (the last
+   fold, ending at the newest candle: the same rows in every report) is served; where the
+   reports' newest windows differ, the lowest pooled mean log loss.
+3. None qualifies: serve nothing (HOLD), naming the strongest baseline on the newest window.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlproject.evaluate import (
+    MODEL,
+    FoldReport,
+    SeedSummary,
+    calibration_line,
+    fold_reports,
+    seed_table,
+    summarise,
+    summary_table,
+    verdict_table,
+)
+
+RULE = (
+    "An architecture qualifies for a pair when, on its folds pooled, the paired interval of its "
+    "per-row log loss minus each baseline's lies wholly below -margin against every baseline on "
+    "a strict majority of its seeds. Of those that qualify, the one of lowest mean log loss on "
+    "the newest test window (the fold ending at the newest candle, the same rows for every "
+    "architecture) is worth serving. If none qualifies: serve nothing, the service answers HOLD."
+)
+
+
+class ReportError(ValueError):
+    """A file that is not a usable `tbml evaluate` JSON report."""
+
+
+@dataclass(frozen=True)
+class ArchitectureReport:
+    """One architecture's report: its plan, its per-seed folds and their summaries."""
+
+    path: Path
+    model_type: str
+    plan: dict[str, Any]
+    complete: bool
+    elapsed_seconds: float
+    reports: list[FoldReport]
+    summaries: list[SeedSummary]
+
+    def pooled(self, pair: str) -> SeedSummary | None:
+        return next((s for s in self.summaries if s.pair == pair and s.fold == "all"), None)
+
+    def newest(self, pair: str) -> SeedSummary | None:
+        folds = [s for s in self.summaries if s.pair == pair and s.fold != "all"]
+        return max(folds, key=lambda s: s.test_end) if folds else None
+
+    def finished(self) -> list[tuple[str, int]]:
+        """(pair, seed) walk-forwards that finished (their pooled fold is written)."""
+        return [(r.pair, r.seed) for r in self.reports if r.fold == "all"]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a pair should serve: an architecture, or None for HOLD, and why."""
+
+    pair: str
+    serve: str | None
+    reason: str
+
+
+def load_report(path: Path) -> ArchitectureReport:
+    """Read one JSON report of `tbml evaluate`."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReportError(f"cannot read the report {path}: {exc}") from None
+    if not isinstance(document, dict) or not {"plan", "folds"} <= set(document):
+        raise ReportError(
+            f"{path} is not a JSON report of `tbml evaluate` (an object with 'plan' and "
+            "'folds'; reports written before multi-seed evaluation are not)"
+        )
+    reports = fold_reports(document)
+    if not reports:
+        raise ReportError(f"{path} holds no finished fold")
+    return ArchitectureReport(
+        path=path,
+        model_type=str(document["plan"]["model_type"]),
+        plan=document["plan"],
+        complete=bool(document.get("complete", False)),
+        elapsed_seconds=float(document.get("elapsed_seconds") or 0.0),
+        reports=reports,
+        summaries=summarise(reports),
+    )
+
+
+def choose(architectures: list[ArchitectureReport], pair: str) -> Choice:
+    """Which architecture is worth serving for `pair`, by `RULE`."""
+    entries = [
+        (a, pooled, newest)
+        for a in architectures
+        if (pooled := a.pooled(pair)) is not None and (newest := a.newest(pair)) is not None
+    ]
+    if not entries:
+        return Choice(pair=pair, serve=None, reason="no architecture was evaluated on it")
+    windows = {(n.test_start, n.test_end) for _, _, n in entries}
+    same_window = len(windows) == 1
+    qualified = [(a, p, n) for a, p, n in entries if 2 * p.beats_seeds > p.n]
+
+    def loss(entry: tuple[ArchitectureReport, SeedSummary, SeedSummary]) -> float:
+        summary = entry[2] if same_window else entry[1]
+        return summary.mean[MODEL]["log_loss"]
+
+    where = "on the newest window" if same_window else "pooled"
+    if qualified:
+        best, pooled, newest = min(qualified, key=loss)
+        others = [a.model_type for a, _, _ in qualified if a is not best]
+        strongest = pooled.strongest_baseline
+        summary = newest if same_window else pooled
+        rival = summary.strongest_baseline
+        reason = (
+            f"beats every baseline on {pooled.beats_seeds}/{pooled.n} seeds (folds pooled); "
+            f"log loss {summary.mean[MODEL]['log_loss']:.4f} {where} against "
+            f"{rival} {summary.mean[rival]['log_loss']:.4f}; "
+            f"model - {strongest} pooled {pooled.verdicts[strongest]['mean']:+.4f}"
+        )
+        if others:
+            reason += f"; also qualified, with a higher log loss {where}: {', '.join(others)}"
+        return Choice(pair=pair, serve=best.model_type, reason=reason)
+    # Nothing qualifies: name the strongest baseline on the newest rows and the nearest miss.
+    baselines = list(entries[0][2].verdicts)
+    scope = [n for _, _, n in entries] if same_window else [p for _, p, _ in entries]
+
+    def baseline_loss(name: str) -> float:
+        return sum(s.mean[name]["log_loss"] for s in scope) / len(scope)
+
+    strongest = min(baselines, key=baseline_loss)
+    nearest, pooled, _ = min(entries, key=loss)
+    against = pooled.verdicts[pooled.strongest_baseline]
+    reason = (
+        f"none beats {strongest} (log loss {baseline_loss(strongest):.4f} {where}): serve "
+        f"nothing, HOLD. Nearest: {nearest.model_type}, beats every baseline on "
+        f"{pooled.beats_seeds}/{pooled.n} seeds; against {pooled.strongest_baseline} pooled "
+        f"{against['mean']:+.4f} [{against['low']:+.4f}, {against['high']:+.4f}], "
+        f"significantly worse on {against['worse']}/{pooled.n} seeds"
+    )
+    return Choice(pair=pair, serve=None, reason=reason)
+
+
+def _command(a: ArchitectureReport) -> str:
+    plan = a.plan
+    pairs = plan["pairs"]
+    target = pairs[0] if len(pairs) == 1 else "--all"
+    command = (
+        f"tbml evaluate {target} --model-type {a.model_type} --folds {plan['folds']} "
+        f"--test-size {plan['test_size']} --epochs {plan['epochs']} "
+        f"--seeds {','.join(map(str, plan['seeds']))}"
+    )
+    if plan["max_rows"]:
+        command += f" --max-rows {plan['max_rows']}"
+    return command
+
+
+def _mean_sd(summary: SeedSummary, name: str, metric: str, *, pct: bool = False) -> str:
+    value, sd = summary.mean[name][metric], summary.sd[name][metric]
+    scale, places = (100.0, 1) if pct else (1.0, 4)
+    text = f"{value * scale:.{places}f}"
+    return text if summary.n == 1 else f"{text} ± {sd * scale:.{places}f}"
+
+
+def _pair_table(architectures: list[ArchitectureReport], pair: str) -> list[str]:
+    lines = [
+        "| architecture | seeds | folds | log loss, newest window | log loss, pooled | "
+        "accuracy %, pooled | ROC AUC, pooled | strongest baseline, pooled (log loss) | "
+        "model - strongest, pooled (mean interval) | beats every baseline (seeds) | "
+        "worse than strongest (seeds) |",
+        "|---|---:|---:|---|---|---|---|---|---|---:|---:|",
+    ]
+    newest_baselines: SeedSummary | None = None
+    for a in architectures:
+        pooled, newest = a.pooled(pair), a.newest(pair)
+        if pooled is None or newest is None:
+            lines.append(f"| {a.model_type} | 0 | | not evaluated | | | | | | | |")
+            continue
+        newest_baselines = newest_baselines or newest
+        strongest = pooled.strongest_baseline
+        v = pooled.verdicts[strongest]
+        folds = len({s.fold for s in a.summaries if s.pair == pair and s.fold != "all"})
+        lines.append(
+            f"| {a.model_type} | {pooled.n} | {folds} | {_mean_sd(newest, MODEL, 'log_loss')} | "
+            f"{_mean_sd(pooled, MODEL, 'log_loss')} | "
+            f"{_mean_sd(pooled, MODEL, 'accuracy', pct=True)} | "
+            f"{_mean_sd(pooled, MODEL, 'roc_auc')} | "
+            f"{strongest} ({pooled.mean[strongest]['log_loss']:.4f}) | "
+            f"{v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] | "
+            f"{pooled.beats_seeds}/{pooled.n} | {v['worse']}/{pooled.n} |"
+        )
+    if newest_baselines is not None:
+        s = newest_baselines
+        lines += [
+            "",
+            f"The baselines on the newest window ({s.test_start[:10]} .. {s.test_end[:10]}, "
+            f"{s.rows} rows; fitted on the same training rows as the first architecture above):",
+            "",
+            "| baseline | log loss | accuracy % | ROC AUC |",
+            "|---|---|---|---|",
+        ]
+        for name in s.verdicts:
+            lines.append(
+                f"| {name} | {_mean_sd(s, name, 'log_loss')} | "
+                f"{_mean_sd(s, name, 'accuracy', pct=True)} | {_mean_sd(s, name, 'roc_auc')} |"
+            )
+    return lines
+
+
+def headline_table(architectures: list[ArchitectureReport], pairs: list[str]) -> str:
+    """Per pair: what to serve, and the lowest-loss architecture on the newest window beside the
+    strongest baseline there."""
+    lines = [
+        "| pair | serve | lowest log loss, newest window (mean ± sd) | strongest baseline there "
+        "| it minus its strongest baseline, pooled | beats every baseline (seeds) |",
+        "|---|---|---|---|---|---:|",
+    ]
+    for pair in pairs:
+        entries = [
+            (a, pooled, newest)
+            for a in architectures
+            if (pooled := a.pooled(pair)) is not None and (newest := a.newest(pair)) is not None
+        ]
+        if not entries:
+            continue
+        a, pooled, newest = min(entries, key=lambda e: e[2].mean[MODEL]["log_loss"])
+        rival = newest.strongest_baseline
+        v = pooled.verdicts[pooled.strongest_baseline]
+        serve = choose(architectures, pair).serve or "nothing (HOLD)"
+        lines.append(
+            f"| {pair} | {serve} | {a.model_type} {_mean_sd(newest, MODEL, 'log_loss')} | "
+            f"{rival} {newest.mean[rival]['log_loss']:.4f} | "
+            f"{pooled.strongest_baseline}: {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] "
+            f"| {pooled.beats_seeds}/{pooled.n} |"
+        )
+    return "\n".join(lines)
+
+
+def combine_reports(paths: list[Path], *, notes: list[str] | None = None) -> str:
+    """The page: the verdict per pair, each pair's architectures side by side, then every
+    architecture's folds.
+
+    Raises:
+        ReportError: a path that is not a report, or two reports of one architecture.
+    """
+    architectures = [load_report(path) for path in paths]
+    seen: dict[str, Path] = {}
+    for a in architectures:
+        if a.model_type in seen:
+            raise ReportError(
+                f"two reports of {a.model_type}: {seen[a.model_type]} and {a.path}; "
+                "give one per architecture"
+            )
+        seen[a.model_type] = a.path
+    pairs: list[str] = []
+    for a in architectures:
+        pairs += [p for p in a.plan["pairs"] if p not in pairs]
+    metric = "log_loss"
+    lines = [
+        "# Walk-forward evaluation: every architecture",
+        "",
+        "Generated by `tbml evaluate --combine` from the JSON reports of `tbml evaluate`, one "
+        "per architecture; every number below comes from them.",
+        "",
+        "## How it was made",
+        "",
+    ]
+    for a in architectures:
+        plan = a.plan
+        finished = a.finished()
+        planned = len(plan["pairs"]) * len(plan["seeds"])
+        state = (
+            "complete"
+            if a.complete
+            else f"**incomplete**: {len(finished)} of {planned} pair x seed walk-forwards finished"
+        )
+        lines.append(
+            f"- **{a.model_type}**: `{_command(a)}`; pairs {', '.join(plan['pairs'])}; "
+            f"{plan['folds']} fold{'' if plan['folds'] == 1 else 's'} of {plan['test_size']:,} "
+            "hourly test rows, the last ending at the newest candle; at most "
+            f"{plan['epochs']} epochs (patience {plan['patience']}); "
+            f"seeds {', '.join(map(str, plan['seeds']))}"
+            + (f"; newest {plan['max_rows']:,} candles only" if plan["max_rows"] else "")
+            + f"; {a.elapsed_seconds / 60:.1f} min; {state}. {calibration_line(a.reports)}"
+        )
+    lines += [f"- {note}" for note in notes or []]
+    lines += [
+        "",
+        "## Which architecture is worth serving, per pair",
+        "",
+        f"The rule: {RULE}",
+        "",
+        "| pair | serve | why |",
+        "|---|---|---|",
+    ]
+    for pair in pairs:
+        choice = choose(architectures, pair)
+        lines.append(f"| {pair} | {choice.serve or 'nothing (HOLD)'} | {choice.reason} |")
+    lines += [
+        "",
+        "The architecture of lowest log loss on the newest window, per pair, beside the "
+        "strongest baseline on the same rows:",
+        "",
+        headline_table(architectures, pairs),
+        "",
+        "Each metric is the mean ± standard deviation over the seeds. `model - strongest`: the "
+        "model's log loss per row minus its strongest baseline's on the same rows, mean and 95 % "
+        "interval of a paired moving-block bootstrap (blocks of a day), averaged over the seeds. "
+        "`beats every baseline`: seeds whose intervals against every baseline lie wholly below "
+        "-margin; `worse than strongest`: seeds whose interval against the strongest baseline "
+        "lies wholly above +margin. The baselines are fitted on each fold's training rows under "
+        "every seed: majority, last_move and logistic are deterministic, LightGBM's column "
+        "sampling takes the seed.",
+    ]
+    for pair in pairs:
+        lines += ["", f"## {pair}", "", *_pair_table(architectures, pair)]
+    for a in architectures:
+        lines += [
+            "",
+            f"## {a.model_type}: every fold",
+            "",
+            summary_table(a.summaries, a.reports, metric=metric),
+            "",
+            verdict_table(a.summaries),
+            "",
+            "Every seed: the model's log loss and, against each baseline, its log loss per row "
+            "minus the baseline's, mean [95 % interval]; `epochs`: the kept epoch / epochs run.",
+            "",
+            seed_table(a.reports),
+        ]
+    lines.append("")
+    return "\n".join(lines)
