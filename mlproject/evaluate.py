@@ -573,7 +573,7 @@ def _cell(value: float, interval: tuple[float, float] | None = None, *, pct: boo
     return text
 
 
-def _spread(
+def spread(
     summary: SeedSummary,
     name: str,
     metric: str,
@@ -582,15 +582,17 @@ def _spread(
     pct: bool = False,
     digits: int = 3,
 ) -> str:
-    """`mean ± sd` over several seeds; the value and its interval (from `one`) for one seed."""
+    """`mean ± sd` over several seeds; for one seed the value, with its interval (from `one`)
+    at the default `digits`. Accuracy (`pct`) in %, one decimal."""
     value, sd = summary.mean[name][metric], summary.sd[name][metric]
     if math.isnan(value):
         return "—"
+    scale, places = (100.0, 1) if pct else (1.0, digits)
     if summary.n == 1:
-        interval = one.intervals[name].get(metric) if one is not None else None
-        return _cell(value, interval, pct=pct) if digits == 3 else f"{value:.{digits}f}"
-    scale = 100.0 if pct else 1.0
-    places = 1 if pct else digits
+        if digits == 3:
+            interval = one.intervals[name].get(metric) if one is not None else None
+            return _cell(value, interval, pct=pct)
+        return f"{value * scale:.{places}f}"
     return f"{value * scale:.{places}f} ± {sd * scale:.{places}f}"
 
 
@@ -616,9 +618,9 @@ def summary_table(summaries: list[SeedSummary], reports: list[FoldReport], *, me
         strongest = s.strongest_baseline
         lines.append(
             f"| {s.pair} | {s.fold} | {s.test_start[:10]} .. {s.test_end[:10]} | {s.rows} | "
-            f"{s.n} | {_spread(s, MODEL, 'accuracy', one, pct=True)} | "
-            f"{_spread(s, MODEL, 'roc_auc', one)} | {_spread(s, MODEL, metric, one)} | "
-            f"{strongest} ({_spread(s, strongest, metric)}) | "
+            f"{s.n} | {spread(s, MODEL, 'accuracy', one, pct=True)} | "
+            f"{spread(s, MODEL, 'roc_auc', one)} | {spread(s, MODEL, metric, one)} | "
+            f"{strongest} ({spread(s, strongest, metric)}) | "
             f"{_difference(s.verdicts[strongest])} | {s.beats_seeds}/{s.n} |"
         )
     return "\n".join(lines)
@@ -634,8 +636,8 @@ def verdict_table(summaries: list[SeedSummary]) -> str:
     for s in summaries:
         for name, verdict in s.verdicts.items():
             lines.append(
-                f"| {s.pair} | {s.fold} | {name} | {_spread(s, name, 'log_loss')} | "
-                f"{_spread(s, MODEL, 'log_loss')} | {_difference(verdict)} | "
+                f"| {s.pair} | {s.fold} | {name} | {spread(s, name, 'log_loss')} | "
+                f"{spread(s, MODEL, 'log_loss')} | {_difference(verdict)} | "
                 f"{verdict['better']}/{s.n} | {verdict['worse']}/{s.n} |"
             )
     return "\n".join(lines)
@@ -705,10 +707,10 @@ def render_markdown(document: dict[str, Any]) -> str:
             label = f"**{name}**" if name == MODEL else name
             lines.append(
                 f"| {s.pair} | {s.fold} | {label} | "
-                f"{_spread(s, name, 'accuracy', one, pct=True)} | "
-                f"{_spread(s, name, 'balanced_accuracy', pct=True)} | "
-                f"{_spread(s, name, 'roc_auc', one)} | {_spread(s, name, 'log_loss', one)} | "
-                f"{_spread(s, name, 'brier')} |"
+                f"{spread(s, name, 'accuracy', one, pct=True)} | "
+                f"{spread(s, name, 'balanced_accuracy', pct=True)} | "
+                f"{spread(s, name, 'roc_auc', one)} | {spread(s, name, 'log_loss', one)} | "
+                f"{spread(s, name, 'brier')} |"
             )
     lines += [
         "",

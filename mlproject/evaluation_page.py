@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from mlproject.evaluate import (
     calibration_line,
     fold_reports,
     seed_table,
+    spread,
     summarise,
     summary_table,
     verdict_table,
@@ -170,11 +172,8 @@ def _command(a: ArchitectureReport) -> str:
     return command
 
 
-def _mean_sd(summary: SeedSummary, name: str, metric: str, *, pct: bool = False) -> str:
-    value, sd = summary.mean[name][metric], summary.sd[name][metric]
-    scale, places = (100.0, 1) if pct else (1.0, 4)
-    text = f"{value * scale:.{places}f}"
-    return text if summary.n == 1 else f"{text} ± {sd * scale:.{places}f}"
+# Every figure of the page: four decimals (accuracy in %, one), ± sd over several seeds.
+_shown = partial(spread, digits=4)
 
 
 def _pair_table(architectures: list[ArchitectureReport], pair: str) -> list[str]:
@@ -196,10 +195,10 @@ def _pair_table(architectures: list[ArchitectureReport], pair: str) -> list[str]
         v = pooled.verdicts[strongest]
         folds = len({s.fold for s in a.summaries if s.pair == pair and s.fold != "all"})
         lines.append(
-            f"| {a.model_type} | {pooled.n} | {folds} | {_mean_sd(newest, MODEL, 'log_loss')} | "
-            f"{_mean_sd(pooled, MODEL, 'log_loss')} | "
-            f"{_mean_sd(pooled, MODEL, 'accuracy', pct=True)} | "
-            f"{_mean_sd(pooled, MODEL, 'roc_auc')} | "
+            f"| {a.model_type} | {pooled.n} | {folds} | {_shown(newest, MODEL, 'log_loss')} | "
+            f"{_shown(pooled, MODEL, 'log_loss')} | "
+            f"{_shown(pooled, MODEL, 'accuracy', pct=True)} | "
+            f"{_shown(pooled, MODEL, 'roc_auc')} | "
             f"{strongest} ({pooled.mean[strongest]['log_loss']:.4f}) | "
             f"{v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] | "
             f"{pooled.beats_seeds}/{pooled.n} | {v['worse']}/{pooled.n} |"
@@ -216,8 +215,8 @@ def _pair_table(architectures: list[ArchitectureReport], pair: str) -> list[str]
         ]
         for name in s.verdicts:
             lines.append(
-                f"| {name} | {_mean_sd(s, name, 'log_loss')} | "
-                f"{_mean_sd(s, name, 'accuracy', pct=True)} | {_mean_sd(s, name, 'roc_auc')} |"
+                f"| {name} | {_shown(s, name, 'log_loss')} | "
+                f"{_shown(s, name, 'accuracy', pct=True)} | {_shown(s, name, 'roc_auc')} |"
             )
     return lines
 
@@ -243,7 +242,7 @@ def headline_table(architectures: list[ArchitectureReport], pairs: list[str]) ->
         v = pooled.verdicts[pooled.strongest_baseline]
         serve = choose(architectures, pair).serve or "nothing (HOLD)"
         lines.append(
-            f"| {pair} | {serve} | {a.model_type} {_mean_sd(newest, MODEL, 'log_loss')} | "
+            f"| {pair} | {serve} | {a.model_type} {_shown(newest, MODEL, 'log_loss')} | "
             f"{rival} {newest.mean[rival]['log_loss']:.4f} | "
             f"{pooled.strongest_baseline}: {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] "
             f"| {pooled.beats_seeds}/{pooled.n} |"

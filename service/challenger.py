@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -208,10 +207,6 @@ class ChallengerPolicy:
     settings: Settings
     history: PredictionHistory
     models: ModelCache
-    # Acts on the registry: (name, challenger version, production version, comparison);
-    # returns whether it acted (False: the aliases moved meanwhile). MLflow's client by default.
-    act: Callable[[str, LiveComparison], bool] | None = None
-    last: dict[tuple[str, str], LiveComparison] = field(default_factory=dict)
 
     def comparisons(self) -> dict[tuple[str, str], LiveComparison]:
         """Each slot's challenger compared now (no action taken)."""
@@ -234,15 +229,13 @@ class ChallengerPolicy:
     def check(self) -> list[LiveComparison]:
         """One look: returns the comparisons acted on (promoted or retired)."""
         acted = []
-        found = self.comparisons()
-        self.last = found
-        for key, comparison in found.items():
+        for key, comparison in self.comparisons().items():
             if comparison.decision == "waiting":
                 continue
             challenger = self.models.challenger(*key)
             if challenger is None:
                 continue
-            if (self.act or self._act)(challenger.name, comparison):
+            if self._act(challenger.name, comparison):
                 acted.append(comparison)
                 logger.info(
                     "%s version %s %s: %s",
@@ -256,6 +249,7 @@ class ChallengerPolicy:
         return acted
 
     def _act(self, name: str, comparison: LiveComparison) -> bool:
+        """Promote or retire through MLflow's client; False when the aliases moved meanwhile."""
         from pipelines.tracking import (
             CHALLENGER_ALIAS,
             aliased_version,

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from pipelines.candles.store import CandlesNotFoundError
+from pipelines.tracking import CHALLENGER_ALIAS, PRODUCTION_ALIAS
 
 logger = logging.getLogger(__name__)
 
@@ -120,19 +121,17 @@ class CandleWatcher:
     """Computes and publishes each served model's prediction once per new candle or version.
 
     `load(pair)` gives the pair's candles (the store's cached frame); `predict(pair,
-    model_type)` is the predictor's blocking path for the newest candle (cache, history,
-    staleness), `predict_past(pair, model_type, candles)` the same for the newest of `candles`
-    (a candle that closed before the newest, recorded but not cached); `model_types(pair)` the
-    (model type, version) pairs served for the pair now.
+    model_type, alias)` is the predictor's blocking path for the newest candle (cache, history,
+    staleness), `predict_past(pair, model_type, candles, alias)` the same for the newest of
+    `candles` (a candle that closed before the newest, recorded but not cached);
+    `model_types(pair)` the (model type, version) pairs served for the pair now, and
+    `challengers(pair)` those of its challengers.
 
     Candles that arrive together (a feed catching up after a stall, a batch ingest) each get
     their prediction, oldest first, up to `CATCH_UP_MAX` per look: N new candles give N
-    predictions per served model, on the stream and in the history.
-
-    `challengers(pair)` gives the (model type, version) of the pair's challengers, and
-    `predict_shadow(pair, model_type, candles)` a challenger's prediction for the newest of
-    `candles`: each new candle gets one per challenger too, recorded in the history as shadow
-    and never published (production serves; live outcomes decide between the two).
+    predictions per served model, on the stream and in the history. A challenger gets the same
+    predictions, recorded in the history as shadow and never published (production serves;
+    live outcomes decide between the two).
     """
 
     def __init__(
@@ -141,23 +140,20 @@ class CandleWatcher:
         pairs: Iterable[str],
         load: Callable[[str], Any],
         model_types: Callable[[str], list[tuple[str, str]]],
-        predict: Callable[[str, str], dict[str, Any]],
+        predict: Callable[[str, str, str], dict[str, Any]],
         publish: Callable[[dict[str, Any]], None],
-        predict_past: Callable[[str, str, Any], dict[str, Any]] | None = None,
+        predict_past: Callable[[str, str, Any, str], dict[str, Any]] | None = None,
         challengers: Callable[[str], list[tuple[str, str]]] | None = None,
-        predict_shadow: Callable[[str, str, Any], dict[str, Any]] | None = None,
     ) -> None:
         self.pairs = tuple(pairs)
         self._load = load
         self._model_types = model_types
+        self._challengers = challengers
         self._predict = predict
         self._predict_past = predict_past
         self._publish = publish
-        self._challengers = challengers
-        self._predict_shadow = predict_shadow
-        self._seen: dict[tuple[str, str], tuple[Any, str]] = {}
-        self._seen_shadow: dict[tuple[str, str], tuple[Any, str]] = {}
-        self.shadow_computed = 0
+        # (pair, model type, alias) -> (newest candle predicted, version that predicted it)
+        self._seen: dict[tuple[str, str, str], tuple[Any, str]] = {}
         self.computed = 0
         self.last_errors: dict[str, str] = {}
 
@@ -172,59 +168,45 @@ class CandleWatcher:
                 failures[pair] = str(error)
                 continue
             newest = candles.index[-1]
-            for model_type, version in self._model_types(pair):
-                key = (pair, model_type)
+            slots = [(kind, version, PRODUCTION_ALIAS) for kind, version in self._model_types(pair)]
+            if self._challengers is not None:
+                slots += [
+                    (kind, version, CHALLENGER_ALIAS) for kind, version in self._challengers(pair)
+                ]
+            for model_type, version, alias in slots:
+                key = (pair, model_type, alias)
                 seen = self._seen.get(key)
                 if seen == (newest, version):
                     continue
+                served = alias == PRODUCTION_ALIAS
                 try:
                     if seen is not None and seen[1] == version and seen[0] < newest:
-                        done += self._catch_up(pair, model_type, candles, since=seen[0])
-                    body = self._predict(pair, model_type)
+                        done += self._catch_up(
+                            pair, model_type, candles, since=seen[0], alias=alias
+                        )
+                    body = self._predict(pair, model_type, alias)
                 except Exception as error:  # one pair's failure must not stop the others
-                    failures[f"{pair}-{model_type}"] = str(error)
-                    logger.warning("no prediction for %s %s: %s", pair, model_type, error)
+                    slot = f"{pair}-{model_type}" + ("" if served else f"-{alias}")
+                    failures[slot] = str(error)
+                    logger.warning("no prediction for %s: %s", slot, error)
                     continue
                 self._seen[key] = (newest, version)
-                self._publish(body)
-                done += 1
-            self._shadow(pair, candles, failures)
+                if served:
+                    self._publish(body)
+                    done += 1
         self.computed += done
         self.last_errors = failures
         return done
 
-    def _shadow(self, pair: str, candles: Any, failures: dict[str, str]) -> None:
-        """Each challenger's prediction for the candles it has not predicted yet (recorded,
-        not published); a new challenger starts at the newest candle."""
-        if self._challengers is None or self._predict_shadow is None:
-            return
-        index = candles.index
-        newest = index[-1]
-        for model_type, version in self._challengers(pair):
-            key = (pair, model_type)
-            seen = self._seen_shadow.get(key)
-            if seen == (newest, version):
-                continue
-            if seen is not None and seen[1] == version and seen[0] < newest:
-                stamps = list(index[(index > seen[0]) & (index <= newest)][-CATCH_UP_MAX:])
-            else:
-                stamps = [newest]
-            try:
-                for stamp in stamps:
-                    self._predict_shadow(pair, model_type, candles.loc[:stamp])
-                    self.shadow_computed += 1
-            except Exception as error:
-                failures[f"{pair}-{model_type}-challenger"] = str(error)
-                logger.warning("no shadow prediction for %s %s: %s", pair, model_type, error)
-                continue
-            self._seen_shadow[key] = (newest, version)
-
-    def _catch_up(self, pair: str, model_type: str, candles: Any, *, since: Any) -> int:
-        """Predict and publish the candles after `since` and before the newest, oldest first."""
+    def _catch_up(self, pair: str, model_type: str, candles: Any, *, since: Any, alias: str) -> int:
+        """Predict the candles after `since` and before the newest, oldest first; publish those
+        of production. Returns how many were published."""
         if self._predict_past is None:
             return 0
         index = candles.index
         missed = index[(index > since) & (index < index[-1])][-CATCH_UP_MAX:]
         for stamp in missed:
-            self._publish(self._predict_past(pair, model_type, candles.loc[:stamp]))
-        return len(missed)
+            body = self._predict_past(pair, model_type, candles.loc[:stamp], alias)
+            if alias == PRODUCTION_ALIAS:
+                self._publish(body)
+        return len(missed) if alias == PRODUCTION_ALIAS else 0

@@ -34,7 +34,7 @@ import pandas as pd
 from pipelines.candles.store import CandlesNotFoundError, CandleStore
 from pipelines.verdicts import PairedVerdict, log_losses, paired_block_bootstrap
 from service.drift import NAIVE_BASELINES, naive_probabilities
-from service.history.store import PredictionHistory, RealisedRows
+from service.history.store import RealisedRows
 
 logger = logging.getLogger(__name__)
 
@@ -206,11 +206,10 @@ def score(
 
 
 def live_figures(
-    history: PredictionHistory, store: CandleStore, *, pair: str, timeframe: str
+    realised: list[RealisedRows], store: CandleStore, *, pair: str, timeframe: str
 ) -> list[LiveFigures]:
     """The figures of every version of `pair` with a realised outcome on a store candle, by
-    model type and version."""
-    realised = history.realised_rows(pair=pair)
+    model type and version, from `PredictionHistory.realised_rows(pair=pair)`."""
     if not realised:
         return []
     try:

@@ -21,7 +21,6 @@ from pipelines.candles.store import CandleStore
 from pipelines.db import migrate, read_session
 from pipelines.periodic import Chores, ChoreStatus
 from pipelines.settings import Settings
-from pipelines.tracking import CHALLENGER_ALIAS
 from service.caches import TTLCache
 from service.candles import ServingCandleStore
 from service.challenger import ChallengerPolicy
@@ -128,19 +127,16 @@ class ServiceState:
             pairs=settings.pairs,
             load=lambda pair: store.load(pair, settings.timeframe),
             model_types=lambda pair: [(m.model_type, m.version) for m in models.models_of(pair)],
-            predict=lambda pair, model_type: predictor.predict(
-                pair=pair, model_type=model_type, ensemble=False
+            predict=lambda pair, model_type, alias: predictor.predict(
+                pair=pair, model_type=model_type, ensemble=False, alias=alias
             ),
-            predict_past=lambda pair, model_type, candles: predictor.predict_past(
-                pair=pair, model_type=model_type, candles=candles
+            predict_past=lambda pair, model_type, candles, alias: predictor.predict_past(
+                pair=pair, model_type=model_type, candles=candles, alias=alias
             ),
             publish=state.publish,
             challengers=lambda pair: [
                 (m.model_type, m.version) for m in models.challengers() if m.pair == pair
             ],
-            predict_shadow=lambda pair, model_type, candles: predictor.predict_past(
-                pair=pair, model_type=model_type, candles=candles, alias=CHALLENGER_ALIAS
-            ),
         )
         return state
 

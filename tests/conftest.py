@@ -7,6 +7,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -35,13 +36,19 @@ def free_port() -> int:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings with a fresh data dir, MLflow store and service database under `tmp_path`."""
+    return stores_under(tmp_path, database_url=f"sqlite:///{tmp_path / 'service.db'}")
+
+
+def stores_under(root: Path, **overrides: Any) -> Settings:
+    """Settings (no `.env`) whose data dir and MLflow store (a SQLite file, artifacts beside
+    it) are fresh under `root`, reading the bundled candles; `overrides` on top."""
     return Settings(
         _env_file=None,
-        data_dir=tmp_path / "data",
+        data_dir=root / "data",
         bundled_data_dir=BUNDLED,
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        artifact_root=tmp_path / "mlruns",
-        database_url=f"sqlite:///{tmp_path / 'service.db'}",
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        artifact_root=root / "mlruns",
+        **overrides,
     )
 
 

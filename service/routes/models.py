@@ -87,13 +87,11 @@ def _served_part(state: ServiceState, pair: str) -> tuple[dict[str, Any], bool, 
     hit = state.model_status_cache.get(key)
     if hit is not None:
         return hit.value, True, hit.age_ms
+    realised = state.history.realised_rows(pair=pair)  # read once: figures and comparison
     live = {
         (f.model_type, f.model_version): f
-        for f in live_figures(
-            state.history, state.store, pair=pair, timeframe=state.settings.timeframe
-        )
+        for f in live_figures(realised, state.store, pair=pair, timeframe=state.settings.timeframe)
     }
-    realised = state.history.realised_rows(pair=pair)
     individual: dict[str, Any] = {}
     for model_type in MODEL_TYPES:
         enabled = model_type in state.settings.enabled_models

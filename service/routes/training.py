@@ -38,6 +38,7 @@ from service.schemas import (
     QueueFullBody,
     errors,
 )
+from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["training"])
@@ -182,7 +183,7 @@ async def training_queue(state: StateDep) -> Any:
     return body
 
 
-def training_progress(state: Any, job: dict[str, Any]) -> dict[str, Any] | None:
+def training_progress(state: ServiceState, job: dict[str, Any]) -> dict[str, Any] | None:
     """Epoch n of N and the latest losses of an active job, from its run's metrics (None
     before the first epoch, or when the run cannot be read: the queue answers anyway)."""
     try:

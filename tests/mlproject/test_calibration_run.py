@@ -31,7 +31,7 @@ from pipelines.calibration import Calibrator, expected_calibration_error
 from pipelines.modelbundle import CALIBRATION_FILE, ModelBundle, download_bundle
 from pipelines.pyfunc_model import exact_candles, example_candles, predict_newest
 from pipelines.settings import Settings
-from tests.conftest import BUNDLED
+from tests.conftest import BUNDLED, stores_under
 
 pytestmark = pytest.mark.slow
 
@@ -58,14 +58,7 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("calibration")
-    settings = Settings(
-        _env_file=None,
-        data_dir=root / "data",
-        bundled_data_dir=BUNDLED,
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        artifact_root=root / "mlruns",
-        calibration="platt",
-    )
+    settings = stores_under(root, calibration="platt")
     held_out = train(
         TrainConfig(**SMALL, promote=False), settings=settings.model_copy(update={"refit": False})
     )

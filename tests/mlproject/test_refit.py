@@ -24,7 +24,7 @@ from mlproject.train import TrainingOutcome, load_dataset, train
 from mlproject.verdict import PREDICTIONS_ARTIFACT, TIMESTAMP
 from pipelines.modelbundle import ModelBundle, download_bundle
 from pipelines.settings import Settings
-from tests.conftest import BUNDLED
+from tests.conftest import stores_under
 
 pytestmark = pytest.mark.slow
 
@@ -51,13 +51,7 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("refit")
-    settings = Settings(
-        _env_file=None,
-        data_dir=root / "data",
-        bundled_data_dir=BUNDLED,
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        artifact_root=root / "mlruns",
-    )
+    settings = stores_under(root)
     assert settings.refit is True  # the default
     refit = train(TrainConfig(**SMALL), settings=settings)
     held_out = train(

@@ -28,7 +28,7 @@ from mlproject.train import TrainingOutcome, train
 from pipelines.modelbundle import download_bundle
 from pipelines.settings import PROJECT_ROOT, Settings, get_settings
 from pipelines.tracking import PRODUCTION_STAGE
-from tests.conftest import BUNDLED
+from tests.conftest import BUNDLED, stores_under
 
 pytestmark = pytest.mark.slow
 
@@ -55,16 +55,9 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("tracking")
-    settings = Settings(
-        _env_file=None,
-        data_dir=root / "data",
-        bundled_data_dir=BUNDLED,
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        artifact_root=root / "mlruns",
-        # The held-out model registered, as with ML_REFIT=false: these tests hold the bundle to
-        # the run's held-out scores. The refit is tests/mlproject/test_refit.py's.
-        refit=False,
-    )
+    # The held-out model registered, as with ML_REFIT=false: these tests hold the bundle to the
+    # run's held-out scores. The refit is tests/mlproject/test_refit.py's.
+    settings = stores_under(root, refit=False)
     champion = train(TrainConfig(**SMALL), settings=settings)
     challenger = train(TrainConfig(**WORSE), settings=settings)
     return Trained(settings, MlflowClient(settings.tracking_uri), champion, challenger)

@@ -33,7 +33,7 @@ from mlproject.verdict import (
     recompute,
 )
 from pipelines.settings import PROJECT_ROOT, Settings
-from tests.conftest import BUNDLED
+from tests.conftest import stores_under
 
 TBML = PROJECT_ROOT / ".venv" / "bin" / "tbml"
 ROWS = 2000
@@ -169,13 +169,7 @@ SMALL: dict[str, Any] = {"pair": "BTC", "epochs": 2, "sequence_length": 12, "uni
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     root = tmp_path_factory.mktemp("verdict")
-    settings = Settings(
-        _env_file=None,
-        data_dir=root / "data",
-        bundled_data_dir=BUNDLED,
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        artifact_root=root / "mlruns",
-    )
+    settings = stores_under(root)
     # The second sees 100 more candles: its test window overlaps the first's newest rows.
     first = train(TrainConfig(**SMALL, max_rows=400, register=False), settings=settings)
     second = train(TrainConfig(**SMALL, max_rows=500, register=False), settings=settings)

@@ -29,7 +29,7 @@ from pipelines.candles.store import CandleStore
 from pipelines.settings import Settings
 from service.app import create_app
 from service.state import ServiceState
-from tests.conftest import BUNDLED, free_port
+from tests.conftest import BUNDLED, free_port, stores_under
 
 TINY: dict[str, Any] = {
     "epochs": 1,
@@ -56,13 +56,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     from mlproject.train import train
 
     root = tmp_path_factory.mktemp("trained")
-    settings = Settings(
-        _env_file=None,
-        data_dir=root / "data",
-        bundled_data_dir=BUNDLED,
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        artifact_root=root / "mlruns",
-    )
+    settings = stores_under(root)
     for pair, model_type in TRAINED:
         outcome = train(TrainConfig(pair=pair, model_type=model_type, **TINY), settings=settings)
         assert outcome.version == "1", outcome

@@ -17,7 +17,7 @@ import pytest
 from pipelines.candles.store import CandleStore
 from pipelines.settings import Settings
 from pipelines.tracking import set_challenger
-from service.challenger import compare
+from service.challenger import LiveComparison, compare
 from service.history.store import RealisedRows
 from service.predictor import PredictionRecord
 from tests.service.conftest import (
@@ -181,17 +181,30 @@ def _record(server: LiveServer, version: str, times: np.ndarray, proba: np.ndarr
     state.history.fill_outcomes(store=state.store, timeframe=state.settings.timeframe)
 
 
+def _decided(
+    serve: Callable[..., LiveServer],
+    tmp_path: Path,
+    trained: Trained,
+    *,
+    challenger: Callable[[np.ndarray], np.ndarray],
+) -> tuple[LiveServer, str, list[LiveComparison]]:
+    """A challenger and production (p = 0.5) on the store's last 72 realised candles, 60
+    needed; the policy's look. `challenger(outcomes)` gives the challenger's probabilities."""
+    server, version = _with_challenger(serve, tmp_path, trained, challenger_min_outcomes=60)
+    times, proba = _realised(server.state.settings, rows=72, challenger=challenger)
+    _record(server, "1", times, np.full(times.size, 0.5))
+    _record(server, version, times, proba)
+    policy = server.state.challengers
+    assert policy is not None
+    return server, version, policy.check()
+
+
 def test_the_policy_promotes_a_challenger_not_worse_on_enough_realised_candles(
     serve: Callable[..., LiveServer], tmp_path: Path, trained: Trained
 ) -> None:
-    server, version = _with_challenger(serve, tmp_path, trained, challenger_min_outcomes=60)
-    times, proba = _realised(
-        server.state.settings, rows=72, challenger=lambda up: np.where(up == 1, 0.6, 0.4)
+    server, version, acted = _decided(
+        serve, tmp_path, trained, challenger=lambda up: np.where(up == 1, 0.6, 0.4)
     )
-    _record(server, "1", times, np.full(times.size, 0.5))
-    _record(server, version, times, proba)
-
-    acted = server.state.challengers.check()  # type: ignore[union-attr]
 
     assert [(c.decision, c.challenger_version) for c in acted] == [("promote", version)]
     client = registry(server.state.settings)
@@ -213,14 +226,9 @@ def test_the_policy_promotes_a_challenger_not_worse_on_enough_realised_candles(
 def test_the_policy_retires_a_significantly_worse_challenger_and_production_stays(
     serve: Callable[..., LiveServer], tmp_path: Path, trained: Trained
 ) -> None:
-    server, version = _with_challenger(serve, tmp_path, trained, challenger_min_outcomes=60)
-    times, proba = _realised(
-        server.state.settings, rows=72, challenger=lambda up: np.where(up == 1, 0.2, 0.8)
+    server, version, acted = _decided(
+        serve, tmp_path, trained, challenger=lambda up: np.where(up == 1, 0.2, 0.8)
     )
-    _record(server, "1", times, np.full(times.size, 0.5))
-    _record(server, version, times, proba)
-
-    acted = server.state.challengers.check()  # type: ignore[union-attr]
 
     assert [(c.decision, c.challenger_version) for c in acted] == [("retire", version)]
     client = registry(server.state.settings)
@@ -250,7 +258,7 @@ def test_a_challenger_too_few_outcomes_waits_and_after_the_max_hours_is_retired(
     _record(server, version, times, proba)
 
     assert policy.check() == []
-    waiting = policy.last[("BTC", "lstm")]
+    waiting = policy.comparisons()[("BTC", "lstm")]
     assert waiting.decision == "waiting"
     assert waiting.rows == 10
     assert "10 of the 168 realised outcomes" in waiting.reason

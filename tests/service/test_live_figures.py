@@ -72,7 +72,8 @@ def _predict(
 
 def _figures(history: PredictionHistory, store: CandleStore) -> dict[str, LiveFigures]:
     history.fill_outcomes(store=store, timeframe="1h")
-    return {f.model_version: f for f in live_figures(history, store, pair="BTC", timeframe="1h")}
+    realised = history.realised_rows(pair="BTC")
+    return {f.model_version: f for f in live_figures(realised, store, pair="BTC", timeframe="1h")}
 
 
 def _wobbly(position: int) -> float:

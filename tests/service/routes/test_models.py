@@ -135,7 +135,10 @@ def test_status_reports_live_figures_with_intervals_and_baselines_over_http(
     assert_described(ModelStatus, body)
     live = body["individual"]["lstm"]["liveAccuracy"]
     expected = live_figures(
-        state.history, state.store, pair="BTC", timeframe=state.settings.timeframe
+        state.history.realised_rows(pair="BTC"),
+        state.store,
+        pair="BTC",
+        timeframe=state.settings.timeframe,
     )
     assert [f.to_json() for f in expected] == [live["1"]]
     figures = live["1"]
