@@ -36,7 +36,7 @@ from service.signals import neutral_prediction
 
 logger = logging.getLogger(__name__)
 
-UNPROVEN_REASON = "production version does not beat its strongest baseline on its test window"
+UNPROVEN_REASON = "does not beat its strongest baseline on its test window"
 
 
 @dataclass(frozen=True)
@@ -472,7 +472,7 @@ class Predictor:
                 for m, p in zip(served, probabilities, strict=True)
             }
         if unproven:
-            which = ", ".join(f"{m.model_type} version {m.version}" for m in unproven)
+            which = ", ".join(f"{m.model_type} {m.alias} version {m.version}" for m in unproven)
             body["reason"] = f"{which}: {UNPROVEN_REASON}" + (
                 "; signal held at HOLD (ML_SERVE_UNPROVEN=false)" if hold else ""
             )
