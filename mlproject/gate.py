@@ -63,6 +63,7 @@ from mlproject.scoring import MODEL, WindowScore, score_bundle
 from mlproject.trading import periods_per_year
 from mlproject.verdict import OUTCOME, PREDICTIONS_ARTIFACT, TIMESTAMP
 from pipelines.features.spec import FeatureSpecMismatchError, ensure_compatible
+from pipelines.lifecycle.registry import set_challenger, set_production
 from pipelines.modelbundle import BundleError, ModelBundle, download_bundle
 from pipelines.redact import describe_error
 from pipelines.settings import Settings
@@ -73,8 +74,6 @@ from pipelines.tracking import (
     TAG_PROMOTION_REASON,
     TAG_UNPROVEN,
     production_version,
-    set_challenger,
-    set_production,
 )
 from pipelines.verdicts import PairedVerdict, log_losses, paired_block_bootstrap
 

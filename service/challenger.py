@@ -250,13 +250,12 @@ class ChallengerPolicy:
 
     def _act(self, name: str, comparison: LiveComparison) -> bool:
         """Promote or retire through MLflow's client; False when the aliases moved meanwhile."""
+        from pipelines.lifecycle.registry import retire_challenger, set_production
         from pipelines.tracking import (
             CHALLENGER_ALIAS,
             aliased_version,
             client_for,
             production_version,
-            retire_challenger,
-            set_production,
         )
 
         client = client_for(self.settings)

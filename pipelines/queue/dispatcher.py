@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pipelines import tracking
 from pipelines.db import read_session
+from pipelines.lifecycle import registry
 from pipelines.periodic import backoff
 from pipelines.queue import runner, store, transitions
 from pipelines.queue.clock import now_ms
@@ -156,7 +157,7 @@ class Dispatcher:
             job = store.get_job(session, running.job_id)
             reason = (job.cancel_reason if job else None) or "cancelled"
         self._mlflow(tracking.force_status, self._settings, running.run_id, status="KILLED")
-        self._mlflow(tracking.undo_versions_of_run, self._settings, running.run_id)
+        self._mlflow(registry.undo_versions_of_run, self._settings, running.run_id)
         transitions.finish_attempt(
             self._url,
             job_id=running.job_id,
@@ -366,7 +367,7 @@ class Dispatcher:
         if job.cancel_requested_at is not None:
             if job.run_id:
                 self._mlflow(tracking.force_status, self._settings, job.run_id, status="KILLED")
-                self._mlflow(tracking.undo_versions_of_run, self._settings, job.run_id)
+                self._mlflow(registry.undo_versions_of_run, self._settings, job.run_id)
             ending = Ending(CANCELLED, None, job.cancel_reason or "cancelled")
         else:
             if job.run_id:

@@ -17,6 +17,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from pipelines import tracking
+from pipelines.lifecycle import registry
 from pipelines.settings import Settings
 from tests.conftest import free_port
 from tests.pipelines.queue.conftest import make_settings
@@ -71,7 +72,7 @@ def test_a_killed_job_run_ends_killed_without_versions_on_the_server(
     assert list(mlflow_server.artifacts.rglob("smoke/README.txt"))
 
     tracking.force_status(server_settings, run_id, status="KILLED")
-    deleted = tracking.delete_versions_of_run(server_settings, run_id)
+    deleted = registry.delete_versions_of_run(server_settings, run_id)
 
     assert deleted == [(name, str(version))]
     assert client.get_run(run_id).info.status == "KILLED"
@@ -83,7 +84,7 @@ def test_a_killed_job_run_ends_killed_without_versions_on_the_server(
 def test_the_promotion_gate_can_mirror_the_production_stage_on_postgres(
     server_settings: Settings,
 ) -> None:
-    from pipelines.tracking import set_production
+    from pipelines.lifecycle.registry import set_production
 
     client = _client(server_settings)
     _, run_id = tracking.create_job_run(

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from pipelines.candles.store import CandleStore
+from pipelines.lifecycle.registry import set_challenger
 from pipelines.settings import Settings
-from pipelines.tracking import set_challenger
 from service.challenger import LiveComparison, compare
 from service.history.store import RealisedRows
 from service.predictor import PredictionRecord

@@ -17,6 +17,7 @@ from pipelines import tracking
 from pipelines.candles.store import CandleStore
 from pipelines.candles.validate import read_candle_file
 from pipelines.db import migrate
+from pipelines.lifecycle.registry import set_challenger
 from pipelines.queue import lease, transitions
 from pipelines.queue.api import REQUESTERS, TrainingQueue
 from pipelines.queue.clock import now_ms
@@ -369,7 +370,7 @@ def test_a_slot_whose_challenger_is_being_decided_is_not_retrained(
     first = client.get_model_version("BTC-lstm", "1")
     second = str(client.create_model_version("BTC-lstm", first.source, run_id=first.run_id).version)
     # The second version is the challenger (the alias the gate sets), the first production.
-    tracking.set_challenger(client, name="BTC-lstm", version=second, now_ms=now_ms())
+    set_challenger(client, name="BTC-lstm", version=second, now_ms=now_ms())
     policy = RetrainingPolicy(
         tracked_settings,
         TrainingQueue(tracked_settings),

@@ -21,9 +21,9 @@ import pytest
 
 from pipelines.candles.replay import ReplayExchange, ReplayServer, prepare_replay_store
 from pipelines.candles.validate import read_candle_file
+from pipelines.lifecycle.registry import set_challenger
 from pipelines.queue.clock import now_ms
 from pipelines.settings import PROJECT_ROOT
-from pipelines.tracking import set_challenger
 from tests.conftest import BUNDLED
 from tests.service.conftest import (
     LiveServer,
