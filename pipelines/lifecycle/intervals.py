@@ -136,6 +136,6 @@ def rows_per_day(timeframe: str) -> int:
 
 @lru_cache(maxsize=4096)
 def _t_quantile(q: float, df: int) -> float:
-    from scipy.special import stdtrit
+    from scipy.special import stdtrit  # type: ignore[import-untyped]
 
     return float(stdtrit(df, q))
