@@ -148,6 +148,29 @@ def test_the_services_own_origins_and_the_allowed_list_may_change_state(
     assert client.post("/api/training/resume", headers={"Origin": EVIL}).status_code == 403
 
 
+def test_an_origin_that_only_begins_like_an_allowed_one_is_refused(
+    serve: Callable[..., LiveServer],
+) -> None:
+    # Origins are compared whole: a prefix match would admit look-alike hosts and ports.
+    server = serve(allowed_origins="https://dash.example.org")
+    client = server.client
+    port = server.state.settings.port
+
+    for origin in (
+        "https://dash.example.org.evil.com",
+        "https://dash.example.org:8443",
+        "http://dash.example.org",
+        f"http://localhost:{port}1",
+        f"http://127.0.0.1:{server.port}0",
+        f"http://127.0.0.1:{port}.evil.com",
+    ):
+        response = client.post("/api/training/resume", headers={"Origin": origin})
+        assert response.status_code == 403, (origin, response.text)
+    assert (
+        client.post("/api/training/resume", headers={"Origin": "https://dash.example.org"})
+    ).status_code == 200
+
+
 def test_reads_are_not_origin_checked(serve: Callable[..., LiveServer]) -> None:
     server = serve()
 
