@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     timeframe: str = Field("1h", validation_alias="ML_TIMEFRAME")
     exchange: str = Field("binance", validation_alias="ML_EXCHANGE")
     data_dir: Path = Field(Path("data"), validation_alias="ML_DATA_DIR")
-    # --- live candle feed (pipelines/candles/feed.py; docs/feed.md) -------------------------
+    # --- live candle feed (pipelines/candles/feed.py; docs/candles.md) ----------------------
     # Fetch each newly closed candle in the process that holds the dispatch lease.
     feed_enabled: bool = Field(True, validation_alias="ML_FEED")
     # Seconds after a candle's close before it is fetched (exchanges publish it a moment late).
