@@ -16,6 +16,8 @@ BENCHMARKS: tuple[str, ...] = (
     "bench.registry_cost",
     "bench.live_loop",
     "bench.scale_pairs",
+    "bench.drift_alarms",
+    "bench.verdict_coverage",
 )
 
 

@@ -90,17 +90,31 @@ def last_move(*, last_up_train: np.ndarray, y_train: np.ndarray, last_up: np.nda
     return _from_proba(proba)
 
 
-def logistic(*, x_train: np.ndarray, y_train: np.ndarray, x: np.ndarray, seed: int) -> Prediction:
-    """L2-regularised logistic regression (C=1) on 2-D feature rows."""
+def fit_logistic(
+    *, x_train: np.ndarray, y_train: np.ndarray, seed: int
+) -> tuple[np.ndarray, float]:
+    """Coefficients and intercept of the L2-regularised logistic regression (C=1) on 2-D
+    feature rows. One class only: zero coefficients and the logit of the training rate (the
+    regression is undefined there and the majority rule is its limit)."""
     from sklearn.linear_model import LogisticRegression
 
     y = np.asarray(y_train).astype(np.int8)
     if np.unique(y).size < 2:
-        # One class only: the regression is undefined and the majority rule is its limit.
-        return majority(y_train=y, rows=len(x))
+        rate = float(np.clip(np.mean(y), PROBA_CLIP, 1.0 - PROBA_CLIP))
+        return np.zeros(np.shape(x_train)[1]), float(np.log(rate / (1.0 - rate)))
     model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
     model.fit(x_train, y)
-    return _from_proba(model.predict_proba(x)[:, 1])
+    return np.asarray(model.coef_[0], dtype=np.float64), float(model.intercept_[0])
+
+
+def logistic(*, x_train: np.ndarray, y_train: np.ndarray, x: np.ndarray, seed: int) -> Prediction:
+    """L2-regularised logistic regression (C=1) on 2-D feature rows (`fit_logistic`)."""
+    y = np.asarray(y_train).astype(np.int8)
+    if np.unique(y).size < 2:
+        return majority(y_train=y, rows=len(x))
+    coef, intercept = fit_logistic(x_train=x_train, y_train=y, seed=seed)
+    logit = np.asarray(x, dtype=np.float64) @ coef + intercept
+    return _from_proba(0.5 * (1.0 + np.tanh(0.5 * logit)))
 
 
 def lightgbm(*, x_train: np.ndarray, y_train: np.ndarray, x: np.ndarray, seed: int) -> Prediction:

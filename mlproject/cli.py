@@ -168,10 +168,17 @@ def evaluate(
     note: Annotated[
         list[str] | None, typer.Option(help="With --combine: a line added to the page's notes.")
     ] = None,
+    append: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="With --combine: a markdown file added to the page as a section after the "
+            "verdicts (e.g. the output of `python -m bench.verdict_coverage`)."
+        ),
+    ] = None,
 ) -> None:
     """Walk-forward evaluation: the model against every baseline, fold by fold, seed by seed."""
     if combine:
-        _combine(targets or [], output=output, notes=note or [])
+        _combine(targets or [], output=output, notes=note or [], sections=append or [])
         return
     from pipelines.pairs import InvalidNameError, check_model_type
 
@@ -214,13 +221,17 @@ def evaluate(
     typer.echo(f"report written to {path}")
 
 
-def _combine(paths: list[str], *, output: Path, notes: list[str]) -> None:
+def _combine(paths: list[str], *, output: Path, notes: list[str], sections: list[Path]) -> None:
     from mlproject.evaluation_page import ReportError, combine_reports
 
     if not paths:
         raise typer.BadParameter("--combine needs the JSON reports to combine")
     try:
-        page = combine_reports([Path(p) for p in paths], notes=notes)
+        texts = [section.read_text() for section in sections]
+    except OSError as exc:
+        _fail(ValueError(f"cannot read the section to append: {exc}"))
+    try:
+        page = combine_reports([Path(p) for p in paths], notes=notes, sections=texts)
     except ReportError as exc:
         _fail(exc)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -6,11 +6,17 @@ close[t]. Splits are contiguous ranges of sample rows, oldest first: train, then
 (early stopping), then test. Between two parts `sequence_length + horizon` sample rows are
 dropped (the purge gap), so no window of a later part reads a row that an earlier part's windows
 or labels touched.
+
+A tie (close[t+horizon] == close[t]) is no sample: `decided_rows` leaves it out of a part's range,
+and `windows`, `labels`, `next_returns` and `sample_times` all materialise those same rows, so
+fitting, baselines, scores and trading see one set. The windows of other rows still read tie
+candles as inputs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -19,6 +25,7 @@ from pipelines.features.compute import compute_features
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import FeatureSpec
 from pipelines.features.windows import make_targets, make_windows
+from pipelines.lifecycle.scores import decided
 
 MIN_PART_ROWS = 8
 
@@ -42,13 +49,15 @@ class Dataset:
     def close(self) -> np.ndarray:
         return self.candles["close"].to_numpy(dtype=np.float64)
 
-    @property
+    @cached_property
     def targets(self) -> np.ndarray:
+        """Per row: 1 up, 0 down, NaN for a tie or no outcome yet (`make_targets`)."""
         return make_targets(self.candles, horizon=self.horizon).to_numpy()
 
     @property
     def samples(self) -> range:
-        """Rows that end a complete window and have a label."""
+        """Rows that end a complete window and have an outcome (ties included: see
+        `decided_rows`)."""
         return range(self.first_row + self.sequence_length - 1, len(self.candles) - self.horizon)
 
     @property
@@ -58,7 +67,8 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Split:
-    """Sample rows of each part; `test` is the newest."""
+    """Sample rows of each part, ties included (`decided_rows` drops them); `test` is the
+    newest."""
 
     train: range
     val: range
@@ -148,36 +158,50 @@ def fit_scaler_on(dataset: Dataset, rows: range) -> FeatureScaler:
     return FeatureScaler.fit(covered, names=dataset.spec.names)
 
 
+def decided_rows(dataset: Dataset, rows: range) -> np.ndarray:
+    """The positions of `rows` whose outcome is up or down, ascending: ties left out."""
+    positions = np.arange(rows.start, rows.stop)
+    return positions[decided(dataset.targets[rows.start : rows.stop])]
+
+
 def windows(dataset: Dataset, scaler: FeatureScaler, rows: range) -> np.ndarray:
-    """Scaled windows (len(rows), L, F), float32, ending on each row of `rows`."""
+    """Scaled windows (samples, L, F), float32, ending on each row of `decided_rows(rows)`."""
     length = dataset.sequence_length
     start = rows.start - length + 1
     if start < dataset.first_row:
         raise ValueError(f"the window of row {rows.start} starts before the first usable row")
     block = scaler.transform(dataset.features[start : rows.stop])
-    return make_windows(block, sequence_length=length)
+    every = make_windows(block, sequence_length=length)
+    return np.ascontiguousarray(every[decided_rows(dataset, rows) - rows.start])
 
 
 def labels(dataset: Dataset, rows: range) -> np.ndarray:
-    """0/1 labels (float32) of `rows`."""
-    return dataset.targets[rows.start : rows.stop].astype(np.float32)
+    """0/1 labels (float32) of `decided_rows(rows)`."""
+    return dataset.targets[decided_rows(dataset, rows)].astype(np.float32)
 
 
 def next_returns(dataset: Dataset, rows: range) -> np.ndarray:
-    """Return of the candle after each row, close[t+1] / close[t] - 1."""
+    """Return of the candle after each of `decided_rows(rows)`, close[t+1] / close[t] - 1."""
     close = dataset.close
-    return close[rows.start + 1 : rows.stop + 1] / close[rows.start : rows.stop] - 1.0
+    at = decided_rows(dataset, rows)
+    return close[at + 1] / close[at] - 1.0
+
+
+def sample_times(dataset: Dataset, rows: range) -> pd.DatetimeIndex:
+    """The candle times of `decided_rows(rows)`: the index of their windows, labels and scores."""
+    return pd.DatetimeIndex(dataset.candles.index[decided_rows(dataset, rows)])
 
 
 def _check(dataset: Dataset, split: Split, *, usable: int) -> None:
     parts = {"train": split.train, "validation": split.val, "test": split.test}
-    small = {name: len(part) for name, part in parts.items() if len(part) < MIN_PART_ROWS}
+    sizes = {name: len(decided_rows(dataset, part)) for name, part in parts.items()}
+    small = {name: size for name, size in sizes.items() if size < MIN_PART_ROWS}
     if split.test.start < dataset.samples.start or small:
         available = len(dataset.candles) - dataset.first_row
         raise NotEnoughDataError(
             f"not enough candles: {available} usable candles give "
-            + ", ".join(f"{name} {len(part)}" for name, part in parts.items())
-            + f" samples after two purge gaps of {dataset.gap} (sequence_length "
+            + ", ".join(f"{name} {size}" for name, size in sizes.items())
+            + f" samples (ties dropped) after two purge gaps of {dataset.gap} (sequence_length "
             f"{dataset.sequence_length} + horizon {dataset.horizon}); each part needs at least "
             f"{MIN_PART_ROWS}: use more candles (max_rows), a shorter sequence_length or a "
             f"smaller test window ({max(usable, 0)} samples usable)"

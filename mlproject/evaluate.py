@@ -4,13 +4,16 @@ Fold i trains on everything before its test window (less the purge gaps and the 
 and tests on the next `test_size` samples; the last fold's window ends at the newest candle.
 Each fold goes through the same `fit_and_score` as a training run, once per seed of the plan
 (the model's initialisation, dropout and shuffling; the fitted baselines take the same seed, which
-only LightGBM's column sampling uses). Intervals: Wilson for
-accuracy; a circular moving-block bootstrap (blocks of 24 rows, 1000 resamples) for ROC AUC and
-log loss, so that the dependence between neighbouring hours is not pretended away. `beats` is
-the training run's paired verdict (`mlproject.scoring.judge`): per-row log-loss differences,
-model minus each baseline on the same rows, through a moving-block bootstrap of a day's blocks.
-Over several seeds, `summarise` gives every metric's mean and standard deviation per pair and
-fold and counts the seeds whose paired interval lies wholly below `-margin`.
+only LightGBM's column sampling uses). Intervals are the lifecycle's (`mlproject.metrics`):
+Wilson for accuracy, a Newey-West t-interval of the mean per-row loss for log loss; ROC AUC is a
+point estimate. `beats` is the training run's paired verdict (`mlproject.scoring.judge`): per-row
+log-loss differences, model minus each baseline on the same rows, through `paired_interval`.
+Fold `all` pools a seed's folds: the per-row differences of every fold, one interval.
+
+Over several seeds, `summarise` ensembles them: per pair and fold, each predictor's probability
+of "up" is averaged over the seeds row by row, and the ensemble is scored and judged once (one
+paired interval against each baseline). The seeds' spread (mean and standard deviation of each
+seed's own metrics, and how many seeds alone beat every baseline) is reported beside it.
 """
 
 from __future__ import annotations
@@ -30,14 +33,10 @@ import numpy as np
 from mlproject.baselines import BASELINES, Prediction
 from mlproject.config import TrainConfig
 from mlproject.data import walk_forward_splits
-from mlproject.metrics import (
-    block_bootstrap_interval,
-    log_loss,
-    roc_auc,
-    wilson_interval,
-)
-from mlproject.scoring import MODEL, Scores, score
+from mlproject.metrics import classification_metrics, metric_intervals
+from mlproject.scoring import MODEL, Scores, VerdictRule, judge, score
 from mlproject.tracking import active_run
+from pipelines.lifecycle.scores import log_loss
 from pipelines.pairs import check_pair
 from pipelines.settings import Settings
 
@@ -118,8 +117,8 @@ class FoldReport:
     intervals: dict[str, dict[str, tuple[float, float]]]
     strongest_baseline: str
     beats_baseline: bool
-    # Model minus each baseline, log loss per row: mean, low, high, rows, block.
-    verdicts: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    # Model minus each baseline, log loss per row: `PairedVerdict.to_dict()`.
+    verdicts: dict[str, dict[str, float | int | str]] = field(default_factory=dict)
     rule: dict[str, Any] = field(default_factory=dict)  # `VerdictRule.to_dict()`
     seed: int = 42
     epochs_run: int = 0
@@ -128,17 +127,27 @@ class FoldReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _intervals(
-    y: np.ndarray, proba: np.ndarray, pred: np.ndarray, seed: int
-) -> dict[str, tuple[float, float]]:
-    return {
-        "accuracy": wilson_interval(int(np.sum(pred == y)), int(y.size)),
-        "roc_auc": block_bootstrap_interval(roc_auc, y_true=y, proba=proba, seed=seed),
-        "log_loss": block_bootstrap_interval(log_loss, y_true=y, proba=proba, seed=seed),
-    }
+@dataclass(frozen=True)
+class FoldRows:
+    """One test window's rows under one seed, in time order: the outcomes and every predictor's
+    probability of "up"."""
+
+    y: np.ndarray
+    probas: dict[str, np.ndarray]
 
 
-def _report(pair: str, fold: str, scores: Scores, *, start: str, end: str, seed: int) -> FoldReport:
+@dataclass(frozen=True)
+class WalkForward:
+    """One pair under one seed: a report per fold and fold `all`, and the rows of each."""
+
+    reports: list[FoldReport]
+    rows: dict[str, FoldRows]  # fold -> its rows
+
+
+def fold_report(
+    pair: str, fold: str, scores: Scores, *, start: str, end: str, seed: int
+) -> FoldReport:
+    """One seed's report of a test window from its scores."""
     y = scores.y
     return FoldReport(
         pair=pair,
@@ -148,7 +157,8 @@ def _report(pair: str, fold: str, scores: Scores, *, start: str, end: str, seed:
         rows=int(y.size),
         metrics=scores.metrics,
         intervals={
-            name: _intervals(y, p.proba, p.pred, seed) for name, p in scores.predictions.items()
+            name: metric_intervals(y_true=y, proba=p.proba, pred=p.pred)
+            for name, p in scores.predictions.items()
         },
         strongest_baseline=scores.strongest_baseline,
         beats_baseline=scores.beats_baseline,
@@ -165,7 +175,7 @@ def walk_forward(
     settings: Settings,
     seed: int | None = None,
     on_fold: Callable[[FoldReport], None] | None = None,
-) -> list[FoldReport]:
+) -> WalkForward:
     """Every fold of `pair` for one seed (the plan's first by default), then the folds pooled
     (fold "all")."""
     # TensorFlow comes in with the fold, here and not on import: `--combine` never needs it.
@@ -186,10 +196,11 @@ def walk_forward(
     )
     index = dataset.candles.index
     reports: list[FoldReport] = []
+    rows: dict[str, FoldRows] = {}
     pooled: dict[str, list[np.ndarray]] = {}
     for number, split in enumerate(splits, start=1):
         result = fit_and_score(dataset, split, config=config, settings=fold_settings)
-        report = _report(
+        report = fold_report(
             pair,
             str(number),
             result.scores,
@@ -205,6 +216,10 @@ def walk_forward(
             extra=_calibration(result, y=result.scores.y),
         )
         reports.append(report)
+        rows[report.fold] = FoldRows(
+            y=result.scores.y,
+            probas={name: p.proba for name, p in result.scores.predictions.items()},
+        )
         pooled.setdefault("y", []).append(result.scores.y)
         for name, prediction in result.scores.predictions.items():
             pooled.setdefault(f"{name}.proba", []).append(prediction.proba)
@@ -223,7 +238,11 @@ def walk_forward(
         if on_fold is not None:
             on_fold(report)
     reports.append(_pooled(pair, reports, pooled, settings=settings, seed=seed))
-    return reports
+    rows["all"] = FoldRows(
+        y=np.concatenate(pooled["y"]),
+        probas={name: np.concatenate(pooled[f"{name}.proba"]) for name in PREDICTORS},
+    )
+    return WalkForward(reports=reports, rows=rows)
 
 
 def _calibration(result: object, *, y: np.ndarray) -> dict[str, Any]:
@@ -234,7 +253,7 @@ def _calibration(result: object, *, y: np.ndarray) -> dict[str, Any]:
         return {}
     return {
         "calibration": calibration.to_dict(),
-        "raw_log_loss": log_loss(y, np.asarray(raw, dtype=np.float64)),
+        "raw_log_loss": log_loss(np.asarray(raw, dtype=np.float64), y),
     }
 
 
@@ -278,14 +297,18 @@ def _pooled(
         returns=np.zeros(y.size),
         settings=settings,
     )
-    return _report(
+    return fold_report(
         pair, "all", scores, start=folds[0].test_start, end=folds[-1].test_end, seed=seed
     )
 
 
 @dataclass(frozen=True)
 class SeedSummary:
-    """One pair and fold over every seed: each metric's mean and sd, and the paired verdicts."""
+    """One pair and fold over every seed: the seed ensemble judged once, and the seeds' spread.
+
+    The ensemble's probability of "up" is each predictor's probability averaged over the seeds,
+    row by row; its metrics, intervals and paired verdicts are computed on those averages.
+    """
 
     pair: str
     fold: str
@@ -293,14 +316,21 @@ class SeedSummary:
     test_end: str
     rows: int
     seeds: tuple[int, ...]
-    mean: dict[str, dict[str, float]]  # predictor -> metric -> mean over the seeds
-    sd: dict[str, dict[str, float]]  # sample standard deviation (n - 1); NaN for one seed
-    strongest_baseline: str  # the baseline of lowest mean log loss
-    # Per baseline, model minus baseline: the seeds' means of the paired mean, low and high, and
-    # how many seeds' intervals lie wholly below -margin ("better") or above +margin ("worse").
-    verdicts: dict[str, dict[str, float | int]]
-    beats_seeds: int  # seeds on which the model beats every baseline (`FoldReport.beats_baseline`)
+    metrics: dict[str, dict[str, float]]  # the ensemble's: predictor -> metric -> value
+    intervals: dict[str, dict[str, tuple[float, float]]]  # the ensemble's (`metric_intervals`)
+    # The ensemble's model minus each baseline, log loss per row: `PairedVerdict.to_dict()`.
+    verdicts: dict[str, dict[str, float | int | str]]
+    strongest_baseline: str  # the baseline of lowest ensemble log loss
+    beats_baseline: bool  # every interval of `verdicts` lies wholly below -margin
     margin: float
+    # The spread of the seeds taken one by one: each metric's mean and sample standard deviation
+    # (n - 1; NaN for one seed) over the seeds' own reports.
+    seed_mean: dict[str, dict[str, float]]
+    seed_sd: dict[str, dict[str, float]]
+    # Per baseline, how many seeds' own intervals lie wholly below -margin ("better") or above
+    # +margin ("worse"); and on how many seeds the model alone beats every baseline.
+    seed_verdicts: dict[str, dict[str, int]]
+    beats_seeds: int
 
     @property
     def n(self) -> int:
@@ -314,12 +344,45 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def summarise(reports: list[FoldReport]) -> list[SeedSummary]:
-    """Group per-seed fold reports by (pair, fold), in their order, into mean, sd and counts.
+def ensemble(rows: list[FoldRows]) -> FoldRows:
+    """The seeds' rows of one test window averaged row by row, per predictor.
+
+    A predictor whose probabilities every seed gives alike (a deterministic baseline) keeps them
+    as they are.
+
+    Raises:
+        ValueError: when the seeds' outcomes or predictors differ (not the same rows).
+    """
+    if not rows:
+        raise ValueError("an ensemble needs the rows of at least one seed")
+    first = rows[0]
+    for other in rows[1:]:
+        if not np.array_equal(other.y, first.y):
+            raise ValueError(
+                f"the seeds' outcomes differ ({other.y.size} and {first.y.size} rows): an "
+                "ensemble averages one window's rows"
+            )
+        if set(other.probas) != set(first.probas):
+            raise ValueError(
+                f"the seeds' predictors differ: {sorted(other.probas)} and {sorted(first.probas)}"
+            )
+    probas = {}
+    for name in first.probas:
+        each = [np.asarray(r.probas[name], dtype=np.float64) for r in rows]
+        same = all(np.array_equal(p, each[0]) for p in each[1:])
+        probas[name] = each[0] if same else np.mean(np.stack(each), axis=0)
+    return FoldRows(y=first.y, probas=probas)
+
+
+def summarise(
+    reports: list[FoldReport], rows: dict[tuple[str, str, int], FoldRows]
+) -> list[SeedSummary]:
+    """Group per-seed fold reports by (pair, fold), in their order; judge each group's seed
+    ensemble (from `rows`, keyed by pair, fold and seed) and give the seeds' spread.
 
     Raises:
         ValueError: when one pair and fold was tested on different rows under different seeds,
-            or one seed appears twice for it.
+            one seed appears twice for it, or a report's rows are missing.
     """
     groups: dict[tuple[str, str], list[FoldReport]] = {}
     for report in reports:
@@ -341,26 +404,27 @@ def summarise(reports: list[FoldReport]) -> list[SeedSummary]:
                     f"{other.test_end} ({other.rows} rows), seed {first.seed} "
                     f"{first.test_start} .. {first.test_end} ({first.rows} rows)"
                 )
-        mean: dict[str, dict[str, float]] = {}
-        sd: dict[str, dict[str, float]] = {}
+        missing = [seed for seed in seeds if (pair, fold, seed) not in rows]
+        if missing:
+            raise ValueError(f"{pair} fold {fold}: no rows of seeds {missing}")
+        together = ensemble([rows[(pair, fold, seed)] for seed in seeds])
+        rule = VerdictRule.from_dict(first.rule) if first.rule else VerdictRule(margin=0.0)
+        judgement = judge(together.y, together.probas, rule=rule)
+        seed_mean: dict[str, dict[str, float]] = {}
+        seed_sd: dict[str, dict[str, float]] = {}
         for name, metrics in first.metrics.items():
-            mean[name], sd[name] = {}, {}
+            seed_mean[name], seed_sd[name] = {}, {}
             for metric in metrics:
-                mean[name][metric], sd[name][metric] = _mean_sd(
+                seed_mean[name][metric], seed_sd[name][metric] = _mean_sd(
                     [float(r.metrics[name][metric]) for r in group]
                 )
-        margin = float(first.rule.get("margin", 0.0))
-        verdicts: dict[str, dict[str, float | int]] = {}
-        for name in first.verdicts:
-            each = [r.verdicts[name] for r in group]
-            verdicts[name] = {
-                "mean": _mean_sd([float(v["mean"]) for v in each])[0],
-                "low": _mean_sd([float(v["low"]) for v in each])[0],
-                "high": _mean_sd([float(v["high"]) for v in each])[0],
-                "better": sum(float(v["high"]) < -margin for v in each),
-                "worse": sum(float(v["low"]) > margin for v in each),
-                "rows": int(each[0]["rows"]),
+        seed_verdicts = {
+            name: {
+                "better": sum(float(r.verdicts[name]["high"]) < -rule.margin for r in group),
+                "worse": sum(float(r.verdicts[name]["low"]) > rule.margin for r in group),
             }
+            for name in first.verdicts
+        }
         summaries.append(
             SeedSummary(
                 pair=pair,
@@ -369,12 +433,22 @@ def summarise(reports: list[FoldReport]) -> list[SeedSummary]:
                 test_end=first.test_end,
                 rows=first.rows,
                 seeds=seeds,
-                mean=mean,
-                sd=sd,
-                strongest_baseline=max(verdicts, key=lambda name: float(verdicts[name]["mean"])),
-                verdicts=verdicts,
+                metrics={
+                    name: classification_metrics(y_true=together.y, proba=proba)
+                    for name, proba in together.probas.items()
+                },
+                intervals={
+                    name: metric_intervals(y_true=together.y, proba=proba)
+                    for name, proba in together.probas.items()
+                },
+                verdicts={name: v.to_dict() for name, v in judgement.verdicts.items()},
+                strongest_baseline=judgement.strongest_baseline,
+                beats_baseline=judgement.beats_baseline,
+                margin=rule.margin,
+                seed_mean=seed_mean,
+                seed_sd=seed_sd,
+                seed_verdicts=seed_verdicts,
                 beats_seeds=sum(r.beats_baseline for r in group),
-                margin=margin,
             )
         )
     return summaries
@@ -387,7 +461,8 @@ def evaluate(
     per-seed fold reports and the report's path.
 
     The report (markdown and JSON) is rewritten after each pair and seed, marked incomplete
-    until the last, so an interrupted evaluation leaves what it finished.
+    until the last, so an interrupted evaluation leaves what it finished: its summaries ensemble
+    the seeds finished so far.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / f"walk_forward_{plan.model_type}.md"
@@ -412,28 +487,31 @@ def evaluate(
         mlflow.log_param("seeds", ",".join(map(str, plan.seeds)))
         started = time.perf_counter()
         reports: list[FoldReport] = []
+        rows: dict[tuple[str, str, int], FoldRows] = {}
         # Seeds outermost: an interrupted evaluation has every pair at its first seeds.
         for seed in plan.seeds:
             for pair in plan.pairs:
-                pair_reports = walk_forward(pair, plan=plan, settings=settings, seed=seed)
+                done = walk_forward(pair, plan=plan, settings=settings, seed=seed)
                 prefix = "" if len(plan.seeds) == 1 else f"seed{seed}/"
-                for report in pair_reports:
+                for report in done.reports:
                     _log_fold(report, prefix=prefix)
-                reports.extend(pair_reports)
+                reports.extend(done.reports)
+                rows.update({(pair, fold, seed): each for fold, each in done.rows.items()})
                 _write(
                     path,
                     reports,
+                    rows,
                     plan=plan,
                     settings=settings,
                     elapsed=time.perf_counter() - started,
                     complete=False,
                 )
         elapsed = time.perf_counter() - started
-        summaries = summarise(reports)
+        summaries = summarise(reports, rows)
         for summary in summaries:
             _log_summary(summary)
         mlflow.log_metric("elapsed_seconds", elapsed)
-        _write(path, reports, plan=plan, settings=settings, elapsed=elapsed, complete=True)
+        _write(path, reports, rows, plan=plan, settings=settings, elapsed=elapsed, complete=True)
         mlflow.log_artifact(str(path))
         mlflow.log_artifact(str(path.with_suffix(".json")))
     return reports, path
@@ -442,6 +520,7 @@ def evaluate(
 def _write(
     path: Path,
     reports: list[FoldReport],
+    rows: dict[tuple[str, str, int], FoldRows],
     *,
     plan: EvaluationPlan,
     settings: Settings,
@@ -449,7 +528,7 @@ def _write(
     complete: bool,
 ) -> None:
     document = report_document(
-        reports, plan=plan, settings=settings, elapsed=elapsed, complete=complete
+        reports, rows, plan=plan, settings=settings, elapsed=elapsed, complete=complete
     )
     path.write_text(render_markdown(document))
     path.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
@@ -457,13 +536,15 @@ def _write(
 
 def report_document(
     reports: list[FoldReport],
+    rows: dict[tuple[str, str, int], FoldRows],
     *,
     plan: EvaluationPlan,
     settings: Settings,
     elapsed: float,
     complete: bool,
 ) -> dict[str, Any]:
-    """The JSON report: the plan, the model's shape, every seed's folds and their summary."""
+    """The JSON report: the plan, the model's shape, every seed's folds, and per pair and fold
+    the seed ensemble and the seeds' spread (`summarise` of `reports` and their `rows`)."""
     return _jsonable(
         {
             "plan": asdict(plan),
@@ -480,7 +561,7 @@ def report_document(
             "elapsed_seconds": elapsed,
             "complete": complete,
             "folds": [asdict(r) for r in reports],
-            "summary": [asdict(s) for s in summarise(reports)],
+            "summary": [asdict(s) for s in summarise(reports, rows)],
         }
     )
 
@@ -507,6 +588,48 @@ def fold_reports(document: dict[str, Any]) -> list[FoldReport]:
         return FoldReport(**values)
 
     return [restore(data) for data in document["folds"]]
+
+
+def summaries_of(document: dict[str, Any]) -> list[SeedSummary]:
+    """The seed summaries of a JSON report (`report_document`), as written.
+
+    Raises:
+        ValueError: a report written before the seeds were ensembled.
+    """
+    summaries = document.get("summary") or []
+    if any("seed_sd" not in data for data in summaries):
+        raise ValueError(
+            "the report was written before seeds were ensembled (its summary averages the "
+            "seeds' intervals): run `tbml evaluate` again"
+        )
+    return [
+        SeedSummary(
+            **{
+                **data,
+                "seeds": tuple(data["seeds"]),
+                "metrics": _floats(data["metrics"]),
+                "intervals": {
+                    name: {k: (_float(v[0]), _float(v[1])) for k, v in each.items()}
+                    for name, each in data["intervals"].items()
+                },
+                "verdicts": {
+                    name: {k: _float(v) if v is None else v for k, v in each.items()}
+                    for name, each in data["verdicts"].items()
+                },
+                "seed_mean": _floats(data["seed_mean"]),
+                "seed_sd": _floats(data["seed_sd"]),
+            }
+        )
+        for data in summaries
+    ]
+
+
+def _float(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _floats(table: dict[str, dict[str, float | None]]) -> dict[str, dict[str, float]]:
+    return {name: {k: _float(v) for k, v in each.items()} for name, each in table.items()}
 
 
 def _resumed() -> bool:
@@ -540,12 +663,23 @@ def _log_fold(report: FoldReport, *, prefix: str = "") -> None:
 def _log_summary(summary: SeedSummary) -> None:
     step = 0 if summary.fold == "all" else int(summary.fold)
     suffix = "_pooled" if summary.fold == "all" else ""
-    values: dict[str, float] = {f"{summary.pair}/beats_seeds{suffix}": float(summary.beats_seeds)}
-    for name, metrics in summary.mean.items():
+    against = summary.verdicts[summary.strongest_baseline]
+    values: dict[str, float] = {
+        f"{summary.pair}/beats_seeds{suffix}": float(summary.beats_seeds),
+        f"{summary.pair}/ensemble/beats{suffix}": float(summary.beats_baseline),
+        f"{summary.pair}/ensemble/beats_mean_difference{suffix}": float(against["mean"]),
+        f"{summary.pair}/ensemble/beats_interval_low{suffix}": float(against["low"]),
+        f"{summary.pair}/ensemble/beats_interval_high{suffix}": float(against["high"]),
+    }
+    for name, metrics in summary.metrics.items():
         for metric, value in metrics.items():
-            values[f"{summary.pair}/{name}/{metric}_mean{suffix}"] = value
-            if not math.isnan(summary.sd[name][metric]):
-                values[f"{summary.pair}/{name}/{metric}_sd{suffix}"] = summary.sd[name][metric]
+            if not math.isnan(value):
+                values[f"{summary.pair}/ensemble/{name}/{metric}{suffix}"] = value
+            mean, sd = summary.seed_mean[name][metric], summary.seed_sd[name][metric]
+            if not math.isnan(mean):
+                values[f"{summary.pair}/{name}/{metric}_mean{suffix}"] = mean
+            if not math.isnan(sd):
+                values[f"{summary.pair}/{name}/{metric}_sd{suffix}"] = sd
     mlflow.log_metrics(values, step=step)
 
 
@@ -559,44 +693,42 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _cell(value: float, interval: tuple[float, float] | None = None, *, pct: bool = False) -> str:
-    if math.isnan(value):
-        return "—"
-    if pct:
-        text = f"{value * 100:.1f}"
-        if interval is not None and not math.isnan(interval[0]):
-            text += f" [{interval[0] * 100:.1f}, {interval[1] * 100:.1f}]"
-        return text
-    text = f"{value:.3f}"
-    if interval is not None and not math.isnan(interval[0]):
-        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
-    return text
-
-
-def spread(
-    summary: SeedSummary,
-    name: str,
-    metric: str,
-    one: FoldReport | None = None,
-    *,
-    pct: bool = False,
-    digits: int = 3,
+def _cell(
+    value: float, interval: tuple[float, float] | None = None, *, pct: bool = False, digits: int = 3
 ) -> str:
-    """`mean ± sd` over several seeds; for one seed the value, with its interval (from `one`)
-    at the default `digits`. Accuracy (`pct`) in %, one decimal."""
-    value, sd = summary.mean[name][metric], summary.sd[name][metric]
     if math.isnan(value):
         return "—"
     scale, places = (100.0, 1) if pct else (1.0, digits)
-    if summary.n == 1:
-        if digits == 3:
-            interval = one.intervals[name].get(metric) if one is not None else None
-            return _cell(value, interval, pct=pct)
-        return f"{value * scale:.{places}f}"
-    return f"{value * scale:.{places}f} ± {sd * scale:.{places}f}"
+    text = f"{value * scale:.{places}f}"
+    if interval is not None and not math.isnan(interval[0]):
+        text += f" [{interval[0] * scale:.{places}f}, {interval[1] * scale:.{places}f}]"
+    return text
 
 
-def _difference(verdict: dict[str, Any]) -> str:
+def figure(
+    summary: SeedSummary,
+    name: str,
+    metric: str,
+    *,
+    pct: bool = False,
+    digits: int = 3,
+    interval: bool = True,
+) -> str:
+    """The seed ensemble's value of `metric` for predictor `name`, with its 95 % interval where
+    the metric has one (and `interval`). Accuracy (`pct`) in %, one decimal."""
+    bounds = summary.intervals[name].get(metric) if interval else None
+    return _cell(summary.metrics[name][metric], bounds, pct=pct, digits=digits)
+
+
+def seed_sd(
+    summary: SeedSummary, name: str, metric: str, *, pct: bool = False, digits: int = 3
+) -> str:
+    """The standard deviation of `metric` over the seeds taken one by one ("—" for one seed)."""
+    return _cell(summary.seed_sd[name][metric], pct=pct, digits=digits)
+
+
+def difference(verdict: dict[str, Any]) -> str:
+    """A paired verdict's mean and 95 % interval, four decimals: `+0.0012 [-0.0030, +0.0054]`."""
     return f"{verdict['mean']:+.4f} [{verdict['low']:+.4f}, {verdict['high']:+.4f}]"
 
 
@@ -604,41 +736,51 @@ def _seeds_text(seeds: tuple[int, ...] | list[int]) -> str:
     return ", ".join(map(str, seeds))
 
 
-def summary_table(summaries: list[SeedSummary], reports: list[FoldReport], *, metric: str) -> str:
-    """One row per pair and fold: the model over the seeds against its strongest baseline."""
-    single = {(r.pair, r.fold): r for r in reports}
+def summary_table(summaries: list[SeedSummary], *, metric: str) -> str:
+    """One row per pair and fold: the seed ensemble against its strongest baseline."""
     lines = [
         "| pair | fold | test window (UTC) | rows | seeds | model accuracy % | model ROC AUC | "
-        f"model {metric} | strongest baseline ({metric}) | model - strongest | "
-        "beats every baseline (seeds) |",
-        "|---|---|---|---:|---:|---|---|---|---|---|---|",
+        f"model {metric} | {metric} sd over seeds | strongest baseline ({metric}) | "
+        "model - strongest | beats every baseline | seeds alone beating every baseline |",
+        "|---|---|---|---:|---:|---|---|---|---|---|---|---|---:|",
     ]
     for s in summaries:
-        one = single.get((s.pair, s.fold))
         strongest = s.strongest_baseline
         lines.append(
             f"| {s.pair} | {s.fold} | {s.test_start[:10]} .. {s.test_end[:10]} | {s.rows} | "
-            f"{s.n} | {spread(s, MODEL, 'accuracy', one, pct=True)} | "
-            f"{spread(s, MODEL, 'roc_auc', one)} | {spread(s, MODEL, metric, one)} | "
-            f"{strongest} ({spread(s, strongest, metric)}) | "
-            f"{_difference(s.verdicts[strongest])} | {s.beats_seeds}/{s.n} |"
+            f"{s.n} | {figure(s, MODEL, 'accuracy', pct=True)} | "
+            f"{figure(s, MODEL, 'roc_auc')} | {figure(s, MODEL, metric)} | "
+            f"{seed_sd(s, MODEL, metric, digits=4)} | "
+            f"{strongest} ({figure(s, strongest, metric, interval=False)}) | "
+            f"{difference(s.verdicts[strongest])} | {'yes' if s.beats_baseline else 'no'} | "
+            f"{s.beats_seeds}/{s.n} |"
         )
     return "\n".join(lines)
 
 
+def _state(verdict: dict[str, Any], margin: float) -> str:
+    if float(verdict["high"]) < -margin:
+        return "better"
+    if float(verdict["low"]) > margin:
+        return "worse"
+    return "undecided"
+
+
 def verdict_table(summaries: list[SeedSummary]) -> str:
-    """One row per pair, fold and baseline: the paired verdict over the seeds."""
+    """One row per pair, fold and baseline: the seed ensemble's paired verdict."""
     lines = [
         "| pair | fold | baseline | baseline log loss | model log loss | model - baseline "
-        "(mean interval) | seeds below | seeds above |",
-        "|---|---|---|---|---|---|---:|---:|",
+        "(95 % interval) | lag | model | seeds alone better | seeds alone worse |",
+        "|---|---|---|---|---|---|---:|---|---:|---:|",
     ]
     for s in summaries:
         for name, verdict in s.verdicts.items():
+            counts = s.seed_verdicts[name]
             lines.append(
-                f"| {s.pair} | {s.fold} | {name} | {spread(s, name, 'log_loss')} | "
-                f"{spread(s, MODEL, 'log_loss')} | {_difference(verdict)} | "
-                f"{verdict['better']}/{s.n} | {verdict['worse']}/{s.n} |"
+                f"| {s.pair} | {s.fold} | {name} | {figure(s, name, 'log_loss', interval=False)} | "
+                f"{figure(s, MODEL, 'log_loss', interval=False)} | {difference(verdict)} | "
+                f"{verdict['lag']} | {_state(verdict, s.margin)} | "
+                f"{counts['better']}/{s.n} | {counts['worse']}/{s.n} |"
             )
     return "\n".join(lines)
 
@@ -648,7 +790,7 @@ def render_markdown(document: dict[str, Any]) -> str:
     pair and fold, the paired verdicts against every baseline, every predictor, every seed."""
     plan, model = document["plan"], document["model"]
     reports = fold_reports(document)
-    summaries = summarise(reports)
+    summaries = summaries_of(document)
     metric = model["metric"]
     rule = reports[0].rule if reports else {}
     seeds = plan["seeds"]
@@ -672,23 +814,14 @@ def render_markdown(document: dict[str, Any]) -> str:
         "- Each fold: purge gap of sequence_length + horizon between train, validation "
         f"({model['validation_fraction']:.0%} of the pre-test samples) and test; scaler fitted "
         "on the training rows only; baselines fitted on the same training rows.",
-        "- With several seeds, each metric is the mean ± standard deviation over the seeds; "
-        "with one seed, the value with its 95 % interval: Wilson for accuracy (in %), "
-        "moving-block bootstrap (blocks of 24 rows, 1000 resamples) for ROC AUC and log loss. "
-        "Fold `all` pools each seed's folds.",
-        "- `model - strongest` / `model - baseline`: the model's log loss per row minus the "
-        "baseline's on the same rows, mean and 95 % interval of a paired moving-block bootstrap "
-        f"(blocks of {rule.get('block', '?')} rows, {rule.get('resamples', '?')} resamples), "
-        "averaged over the seeds. `seeds below`: seeds whose interval lies wholly below "
-        f"-{rule.get('margin', 0.0):g} (ML_PROMOTION_MARGIN): the model significantly better; "
-        "`seeds above`: wholly above it, significantly worse. `beats every baseline`: seeds "
-        "whose intervals against every baseline lie below it (the training run's `beats`).",
+        f"- {ENSEMBLE_WORDS} Fold `all` pools the folds' rows.",
+        f"- {INTERVAL_WORDS} The margin is {rule.get('margin', 0.0):g} (ML_PROMOTION_MARGIN).",
         f"- {calibration_line(reports)}",
         f"- Took {document['elapsed_seconds'] / 60:.1f} min.",
         "",
         "## Summary",
         "",
-        summary_table(summaries, reports, metric=metric),
+        summary_table(summaries, metric=metric),
         "",
         "## Paired verdicts against every baseline",
         "",
@@ -696,33 +829,49 @@ def render_markdown(document: dict[str, Any]) -> str:
         "",
         "## Every predictor",
         "",
+        "The seed ensemble's figures; `sd`: the standard deviation of each seed's own log loss.",
+        "",
         "| pair | fold | predictor | accuracy % | balanced accuracy % | ROC AUC | log loss "
-        "| Brier |",
-        "|---|---|---|---|---|---|---|---|",
+        "| log loss sd over seeds | Brier |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    single = {(r.pair, r.fold): r for r in reports}
     for s in summaries:
-        one = single.get((s.pair, s.fold))
-        for name in s.mean:
+        for name in s.metrics:
             label = f"**{name}**" if name == MODEL else name
             lines.append(
                 f"| {s.pair} | {s.fold} | {label} | "
-                f"{spread(s, name, 'accuracy', one, pct=True)} | "
-                f"{spread(s, name, 'balanced_accuracy', pct=True)} | "
-                f"{spread(s, name, 'roc_auc', one)} | {spread(s, name, 'log_loss', one)} | "
-                f"{spread(s, name, 'brier')} |"
+                f"{figure(s, name, 'accuracy', pct=True)} | "
+                f"{figure(s, name, 'balanced_accuracy', pct=True)} | "
+                f"{figure(s, name, 'roc_auc')} | {figure(s, name, 'log_loss')} | "
+                f"{seed_sd(s, name, 'log_loss', digits=4)} | {figure(s, name, 'brier')} |"
             )
     lines += [
         "",
         "## Every seed",
         "",
-        "Model minus each baseline, log loss per row: mean [95 % interval]. `epochs`: the kept "
-        "epoch / epochs run.",
+        "Each seed alone: the model's log loss and, against each baseline, its log loss per row "
+        "minus the baseline's, mean [95 % interval]. `epochs`: the kept epoch / epochs run.",
         "",
         seed_table(reports),
         "",
     ]
     return "\n".join(lines)
+
+
+ENSEMBLE_WORDS = (
+    "Seeds ensembled: each predictor's probability of up is averaged over the seeds, row by row, "
+    "and the ensemble is scored and judged once (the deterministic baselines are the same under "
+    "every seed; LightGBM's column sampling takes the seed, so it is ensembled too). `sd over "
+    "seeds`: the standard deviation of each seed's own figure (the seed spread); `seeds alone`: "
+    "how many seeds, each judged alone, reach the verdict."
+)
+INTERVAL_WORDS = (
+    "Intervals (95 %): Wilson for accuracy; for log loss and for `model - baseline` (the "
+    "model's log loss per row minus the baseline's on the same rows), a Newey-West t-interval of "
+    "the mean (`pipelines.lifecycle.intervals.paired_interval`, `lag` its bandwidth), whose "
+    "coverage `python -m bench.verdict_coverage` measures; ROC AUC has no per-row form and is a "
+    "point estimate. `beats every baseline`: every interval lies wholly below -margin."
+)
 
 
 def seed_table(reports: list[FoldReport]) -> str:
@@ -744,7 +893,7 @@ def seed_table(reports: list[FoldReport]) -> str:
         lines.append(
             f"| {r.pair} | {r.fold} | {r.seed} | {_cell(r.metrics[MODEL]['log_loss'])} | "
             f"{epochs} | "
-            + " | ".join(_difference(r.verdicts[name]) for name in baselines)
+            + " | ".join(difference(r.verdicts[name]) for name in baselines)
             + f" | {'yes' if r.beats_baseline else 'no'} |"
         )
     return "\n".join(lines)

@@ -5,11 +5,11 @@ that `tbml evaluate` writes (one per architecture; an interrupted one counts wit
 finished) and says, per pair, which architecture is worth serving, by `RULE`:
 
 1. An architecture qualifies for a pair when, on its folds pooled (fold `all`), the paired
-   interval against every baseline lies wholly below `-margin` on a strict majority of its seeds
-   (the training run's `beats`, on most seeds).
-2. Of those that qualify, the one of lowest mean log loss on the newest test window (the last
-   fold, ending at the newest candle: the same rows in every report) is served; where the
-   reports' newest windows differ, the lowest pooled mean log loss.
+   interval of its seed ensemble against every baseline lies wholly below `-margin` (one
+   interval per baseline, on the ensemble's per-row differences pooled over the folds).
+2. Of those that qualify, the one of lowest ensemble log loss on the newest test window (the
+   last fold, ending at the newest candle: the same rows in every report) is served; where the
+   reports' newest windows differ, the lowest pooled ensemble log loss.
 3. None qualifies: serve nothing (HOLD), naming the strongest baseline on the newest window.
 """
 
@@ -22,24 +22,28 @@ from pathlib import Path
 from typing import Any
 
 from mlproject.evaluate import (
+    ENSEMBLE_WORDS,
+    INTERVAL_WORDS,
     MODEL,
     FoldReport,
     SeedSummary,
     calibration_line,
+    difference,
+    figure,
     fold_reports,
+    seed_sd,
     seed_table,
-    spread,
-    summarise,
+    summaries_of,
     summary_table,
     verdict_table,
 )
 
 RULE = (
     "An architecture qualifies for a pair when, on its folds pooled, the paired interval of its "
-    "per-row log loss minus each baseline's lies wholly below -margin against every baseline on "
-    "a strict majority of its seeds. Of those that qualify, the one of lowest mean log loss on "
-    "the newest test window (the fold ending at the newest candle, the same rows for every "
-    "architecture) is worth serving. If none qualifies: serve nothing, the service answers HOLD."
+    "seed ensemble's per-row log loss minus each baseline's lies wholly below -margin against "
+    "every baseline. Of those that qualify, the one of lowest ensemble log loss on the newest "
+    "test window (the fold ending at the newest candle, the same rows for every architecture) is "
+    "worth serving. If none qualifies: serve nothing, the service answers HOLD."
 )
 
 
@@ -94,6 +98,10 @@ def load_report(path: Path) -> ArchitectureReport:
     reports = fold_reports(document)
     if not reports:
         raise ReportError(f"{path} holds no finished fold")
+    try:
+        summaries = summaries_of(document)
+    except ValueError as exc:
+        raise ReportError(f"{path}: {exc}") from None
     return ArchitectureReport(
         path=path,
         model_type=str(document["plan"]["model_type"]),
@@ -101,7 +109,7 @@ def load_report(path: Path) -> ArchitectureReport:
         complete=bool(document.get("complete", False)),
         elapsed_seconds=float(document.get("elapsed_seconds") or 0.0),
         reports=reports,
-        summaries=summarise(reports),
+        summaries=summaries,
     )
 
 
@@ -116,11 +124,11 @@ def choose(architectures: list[ArchitectureReport], pair: str) -> Choice:
         return Choice(pair=pair, serve=None, reason="no architecture was evaluated on it")
     windows = {(n.test_start, n.test_end) for _, _, n in entries}
     same_window = len(windows) == 1
-    qualified = [(a, p, n) for a, p, n in entries if 2 * p.beats_seeds > p.n]
+    qualified = [(a, p, n) for a, p, n in entries if p.beats_baseline]
 
     def loss(entry: tuple[ArchitectureReport, SeedSummary, SeedSummary]) -> float:
         summary = entry[2] if same_window else entry[1]
-        return summary.mean[MODEL]["log_loss"]
+        return summary.metrics[MODEL]["log_loss"]
 
     where = "on the newest window" if same_window else "pooled"
     if qualified:
@@ -130,10 +138,11 @@ def choose(architectures: list[ArchitectureReport], pair: str) -> Choice:
         summary = newest if same_window else pooled
         rival = summary.strongest_baseline
         reason = (
-            f"beats every baseline on {pooled.beats_seeds}/{pooled.n} seeds (folds pooled); "
-            f"log loss {summary.mean[MODEL]['log_loss']:.4f} {where} against "
-            f"{rival} {summary.mean[rival]['log_loss']:.4f}; "
-            f"model - {strongest} pooled {pooled.verdicts[strongest]['mean']:+.4f}"
+            f"its {pooled.n}-seed ensemble beats every baseline (folds pooled): model - "
+            f"{strongest} {difference(pooled.verdicts[strongest])}; log loss "
+            f"{summary.metrics[MODEL]['log_loss']:.4f} {where} against {rival} "
+            f"{summary.metrics[rival]['log_loss']:.4f}; seeds alone beating every baseline "
+            f"{pooled.beats_seeds}/{pooled.n}"
         )
         if others:
             reason += f"; also qualified, with a higher log loss {where}: {', '.join(others)}"
@@ -143,17 +152,21 @@ def choose(architectures: list[ArchitectureReport], pair: str) -> Choice:
     scope = [n for _, _, n in entries] if same_window else [p for _, p, _ in entries]
 
     def baseline_loss(name: str) -> float:
-        return sum(s.mean[name]["log_loss"] for s in scope) / len(scope)
+        return sum(s.metrics[name]["log_loss"] for s in scope) / len(scope)
 
     strongest = min(baselines, key=baseline_loss)
     nearest, pooled, _ = min(entries, key=loss)
     against = pooled.verdicts[pooled.strongest_baseline]
+    state = (
+        "significantly worse"
+        if float(against["low"]) > pooled.margin
+        else "not significantly better"
+    )
     reason = (
         f"none beats {strongest} (log loss {baseline_loss(strongest):.4f} {where}): serve "
-        f"nothing, HOLD. Nearest: {nearest.model_type}, beats every baseline on "
-        f"{pooled.beats_seeds}/{pooled.n} seeds; against {pooled.strongest_baseline} pooled "
-        f"{against['mean']:+.4f} [{against['low']:+.4f}, {against['high']:+.4f}], "
-        f"significantly worse on {against['worse']}/{pooled.n} seeds"
+        f"nothing, HOLD. Nearest: {nearest.model_type}, its {pooled.n}-seed ensemble against "
+        f"{pooled.strongest_baseline} pooled {difference(against)}, {state}; seeds alone "
+        f"beating every baseline {pooled.beats_seeds}/{pooled.n}"
     )
     return Choice(pair=pair, serve=None, reason=reason)
 
@@ -172,43 +185,46 @@ def _command(a: ArchitectureReport) -> str:
     return command
 
 
-# Every figure of the page: four decimals (accuracy in %, one), ± sd over several seeds.
-_shown = partial(spread, digits=4)
+# Every figure of the page: four decimals (accuracy in %, one).
+_shown = partial(figure, digits=4)
+_sd = partial(seed_sd, digits=4)
 
 
 def _pair_table(architectures: list[ArchitectureReport], pair: str) -> list[str]:
     lines = [
-        "| architecture | seeds | folds | log loss, newest window | log loss, pooled | "
-        "accuracy %, pooled | ROC AUC, pooled | strongest baseline, pooled (log loss) | "
-        "model - strongest, pooled (mean interval) | beats every baseline (seeds) | "
-        "worse than strongest (seeds) |",
-        "|---|---:|---:|---|---|---|---|---|---|---:|---:|",
+        "| architecture | seeds | folds | log loss, newest window | log loss sd over seeds, "
+        "newest window | log loss, pooled | accuracy %, pooled | ROC AUC, pooled | strongest "
+        "baseline, pooled (log loss) | model - strongest, pooled | beats every baseline | "
+        "seeds alone beating every baseline | seeds alone worse than strongest |",
+        "|---|---:|---:|---|---|---|---|---|---|---|---|---:|---:|",
     ]
     newest_baselines: SeedSummary | None = None
     for a in architectures:
         pooled, newest = a.pooled(pair), a.newest(pair)
         if pooled is None or newest is None:
-            lines.append(f"| {a.model_type} | 0 | | not evaluated | | | | | | | |")
+            lines.append(f"| {a.model_type} | 0 | | not evaluated | | | | | | | | | |")
             continue
         newest_baselines = newest_baselines or newest
         strongest = pooled.strongest_baseline
-        v = pooled.verdicts[strongest]
         folds = len({s.fold for s in a.summaries if s.pair == pair and s.fold != "all"})
         lines.append(
-            f"| {a.model_type} | {pooled.n} | {folds} | {_shown(newest, MODEL, 'log_loss')} | "
-            f"{_shown(pooled, MODEL, 'log_loss')} | "
+            f"| {a.model_type} | {pooled.n} | {folds} | "
+            f"{_shown(newest, MODEL, 'log_loss', interval=False)} | "
+            f"{_sd(newest, MODEL, 'log_loss')} | {_shown(pooled, MODEL, 'log_loss')} | "
             f"{_shown(pooled, MODEL, 'accuracy', pct=True)} | "
             f"{_shown(pooled, MODEL, 'roc_auc')} | "
-            f"{strongest} ({pooled.mean[strongest]['log_loss']:.4f}) | "
-            f"{v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] | "
-            f"{pooled.beats_seeds}/{pooled.n} | {v['worse']}/{pooled.n} |"
+            f"{strongest} ({pooled.metrics[strongest]['log_loss']:.4f}) | "
+            f"{difference(pooled.verdicts[strongest])} | "
+            f"{'yes' if pooled.beats_baseline else 'no'} | {pooled.beats_seeds}/{pooled.n} | "
+            f"{pooled.seed_verdicts[strongest]['worse']}/{pooled.n} |"
         )
     if newest_baselines is not None:
         s = newest_baselines
         lines += [
             "",
             f"The baselines on the newest window ({s.test_start[:10]} .. {s.test_end[:10]}, "
-            f"{s.rows} rows; fitted on the same training rows as the first architecture above):",
+            f"{s.rows} rows; fitted on the same training rows as the first architecture above, "
+            "LightGBM ensembled over its seeds):",
             "",
             "| baseline | log loss | accuracy % | ROC AUC |",
             "|---|---|---|---|",
@@ -225,9 +241,10 @@ def headline_table(architectures: list[ArchitectureReport], pairs: list[str]) ->
     """Per pair: what to serve, and the lowest-loss architecture on the newest window beside the
     strongest baseline there."""
     lines = [
-        "| pair | serve | lowest log loss, newest window (mean ± sd) | strongest baseline there "
-        "| it minus its strongest baseline, pooled | beats every baseline (seeds) |",
-        "|---|---|---|---|---|---:|",
+        "| pair | serve | lowest log loss, newest window (seed ensemble; sd over seeds) | "
+        "strongest baseline there | it minus its strongest baseline, pooled | beats every "
+        "baseline |",
+        "|---|---|---|---|---|---|",
     ]
     for pair in pairs:
         entries = [
@@ -237,22 +254,25 @@ def headline_table(architectures: list[ArchitectureReport], pairs: list[str]) ->
         ]
         if not entries:
             continue
-        a, pooled, newest = min(entries, key=lambda e: e[2].mean[MODEL]["log_loss"])
-        rival = newest.strongest_baseline
-        v = pooled.verdicts[pooled.strongest_baseline]
+        a, pooled, newest = min(entries, key=lambda e: e[2].metrics[MODEL]["log_loss"])
+        rival, strongest = newest.strongest_baseline, pooled.strongest_baseline
         serve = choose(architectures, pair).serve or "nothing (HOLD)"
         lines.append(
-            f"| {pair} | {serve} | {a.model_type} {_shown(newest, MODEL, 'log_loss')} | "
-            f"{rival} {newest.mean[rival]['log_loss']:.4f} | "
-            f"{pooled.strongest_baseline}: {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] "
-            f"| {pooled.beats_seeds}/{pooled.n} |"
+            f"| {pair} | {serve} | {a.model_type} "
+            f"{_shown(newest, MODEL, 'log_loss', interval=False)} (sd "
+            f"{_sd(newest, MODEL, 'log_loss')}) | "
+            f"{rival} {newest.metrics[rival]['log_loss']:.4f} | "
+            f"{strongest}: {difference(pooled.verdicts[strongest])} | "
+            f"{'yes' if pooled.beats_baseline else 'no'} |"
         )
     return "\n".join(lines)
 
 
-def combine_reports(paths: list[Path], *, notes: list[str] | None = None) -> str:
-    """The page: the verdict per pair, each pair's architectures side by side, then every
-    architecture's folds.
+def combine_reports(
+    paths: list[Path], *, notes: list[str] | None = None, sections: list[str] | None = None
+) -> str:
+    """The page: the verdict per pair, the markdown `sections` as given, each pair's
+    architectures side by side, then every architecture's folds.
 
     Raises:
         ReportError: a path that is not a report, or two reports of one architecture.
@@ -317,15 +337,14 @@ def combine_reports(paths: list[Path], *, notes: list[str] | None = None) -> str
         "",
         headline_table(architectures, pairs),
         "",
-        "Each metric is the mean ± standard deviation over the seeds. `model - strongest`: the "
-        "model's log loss per row minus its strongest baseline's on the same rows, mean and 95 % "
-        "interval of a paired moving-block bootstrap (blocks of a day), averaged over the seeds. "
-        "`beats every baseline`: seeds whose intervals against every baseline lie wholly below "
-        "-margin; `worse than strongest`: seeds whose interval against the strongest baseline "
-        "lies wholly above +margin. The baselines are fitted on each fold's training rows under "
-        "every seed: majority, last_move and logistic are deterministic, LightGBM's column "
-        "sampling takes the seed.",
+        ENSEMBLE_WORDS,
+        "",
+        INTERVAL_WORDS + " `seeds alone worse than strongest`: seeds whose own interval against "
+        "the strongest baseline lies wholly above +margin. The baselines are fitted on each "
+        "fold's training rows.",
     ]
+    for section in sections or []:
+        lines += ["", section.strip()]
     for pair in pairs:
         lines += ["", f"## {pair}", "", *_pair_table(architectures, pair)]
     for a in architectures:
@@ -333,12 +352,13 @@ def combine_reports(paths: list[Path], *, notes: list[str] | None = None) -> str
             "",
             f"## {a.model_type}: every fold",
             "",
-            summary_table(a.summaries, a.reports, metric=metric),
+            summary_table(a.summaries, metric=metric),
             "",
             verdict_table(a.summaries),
             "",
-            "Every seed: the model's log loss and, against each baseline, its log loss per row "
-            "minus the baseline's, mean [95 % interval]; `epochs`: the kept epoch / epochs run.",
+            "Every seed alone: the model's log loss and, against each baseline, its log loss per "
+            "row minus the baseline's, mean [95 % interval]; `epochs`: the kept epoch / epochs "
+            "run.",
             "",
             seed_table(a.reports),
         ]

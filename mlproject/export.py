@@ -1,4 +1,5 @@
-"""ONNX export of a Keras model, checked against Keras before anything is logged."""
+"""ONNX export of a Keras model, checked against Keras before anything is logged, and the
+logistic baseline that ships beside it."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from mlproject import baselines
+from mlproject.data import Dataset, decided_rows, labels
 from pipelines.calibration import Calibrator
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import FeatureSpec
-from pipelines.modelbundle import MODEL_FILE, ModelBundle
+from pipelines.modelbundle import MODEL_FILE, LogisticBaseline, ModelBundle
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +26,19 @@ class ExportMismatchError(RuntimeError):
     """The ONNX export does not give the Keras model's outputs."""
 
 
+def logistic_baseline(
+    dataset: Dataset, rows: range, scaler: FeatureScaler, *, seed: int
+) -> LogisticBaseline:
+    """The run's logistic baseline (`mlproject.baselines.fit_logistic`) fitted on the scaled
+    features of the last step of each window ending on `rows`, the rows the bundle's model
+    learnt (with the bundle's scaler): on the held-out run's training rows and scaler it is the
+    `logistic` the run scores on its test window. Rows with a tied outcome are left out."""
+    y = labels(dataset, rows)  # ties already left out: the rows of `decided_rows`
+    x = scaler.transform(dataset.features[decided_rows(dataset, rows)])
+    coef, intercept = baselines.fit_logistic(x_train=x, y_train=y, seed=seed)
+    return LogisticBaseline(names=tuple(dataset.spec.names), coef=coef, intercept=intercept)
+
+
 def export_bundle(
     model: keras.Model,
     *,
@@ -32,6 +48,7 @@ def export_bundle(
     metadata: dict[str, object],
     check_windows: np.ndarray,
     calibrator: Calibrator | None = None,
+    baseline: LogisticBaseline | None = None,
 ) -> tuple[ModelBundle, float]:
     """Export `model` to `directory/model.onnx`, save the bundle there, compare outputs.
 
@@ -41,6 +58,7 @@ def export_bundle(
         calibrator: applied after the ONNX output when the bundle predicts (None: identity).
             The check compares the uncalibrated outputs: the calibrator is the same numpy
             code whichever model feeds it.
+        baseline: the logistic baseline shipped in the bundle (`logistic_baseline`).
 
     Returns:
         The bundle and the largest absolute difference between the two on `check_windows`.
@@ -54,6 +72,7 @@ def export_bundle(
         spec=spec,
         metadata=dict(metadata),
         calibrator=calibrator if calibrator is not None else Calibrator(),
+        baseline=baseline,
     )
     bundle.save(directory)
     keras_out = np.asarray(model.predict(check_windows, batch_size=1024, verbose=0)).reshape(-1)

@@ -103,7 +103,7 @@ def fit_epochs(
     """Fit for exactly `epochs` epochs on all of `x`, with nothing held out to stop on.
 
     The refit of a training: its epoch count is the one early stopping chose on the held-out
-    run, so no validation part is needed (and none is left: every row trains).
+    run, so no validation part is needed.
     """
     callbacks: list[keras.callbacks.Callback] = []
     if on_epoch is not None:

@@ -1,8 +1,11 @@
 """One split, end to end: scale, window, fit, calibrate, predict the test rows, score them.
 
 The calibrator is chosen on the validation rows (`settings.calibration`,
-`pipelines.calibration.choose_calibrator`) and the test rows are scored with the calibrated
-probabilities: what the bundle serves is what the metrics, verdicts and gate see.
+`pipelines.calibration.choose_calibrator`: kept only when it helps on held validation rows, the
+identity otherwise) and the test rows are scored with the served probabilities: what the bundle
+serves is what the metrics, verdicts and gate see. Every part's rows leave ties out
+(`mlproject.data.decided_rows`): the model, its calibrator and the baselines learn and are
+scored on the same up-or-down rows.
 
 The training run and every fold of the walk-forward evaluation go through `fit_and_score`, so
 what the evaluation reports is what a training does.
@@ -29,8 +32,8 @@ from pipelines.settings import Settings
 class FoldResult:
     """The fitted model, scaler and calibrator, the fit's history and the scores on the test rows.
 
-    `scores` are of the calibrated probabilities; `raw_proba` are the model's own on the same
-    test rows, before calibration.
+    `scores` are of the served (calibrated, or raw when no calibrator was kept) probabilities;
+    `raw_proba` are the model's own on the same test rows, before calibration.
     """
 
     split: Split

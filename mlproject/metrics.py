@@ -1,20 +1,25 @@
 """Classification metrics of probabilities of "up", and their confidence intervals.
 
 Every model and baseline is scored by the same function on the same rows, so their numbers can
-be put side by side. Probabilities are clipped away from 0 and 1 before the log loss, as
-scikit-learn does, so one confident miss costs a lot but never infinity.
+be put side by side. Losses are the lifecycle's (`pipelines.lifecycle.scores`, one clip), and so
+are the intervals: Wilson's for accuracy, the paired interval's Newey-West t-interval of the mean
+per-row loss for log loss. ROC AUC ranks pairs of rows and has no per-row form, so it is
+reported as a point estimate only.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 
+from pipelines.lifecycle.intervals import LEVEL, paired_interval
+from pipelines.lifecycle.scores import brier_losses, log_losses, wilson_interval
+
 METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "roc_auc", "log_loss", "brier")
 LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss", "brier"})
-_EPS = 1e-15
+# The metrics `metric_intervals` gives an interval for.
+INTERVAL_METRICS: tuple[str, ...] = ("accuracy", "log_loss")
 
 
 def classification_metrics(
@@ -43,8 +48,31 @@ def classification_metrics(
         "accuracy": float(np.mean(hard == y)),
         "balanced_accuracy": balanced_accuracy(y, hard),
         "roc_auc": roc_auc(y, p),
-        "log_loss": log_loss(y, p),
-        "brier": float(np.mean((p - y) ** 2)),
+        "log_loss": float(np.mean(log_losses(p, y))),
+        "brier": float(np.mean(brier_losses(p, y))),
+    }
+
+
+def metric_intervals(
+    *, y_true: np.ndarray, proba: np.ndarray, pred: np.ndarray | None = None, level: float = LEVEL
+) -> dict[str, tuple[float, float]]:
+    """Intervals at `level` of the metrics of `INTERVAL_METRICS` on rows in time order.
+
+    Accuracy: Wilson's score interval of the share of hits. Log loss: the Newey-West t-interval
+    of the mean of the per-row losses (`paired_interval` of the losses themselves), so that
+    dependence between neighbouring candles widens it.
+    """
+    y = _labels(y_true)
+    p = np.asarray(proba, dtype=np.float64).ravel()
+    hard = (p >= 0.5).astype(np.int8) if pred is None else _labels(pred)
+    if not y.size == p.size == hard.size:
+        raise ValueError(f"{p.size} probabilities and {hard.size} predictions for {y.size} labels")
+    if y.size == 0:
+        raise ValueError("cannot score an empty set of rows")
+    loss = paired_interval(log_losses(p, y), level=level)
+    return {
+        "accuracy": wilson_interval(int(np.sum(hard == y)), int(y.size), level=level),
+        "log_loss": (loss.low, loss.high),
     }
 
 
@@ -83,60 +111,6 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     ranks = _average_ranks(p)
     u = ranks[y == 1].sum() - positives * (positives + 1) / 2.0
     return float(u / (positives * negatives))
-
-
-def log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean binary cross-entropy in nats."""
-    q = np.clip(p, _EPS, 1 - _EPS)
-    return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
-
-
-def wilson_interval(successes: int, n: int, *, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion (95 % for the default z)."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    phat = successes / n
-    denom = 1 + z * z / n
-    centre = (phat + z * z / (2 * n)) / denom
-    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def block_bootstrap_interval(
-    statistic: Callable[[np.ndarray, np.ndarray], float],
-    *,
-    y_true: np.ndarray,
-    proba: np.ndarray,
-    block: int = 24,
-    resamples: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile interval of `statistic(y, p)` under a circular moving-block bootstrap.
-
-    Blocks of consecutive rows (a day of hourly candles by default) keep the short-range
-    dependence of a time series that an i.i.d. bootstrap would pretend away.
-    """
-    y = _labels(y_true)
-    p = np.asarray(proba, dtype=np.float64).ravel()
-    n = y.size
-    if n == 0:
-        return (math.nan, math.nan)
-    block = max(1, min(block, n))
-    rng = np.random.default_rng(seed)
-    blocks = math.ceil(n / block)
-    offsets = np.arange(block)
-    values = np.empty(resamples)
-    for i in range(resamples):
-        starts = rng.integers(0, n, size=blocks)
-        idx = ((starts[:, None] + offsets[None, :]) % n).ravel()[:n]
-        values[i] = statistic(y[idx], p[idx])
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return (math.nan, math.nan)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return (float(low), float(high))
 
 
 def _labels(values: np.ndarray) -> np.ndarray:

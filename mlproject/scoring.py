@@ -1,9 +1,10 @@
 """Scoring on a held-out window: the model beside the baselines, and its signals beside holding.
 
 Whether the model beats its baselines is a paired verdict (`VerdictRule`): the per-row log-loss
-differences, model minus baseline on the same rows in time order, through a moving-block
-bootstrap with blocks of a day of candles (`pipelines.verdicts`). The model beats the baselines
-only when the 95 % interval against every one of them lies wholly below `-promotion_margin`.
+differences, model minus baseline on the same rows in time order, through the lifecycle's paired
+interval (`pipelines.lifecycle.intervals.paired_interval`, a Newey-West t-interval of the mean).
+The model beats the baselines only when the 95 % interval against every one of them lies wholly
+below `-promotion_margin`.
 The verdict is judged on log loss whatever `promotion_metric` says (that one is the gate's,
 against the production version): log loss is a per-row score, so a paired difference exists.
 
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mlproject import baselines
-from mlproject.data import Dataset, Split, labels
+from mlproject.data import Dataset, Split, decided_rows, labels
 from mlproject.metrics import classification_metrics
 from mlproject.trading import (
     Backtest,
@@ -33,66 +34,49 @@ from mlproject.trading import (
 from pipelines.features.compute import compute_features
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.windows import make_targets
+from pipelines.lifecycle.intervals import LEVEL, METHOD, PairedVerdict, paired_interval
+from pipelines.lifecycle.scores import decided, log_losses
 from pipelines.modelbundle import ModelBundle
 from pipelines.settings import Settings
-from pipelines.verdicts import PairedVerdict, log_losses, paired_block_bootstrap
 
 MODEL = "model"
 VERDICT_METRIC = "log_loss"  # the per-row loss every "beats" is made of
 
 
-def rows_per_day(timeframe: str) -> int:
-    """Candles in a day of `timeframe` (at least 1): the bootstrap's block length."""
-    return max(1, round(periods_per_year(timeframe) / 365.0))
-
-
 @dataclass(frozen=True)
 class VerdictRule:
-    """How two forecasters on the same rows are compared: block, resamples, seed, margin."""
+    """How two forecasters on the same rows are compared: the paired interval at `level`,
+    which must lie wholly beyond `margin` (nats per row) for a verdict."""
 
-    block: int
     margin: float
-    resamples: int = 2000
-    seed: int = 0
-    level: float = 0.95
+    level: float = LEVEL
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VerdictRule:
-        return cls(block=rows_per_day(settings.timeframe), margin=settings.promotion_margin)
+        return cls(margin=settings.promotion_margin)
 
     def compare(self, y: np.ndarray, first: np.ndarray, second: np.ndarray) -> PairedVerdict:
-        """Per-row log loss of `first` minus that of `second`, bootstrapped in blocks."""
-        outcomes = np.asarray(y).astype(np.int8)
+        """Per-row log loss of `first` minus that of `second` on outcomes `y`, through
+        `paired_interval`."""
+        outcomes = np.asarray(y)
         differences = log_losses(np.asarray(first), outcomes) - log_losses(
             np.asarray(second), outcomes
         )
-        return paired_block_bootstrap(
-            differences,
-            block=self.block,
-            resamples=self.resamples,
-            seed=self.seed,
-            level=self.level,
-        )
+        return paired_interval(differences, level=self.level)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "metric": VERDICT_METRIC,
-            "block": self.block,
+            "method": METHOD,
             "margin": self.margin,
-            "resamples": self.resamples,
-            "seed": self.seed,
             "level": self.level,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VerdictRule:
-        return cls(
-            block=int(data["block"]),
-            margin=float(data["margin"]),
-            resamples=int(data["resamples"]),
-            seed=int(data["seed"]),
-            level=float(data["level"]),
-        )
+        """A rule as `to_dict` wrote it. Rules saved when verdicts were bootstrapped also hold a
+        block, resamples and a seed: those are ignored, the margin and level kept."""
+        return cls(margin=float(data["margin"]), level=float(data.get("level", LEVEL)))
 
 
 @dataclass(frozen=True)
@@ -158,8 +142,9 @@ def fit_baselines(
     """The baselines fitted on the training rows, predicting the test rows."""
     y_train = labels(dataset, split.train)
     close = dataset.close
-    train_rows = np.arange(split.train.start, split.train.stop)
-    test_rows = np.arange(split.test.start, split.test.stop)
+    # The rows `labels` gives, ties left out (`decided_rows`), so every forecaster scores them.
+    train_rows = decided_rows(dataset, split.train)
+    test_rows = decided_rows(dataset, split.test)
     # A last move needs close[t - horizon]; the first training rows may lack it.
     seen = train_rows >= dataset.horizon
     # Scaled feature rows from the oldest step a training window reaches to the last test row.
@@ -168,7 +153,7 @@ def fit_baselines(
     scaled = scaler.transform(dataset.features[first : split.test.stop])
     train_at, test_at = train_rows - first, test_rows - first
     return {
-        "majority": baselines.majority(y_train=y_train, rows=len(split.test)),
+        "majority": baselines.majority(y_train=y_train, rows=len(test_rows)),
         "last_move": baselines.last_move(
             last_up_train=baselines.last_move_up(close, train_rows[seen], horizon=dataset.horizon),
             y_train=y_train[seen],
@@ -259,16 +244,24 @@ def score_bundle(
     timestamps: pd.DatetimeIndex,
     horizon: int,
 ) -> WindowScore:
-    """Predict with `bundle` (ONNX) for the samples ending at `timestamps`.
+    """Predict with `bundle` (ONNX) for the samples ending at `timestamps`, ties left out.
 
-    Features are computed over the full candle history with the bundle's own spec, scaled with
-    its scaler and cut into its own sequence length, so models of different shapes are scored
-    on the same rows and labels.
+    A row whose close `horizon` candles later is unchanged (a tie) is no sample, as in training:
+    the answer's `timestamps` are the given ones less the ties. Features are computed over the
+    full candle history with the bundle's own spec, scaled with its scaler and cut into its own
+    sequence length, so models of different shapes are scored on the same rows and labels.
     """
     positions = candles.index.get_indexer(timestamps)
     if (positions < 0).any():
         missing = timestamps[positions < 0]
         raise ValueError(f"{len(missing)} scored rows are not in the candles, first {missing[0]}")
+    if positions.size and positions.max() + horizon >= len(candles):
+        raise ValueError(f"the newest scored rows have no label yet (horizon {horizon})")
+    target = make_targets(candles, horizon=horizon).to_numpy()[positions]
+    keep = decided(target)
+    if not keep.any():
+        raise ValueError(f"none of the {len(timestamps)} scored rows is up or down (all ties)")
+    positions, target, timestamps = positions[keep], target[keep], timestamps[keep]
     features = compute_features(candles, spec=bundle.spec).to_numpy(dtype=np.float64)
     length = bundle.sequence_length
     if positions.min() - length + 1 < 0:
@@ -276,9 +269,6 @@ def score_bundle(
     windows = np.stack([features[p - length + 1 : p + 1] for p in positions])
     if not np.isfinite(windows).all():
         raise ValueError("the scored windows reach into the feature warm-up rows")
-    target = make_targets(candles, horizon=horizon).to_numpy()[positions]
-    if np.isnan(target).any():
-        raise ValueError(f"the newest scored rows have no label yet (horizon {horizon})")
     return WindowScore(
         timestamps=timestamps, y=target.astype(np.int8), proba=bundle.predict_proba(windows)
     )

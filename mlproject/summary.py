@@ -29,7 +29,7 @@ def run_summary(
         f"On the test window the model {verdict} its baselines: its log loss per row minus "
         f"that of the strongest (`{scores.strongest_baseline}`) is {paired.mean:+.4f}, "
         f"{rule.level * 100:g} % interval [{paired.low:+.4f}, {paired.high:+.4f}] over "
-        f"{paired.rows} rows (paired moving-block bootstrap, blocks of {paired.block} rows); "
+        f"{paired.rows} rows (paired Newey-West t-interval of the mean, lag {paired.lag}); "
         "it beats them "
         f"only when every baseline's interval lies below zero by at least {rule.margin:g}. "
         "`tbml verdict RUN_ID` recomputes this from `verdict/predictions.csv`.",

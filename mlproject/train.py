@@ -6,13 +6,14 @@ creates its own run otherwise. What the queue reads afterwards are the run's `tb
 
 The held-out fit (train, validation for early stopping, test for the verdict) is what justifies
 a version. With `ML_REFIT` (the default) the same architecture is then fitted again on every
-labelled row, through the newest closed candle, for the epoch count early stopping chose, and
-that refit is exported and registered; with `ML_REFIT=false` the held-out model is.
+sample but the newest `ML_GATE_MIN_ROWS`, for the epoch count early stopping chose, and that
+refit is exported and registered; the samples it never learnt are its test window, where the
+gate scores it. With `ML_REFIT=false` the held-out model is registered.
 
-The held-out model's probabilities are calibrated on its validation rows (`ML_CALIBRATION`); the
-calibrator travels in the bundle, so the scores, the verdict and the served model all read the
-calibrated probabilities. A refit has no validation rows of its own and carries the held-out
-model's calibrator.
+A calibrator (`ML_CALIBRATION`, none by default) is fitted on the held-out model's validation
+rows and kept only when it helps on held validation rows (`pipelines.calibration`); it travels in
+the bundle, so the scores, the verdict and the served model all read the same probabilities. A
+refit has no calibrator (the identity): it never borrows the held-out model's.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import hashlib
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +37,19 @@ from mlproject import plots
 from mlproject import verdict as verdicts
 from mlproject.config import TrainConfig
 from mlproject.data import (
+    MIN_PART_ROWS,
     Dataset,
+    NotEnoughDataError,
     Split,
     build_dataset,
+    decided_rows,
     fit_scaler_on,
     labels,
+    sample_times,
     time_split,
     windows,
 )
-from mlproject.export import export_bundle
+from mlproject.export import export_bundle, logistic_baseline
 from mlproject.fit import FitResult, fit_epochs, make_deterministic
 from mlproject.fold import FoldResult, configured_model, fit_and_score
 from mlproject.gate import GateDecision, apply_gate
@@ -59,6 +64,7 @@ from mlproject.tracking import (
 )
 from pipelines.calibration import (
     DEFAULT_BINS,
+    Calibrator,
     expected_calibration_error,
     reliability_curve,
 )
@@ -81,18 +87,24 @@ logger = logging.getLogger(__name__)
 
 KERAS_ARTIFACT_PATH = "keras"  # the run's Keras model, for fine-tuning
 KERAS_MODEL_FILE = "model.keras"
-TAG_REFIT = "tbml.refit"  # on a version: "true" when its model is the refit on all candles
+TAG_REFIT = "tbml.refit"  # on a version: "true" when its model is the refit (`Refit`)
 RELIABILITY_ARTIFACT = "calibration/reliability.json"  # curves and ECE before/after calibration
 
 
 @dataclass(frozen=True)
 class Refit:
-    """The held-out run's model fitted again on `rows` (every labelled row) for `fit.epochs_run`."""
+    """The held-out run's model fitted again on `rows` for `fit.epochs_run` epochs.
+
+    `held` are the newest samples, which it never learnt: its test window, where the gate
+    scores it. It has no calibrator of its own (`calibrator` is the identity).
+    """
 
     model: keras.Model
     scaler: FeatureScaler
     rows: range
+    held: range
     fit: FitResult
+    calibrator: Calibrator = field(default_factory=Calibrator)
 
 
 @dataclass(frozen=True)
@@ -141,6 +153,8 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
     split = time_split(
         dataset, val_fraction=settings.validation_fraction, test_fraction=settings.test_fraction
     )
+    # Checked before any fit: a refit needs its held rows and enough samples before them.
+    parts = _refit_rows(dataset, hold=settings.gate_min_rows) if settings.refit else None
     name = registered_model_name(config.pair, config.model_type)
     with active_run(settings, experiment=settings.experiment_name, run_name=name) as run:
         run_id = run.info.run_id
@@ -166,11 +180,13 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
             }
         )
         metadata = _metadata(config, dataset, split, result, settings, run_id, name)
-        refit = _refit(dataset, config=config, held_out=result.fit) if settings.refit else None
+        refit = None
+        if parts is not None:
+            refit = _refit(dataset, config=config, held_out=result.fit, parts=parts)
         _log_refit(dataset, refit, held_out=result.fit)
-        if refit is not None:
-            metadata |= _refit_metadata(dataset, refit, held_out_fit_end=metadata["fit_end"])
         metadata["calibration"] = _calibration_metadata(result, refit=refit is not None)
+        if refit is not None:  # its own windows, fit_end and (no) calibrator
+            metadata |= _refit_metadata(dataset, refit, held_out=metadata)
         model_uri, model_id = _log_artifacts(result, dataset, split, metadata, config, refit)
         outcome = _register_and_promote(
             client,
@@ -217,14 +233,48 @@ def refit_epochs(held_out: FitResult) -> int:
     return held_out.best_epoch + 1
 
 
-def _refit(dataset: Dataset, *, config: TrainConfig, held_out: FitResult) -> Refit:
-    """`config`'s model, seeded afresh, fitted on every labelled row for the chosen epochs.
+def _refit_rows(dataset: Dataset, *, hold: int) -> tuple[range, range]:
+    """The samples a refit learns, and the newest ones it holds out: (learnt, held).
+
+    `held` ends at the newest sample and holds `hold` samples with an outcome (a tie is no
+    sample), the rows the gate compares on (`ML_GATE_MIN_ROWS`). `learnt` ends `horizon` samples
+    before it, so the last label learnt (`horizon` candles after the last learnt row) is the
+    candle before the first held row: no learnt label reaches a held row.
+
+    Raises:
+        NotEnoughDataError: fewer than `hold` samples, or fewer than `MIN_PART_ROWS` left to
+            learn before the held ones.
+    """
+    samples = dataset.samples
+    decided = decided_rows(dataset, samples)
+    learnt, held = range(samples.start, samples.start), range(samples.stop, samples.stop)
+    if hold <= len(decided):
+        held = range(int(decided[-hold]), samples.stop)
+        learnt = range(samples.start, max(samples.start, held.start - dataset.horizon))
+    learnable = len(decided_rows(dataset, learnt))
+    if hold > len(decided) or learnable < MIN_PART_ROWS:
+        raise NotEnoughDataError(
+            f"not enough candles to refit: {len(decided)} samples (ties dropped); the refit holds "
+            f"out the newest {hold} (ML_GATE_MIN_ROWS) for the gate and the {dataset.horizon} "
+            f"before them (the horizon), which leaves {learnable} to learn, and it needs at "
+            f"least {MIN_PART_ROWS}: use more candles (max_rows), a smaller ML_GATE_MIN_ROWS or "
+            "ML_REFIT=false"
+        )
+    return learnt, held
+
+
+def _refit(
+    dataset: Dataset, *, config: TrainConfig, held_out: FitResult, parts: tuple[range, range]
+) -> Refit:
+    """`config`'s model, seeded afresh, fitted on the learnt rows of `parts` for the chosen
+    epochs (`_refit_rows`: every sample but the newest, held for the gate).
 
     The scaler is refitted on the same rows (the bundle carries the scaler its model learnt
-    with); no row is held out, so there is no early stopping and no score of its own.
+    with). The held rows never reach the fit: no early stopping and no calibrator use them;
+    the gate alone scores the refit there.
     """
+    rows, held = parts
     make_deterministic(config.seed)
-    rows = dataset.samples
     scaler = fit_scaler_on(dataset, rows)
     model = configured_model(config, dataset)
     fit = fit_epochs(
@@ -235,18 +285,19 @@ def _refit(dataset: Dataset, *, config: TrainConfig, held_out: FitResult) -> Ref
         batch_size=config.batch_size,
         on_epoch=_log_refit_epoch,
     )
-    return Refit(model=model, scaler=scaler, rows=rows, fit=fit)
+    return Refit(model=model, scaler=scaler, rows=rows, held=held, fit=fit)
 
 
 def _refit_range(dataset: Dataset, rows: range) -> tuple[str, str]:
-    """First candle a refit window reads, and the last label it learnt (the newest candle)."""
+    """First candle a refit window reads, and the last candle whose label it learnt."""
     index = dataset.candles.index
     first = rows.start - dataset.sequence_length + 1
     return index[first].isoformat(), index[rows.stop - 1 + dataset.horizon].isoformat()
 
 
 def _log_refit(dataset: Dataset, refit: Refit | None, *, held_out: FitResult) -> None:
-    """`refit` and `refit_epochs` params; with a refit, its data range, rows and final loss."""
+    """`refit` and `refit_epochs` params; with a refit, its data range, its learnt and held
+    samples (ties dropped) and its final loss."""
     epochs = refit.fit.epochs_run if refit is not None else refit_epochs(held_out)
     mlflow.log_params({"refit": str(refit is not None).lower(), "refit_epochs": epochs})
     if refit is None:
@@ -256,24 +307,39 @@ def _log_refit(dataset: Dataset, refit: Refit | None, *, held_out: FitResult) ->
     mlflow.log_metrics(
         {
             "refit_final_loss": refit.fit.history["loss"][-1],
-            "refit_rows": float(len(refit.rows)),
+            "refit_rows": float(len(decided_rows(dataset, refit.rows))),
+            "refit_held_rows": float(len(decided_rows(dataset, refit.held))),
             "refit_fit_seconds": refit.fit.fit_seconds,
         }
     )
 
 
-def _refit_metadata(dataset: Dataset, refit: Refit, *, held_out_fit_end: str) -> dict[str, Any]:
-    """What a refit bundle says beside the held-out run's record (which it keeps)."""
+def _refit_metadata(dataset: Dataset, refit: Refit, *, held_out: dict[str, Any]) -> dict[str, Any]:
+    """What a refit bundle says in place of the held-out model's metadata `held_out`: its own
+    windows, `fit_end` and calibration; the held-out model's metrics and verdict stay."""
     start, end = _refit_range(dataset, refit.rows)
     return {
         "refit": True,
         "refit_epochs": refit.fit.epochs_run,
         "refit_window": {**_window(dataset, refit.rows), "data_start": start},
-        # The bundle's model learnt every label through the newest candle; the test metrics,
-        # the verdict and the gate's challenger scores are the held-out model's, which learnt
-        # nothing after `held_out_fit_end`.
+        # The bundle's model learnt every label through `fit_end`; the newest samples after it,
+        # which it never learnt, are its test window: the gate scores the refit itself there.
         "fit_end": end,
-        "held_out_fit_end": held_out_fit_end,
+        "test_window": _window(dataset, refit.held),
+        # What `test_metrics`, `beats_verdict` and `beats_baseline` speak for: the held-out
+        # model, which learnt nothing after its own `fit_end`.
+        "held_out": {
+            "fit_end": held_out["fit_end"],
+            "test_window": held_out["test_window"],
+        },
+        "calibration": {
+            "method": refit.calibrator.method,
+            "kept": False,
+            "reason": "a refit gets no calibrator of its own and never borrows the held-out "
+            "model's, which was chosen for other weights: it serves its network's own "
+            "probabilities",
+            "held_out": held_out.get("calibration"),
+        },
     }
 
 
@@ -299,36 +365,50 @@ def _calibration_record(result: FoldResult) -> dict[str, Any]:
 
 
 def _log_calibration(result: FoldResult, *, settings: Settings) -> None:
-    """Params `calibration` (chosen) and `calibration_mode`, ECE on the test rows, the curves."""
+    """Params `calibration` (served), `calibration_mode` (asked) and `calibration_kept`; ECE on
+    the test rows; the held-half interval that decided; the curves."""
     report = result.calibration
     record = _calibration_record(result)
-    mlflow.log_params({"calibration": report.method, "calibration_mode": settings.calibration})
-    mlflow.log_metrics(
+    mlflow.log_params(
         {
-            "ece_before": record["before"]["ece"],
-            "ece_after": record["after"]["ece"],
+            "calibration": report.method,
+            "calibration_mode": settings.calibration,
+            "calibration_kept": str(report.kept).lower(),
+        }
+    )
+    held: dict[str, float] = {}
+    if report.held is not None:
+        held = {
+            "calibration_held_rows": float(report.held.rows),
+            "calibration_held_diff": report.held.mean,
+            "calibration_held_diff_low": report.held.low,
+            "calibration_held_diff_high": report.held.high,
             **{
-                f"calibration_heldout_log_loss_{method}": loss
-                for method, loss in report.held_log_loss.items()
+                f"calibration_held_log_loss_{side}": loss
+                for side, loss in report.held_log_loss.items()
             },
         }
+    mlflow.log_metrics(
+        {"ece_before": record["before"]["ece"], "ece_after": record["after"]["ece"], **held}
     )
     mlflow.log_dict(record, RELIABILITY_ARTIFACT)
     logger.info("calibration: %s (%s)", report.method, report.reason)
 
 
 def _calibration_metadata(result: FoldResult, *, refit: bool) -> dict[str, Any]:
-    """What the bundle says of its calibrator (`calibration.json`) and where it came from."""
+    """What the bundle says of its calibrator (`calibration.json`) and how it was chosen."""
     report = result.calibration
     return {
         "method": report.method,
         "mode": report.mode,
+        "kept": report.kept,
         "reason": report.reason,
         # A refit learnt every row, so none is left to calibrate it on: it carries the
-        # calibrator fitted to the held-out model's outputs.
+        # calibrator chosen for the held-out model's outputs.
         "fitted_on": "held-out model's validation rows" if refit else "validation rows",
         "rows": report.rows,
-        "held_log_loss": report.held_log_loss,
+        "held": None if report.held is None else report.held.to_dict(),
+        "held_log_loss": dict(report.held_log_loss),
     }
 
 
@@ -426,7 +506,7 @@ def _metadata(
         "val_window": _window(dataset, split.val),
         "test_window": _window(dataset, split.test),
         # The last candle whose value reached training: the validation part's last label
-        # (a refit replaces it with its own, the newest candle: `_refit_metadata`).
+        # (a refit replaces it and the test window with its own: `_refit_metadata`).
         "fit_end": index[split.val.stop - 1 + dataset.horizon].isoformat(),
         "refit": False,
         "test_metrics": scores.metrics[MODEL],
@@ -466,7 +546,12 @@ def _log_artifacts(
     else:
         model, scaler = refit.model, refit.scaler
         check = windows(dataset, refit.scaler, split.test)
-    test_index = pd.DatetimeIndex(dataset.candles.index[split.test.start : split.test.stop])
+    # The logistic baseline ships beside the model it accompanies: fitted on the rows and with
+    # the scaler of the bundle's model (the held-out run's training rows, or the refit's).
+    baseline = logistic_baseline(
+        dataset, split.train if refit is None else refit.rows, scaler, seed=config.seed
+    )
+    test_index = sample_times(dataset, split.test)  # the scored rows: ties left out
     with tempfile.TemporaryDirectory(prefix="tbml-run-") as tmp:
         root = Path(tmp)
         plots.learning_curves(
@@ -504,7 +589,8 @@ def _log_artifacts(
             spec=dataset.spec,
             metadata=metadata,
             check_windows=check,
-            calibrator=result.calibrator,
+            calibrator=result.calibrator if refit is None else refit.calibrator,
+            baseline=baseline,
         )
         mlflow.log_metric("onnx_max_abs_diff", diff)
         # The Keras model, for fine-tuning; the registered model is the pyfunc below.
@@ -526,8 +612,9 @@ def _log_artifacts(
     if refit is not None:
         start, end = _refit_range(dataset, refit.rows)
         facts["registered model"] = (
-            f"refit on all {len(refit.rows)} samples ({start} .. {end}) for "
-            f"{refit.fit.epochs_run} epochs; the scores above are the held-out model's"
+            f"refit on the samples {start} .. {end} for {refit.fit.epochs_run} epochs, the "
+            f"newest {len(decided_rows(dataset, refit.held))} held out for the gate; the scores "
+            "above are the held-out model's"
         )
     mlflow.log_text(run_summary(title=title, scores=scores, facts=facts), "summary.md")
     return str(info.model_uri), str(info.model_id)
@@ -621,7 +708,7 @@ def _register_and_promote(
             TAG_REFIT: str(refit).lower(),
         },
         description=(
-            ("Refit on all candles; held-out run: " if refit else "")
+            ("Refit (newest samples held out for the gate); held-out run: " if refit else "")
             + f"{config.pair} {config.model_type}: test {metric} {model_value:.4f}, strongest "
             f"baseline {scores.strongest_baseline} {baseline_value:.4f}, accuracy "
             f"{scores.metrics[MODEL]['accuracy']:.4f} on {scores.y.size} rows; log loss per row "

@@ -5,10 +5,12 @@ A training run saves, beside its metrics, what its "beats" was made of:
 - `verdict/predictions.csv`: one row per test candle, oldest first: `timestamp` (the candle the
   prediction is made at, UTC), `outcome` (1 when the close `horizon` candles later is higher),
   then the probability of "up" of the model and of every baseline, one column each;
-- `verdict/verdict.json`: the rule (`VerdictRule`: metric, block, margin, resamples, seed,
-  level) and the verdicts the run logged.
+- `verdict/verdict.json`: the rule (`VerdictRule`: metric, method, margin, level) and the
+  verdicts the run logged.
 
-`tbml verdict RUN_ID` recomputes the model against each baseline from those two files alone;
+`tbml verdict RUN_ID` recomputes the model against each baseline from those two files alone,
+with the lifecycle's paired interval (a run saved when verdicts were bootstrapped is recomputed
+with today's interval, under its own margin and level);
 `tbml verdict RUN_ID OTHER_RUN_ID` compares the first run's model with the second's on the rows
 both hold (same candles, same outcomes), under the first run's rule.
 
@@ -29,7 +31,7 @@ import pandas as pd
 import typer
 
 from mlproject.scoring import MODEL, Judgement, Scores, VerdictRule, judge
-from pipelines.verdicts import PairedVerdict
+from pipelines.lifecycle.intervals import PairedVerdict
 
 PREDICTIONS_ARTIFACT = "verdict/predictions.csv"
 VERDICT_ARTIFACT = "verdict/verdict.json"
@@ -59,7 +61,7 @@ def verdict_metrics(scores: Scores) -> dict[str, float]:
         "beats_interval_low": verdict.low,
         "beats_interval_high": verdict.high,
         "beats_rows": float(verdict.rows),
-        "beats_block": float(verdict.block),
+        "beats_lag": float(verdict.lag),
         "beats_margin": scores.rule.margin,
     }
     for name, each in scores.judgement.verdicts.items():
@@ -230,13 +232,7 @@ def _with_margin(rule: VerdictRule, margin: float | None) -> VerdictRule:
         return rule
     if not math.isfinite(margin):
         raise VerdictError(f"margin must be a finite number of nats per row, got {margin!r}")
-    return VerdictRule(
-        block=rule.block,
-        margin=margin,
-        resamples=rule.resamples,
-        seed=rule.seed,
-        level=rule.level,
-    )
+    return VerdictRule(margin=margin, level=rule.level)
 
 
 def _span(frame: pd.DataFrame) -> str:
@@ -261,8 +257,8 @@ def render_judgement(rows: RunRows, judgement: Judgement, rule: VerdictRule) -> 
     lines = [
         f"run {rows.run_id}: model against each baseline on {n} test rows",
         f"log loss per row, model minus baseline (negative favours the model); "
-        f"{rule.level * 100:g} % moving-block bootstrap, blocks of {judgement.verdict.block} rows, "
-        f"{rule.resamples} resamples; margin {rule.margin:g}",
+        f"{rule.level * 100:g} % Newey-West t-interval of the mean, lag "
+        f"{judgement.verdict.lag}; margin {rule.margin:g}",
     ]
     width = max(len(name) for name in judgement.verdicts)
     for name, v in judgement.verdicts.items():
@@ -288,8 +284,7 @@ def render_comparison(comparison: ModelComparison) -> str:
             f"model of run {comparison.first} against model of run {comparison.second} on the "
             f"{v.rows} test rows both hold",
             f"log loss per row, first minus second: {_interval(v)} ({rule.level * 100:g} % "
-            f"moving-block bootstrap, blocks of {v.block} rows, {rule.resamples} resamples; "
-            f"margin {rule.margin:g})",
+            f"Newey-West t-interval of the mean, lag {v.lag}; margin {rule.margin:g})",
             f"verdict: {says}",
         ]
     )

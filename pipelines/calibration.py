@@ -1,22 +1,29 @@
 """Probability calibration: a monotone map from a model's raw probability to a calibrated one.
 
-Fitted on the validation rows of a training (`choose_calibrator`), saved in the serving bundle
+Chosen on the validation rows of a training (`choose_calibrator`), saved in the serving bundle
 as `calibration.json` and applied after the ONNX output, so that every consumer of a bundle (the
-service, the pyfunc model, the promotion gate) reads calibrated probabilities. Pure numpy: the
-service and `mlflow models serve` load it without scikit-learn or TensorFlow.
+service, the pyfunc model, the promotion gate) reads the same probabilities. numpy only (the
+paired interval and the log loss come from `pipelines.lifecycle`): the service and
+`mlflow models serve` load it without scikit-learn or TensorFlow.
 
-Methods:
+What a training may ask for (`ML_CALIBRATION`, `MODES`):
 
-- `none`: the identity (also what a bundle without `calibration.json` gets, so versions
-  registered before calibration serve exactly what they served);
-- `platt`: p' = sigmoid(a * logit(p) + b), a logistic regression on the raw logit fitted by
-  Newton's method, with Platt's smoothed targets so that one-class rows stay finite;
-- `isotonic`: the pool-adjacent-violators fit (the best non-decreasing step function in log
-  loss and squared error alike), applied by linear interpolation between its knots and held
-  constant beyond the first and last.
+- `none` (the default): the identity;
+- `temperature`: p' = sigmoid(logit(p) / T), one parameter fitted by minimising the log loss;
+- `platt`: p' = sigmoid(a * logit(p) + b), two parameters (a slope like 1 / T, and an intercept
+  that also corrects a shifted rate of "up"), fitted by Newton's method with Platt's smoothed
+  targets so that one-class rows stay finite.
 
-A calibrated probability is clipped into [EPS, 1 - EPS]: an isotonic block of only "up" rows
-would otherwise say 1.0, and one wrong row then costs an infinite log loss.
+Whatever is asked, a calibrator is kept only when it helps on rows it was not fitted on: it is
+fitted on the first half of the validation rows (time order) and compared with the raw
+probabilities on the second half through the paired interval of the per-row log-loss difference
+(calibrated minus raw); only an interval wholly below 0 keeps it, fitted again on all the
+validation rows. Otherwise the raw probabilities are served.
+
+What a bundle may hold (`METHODS`) also includes `isotonic`, a step function between knots that
+versions registered before this rule were fitted with: it is read and applied, never fitted.
+
+A calibrated probability is clipped into [EPS, 1 - EPS], so one confident miss stays finite.
 """
 
 from __future__ import annotations
@@ -28,17 +35,28 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-Method = Literal["none", "platt", "isotonic"]
-Mode = Literal["auto", "none", "platt", "isotonic"]
+from pipelines.lifecycle.intervals import PairedVerdict, paired_interval
+from pipelines.lifecycle.scores import log_losses
+
+Method = Literal["none", "temperature", "platt", "isotonic"]
+Mode = Literal["none", "temperature", "platt"]
 METHODS: tuple[Method, ...] = get_args(Method)
 MODES: tuple[Mode, ...] = get_args(Mode)
+# Asked for by earlier settings; refused with why (`check_mode`).
+_RETIRED_MODES = {
+    "auto": "it picked among three calibrators on a few hundred rows, where the standard error "
+    "of a loss difference is as large as the differences, and made models worse out of sample",
+    "isotonic": "a step function of up to one knot per row overfits the few hundred validation "
+    "rows; versions fitted with it still load and serve",
+}
 FORMAT_VERSION = 1
 EPS = 1e-3  # calibrated probabilities stay within [EPS, 1 - EPS]
 _RAW_EPS = 1e-7  # raw probabilities are clipped this far from 0 and 1 before the logit
-_LOSS_EPS = 1e-15  # as mlproject.metrics.log_loss
-# Auto compares candidates on the second half of the validation rows only when each half has
-# at least this many rows; with fewer it keeps the raw probabilities.
+# A calibrator is compared on the second half of the validation rows only when each half has at
+# least this many rows; with fewer the raw probabilities are kept.
 MIN_HALF_ROWS = 20
+# The temperature is searched within these bounds (1 / 100 flattens any logit to about 0.5).
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 DEFAULT_BINS = 10
 
 
@@ -46,12 +64,27 @@ class CalibrationError(ValueError):
     """A calibrator's input or stored form is invalid; the message names the problem."""
 
 
+def check_mode(value: object) -> Mode:
+    """`value` as a calibration mode, or a CalibrationError naming the allowed ones (and why a
+    retired one went)."""
+    allowed = ", ".join(MODES)
+    if value in _RETIRED_MODES:
+        raise CalibrationError(
+            f"calibration {value!r} is no longer offered: {_RETIRED_MODES[str(value)]}; "
+            f"allowed: {allowed} (a calibrator is kept only when it helps on held rows)"
+        )
+    if value not in MODES:
+        raise CalibrationError(f"unknown calibration mode {value!r}; allowed: {allowed}")
+    return value
+
+
 @dataclass(frozen=True)
 class Calibrator:
     """A fitted calibration map; `apply` takes raw probabilities and returns calibrated ones.
 
     Attributes:
-        method: none, platt or isotonic.
+        method: none, temperature, platt or isotonic.
+        temperature: T of p' = sigmoid(logit(p) / T) (1 otherwise).
         a, b: Platt's slope and intercept on the raw logit (1 and 0 otherwise).
         x, y: isotonic knots: raw probabilities (strictly increasing) and their calibrated
             values (non-decreasing); empty otherwise.
@@ -64,6 +97,7 @@ class Calibrator:
     x: tuple[float, ...] = ()
     y: tuple[float, ...] = ()
     rows: int = 0
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -76,8 +110,18 @@ class Calibrator:
             raise CalibrationError(
                 f"a {self.method} calibrator has no a, b (got {self.a}, {self.b})"
             )
+        if self.method != "temperature" and self.temperature != 1.0:
+            raise CalibrationError(
+                f"a {self.method} calibrator has no temperature (got {self.temperature})"
+            )
         if self.method != "isotonic" and (self.x or self.y):
             raise CalibrationError(f"a {self.method} calibrator has no isotonic knots")
+        if self.method == "temperature" and not (
+            math.isfinite(self.temperature) and self.temperature > 0
+        ):
+            raise CalibrationError(
+                f"temperature must be a finite positive number, got {self.temperature!r}"
+            )
         if self.method == "platt":
             for name, value in (("a", self.a), ("b", self.b)):
                 if not math.isfinite(value):
@@ -90,22 +134,23 @@ class Calibrator:
         return cls()
 
     @classmethod
-    def fit(cls, method: Method, proba: np.ndarray, y: np.ndarray) -> Calibrator:
+    def fit(cls, method: Mode, proba: np.ndarray, y: np.ndarray) -> Calibrator:
         """A calibrator of `method` fitted on raw probabilities `proba` and outcomes `y` (0/1)."""
-        if method not in METHODS:
+        if method not in MODES:
             raise CalibrationError(
-                f"unknown calibration method {method!r}; allowed: {', '.join(METHODS)}"
+                f"cannot fit a {method!r} calibrator; allowed: {', '.join(MODES)}"
             )
         p, outcomes = _check_rows(proba, y)
         if method == "none":
             return cls()
         if p.size == 0:
             raise CalibrationError(f"no rows to fit a {method} calibrator on")
-        if method == "platt":
-            a, b = _fit_platt(p, outcomes)
-            return cls(method="platt", a=a, b=b, rows=int(p.size))
-        knots_x, knots_y = _fit_isotonic(p, outcomes)
-        return cls(method="isotonic", x=knots_x, y=knots_y, rows=int(p.size))
+        if method == "temperature":
+            return cls(
+                method="temperature", temperature=_fit_temperature(p, outcomes), rows=int(p.size)
+            )
+        a, b = _fit_platt(p, outcomes)
+        return cls(method="platt", a=a, b=b, rows=int(p.size))
 
     def apply(self, proba: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of `proba` (any shape), float64.
@@ -115,7 +160,9 @@ class Calibrator:
         p = _check_probabilities(proba)
         if self.method == "none":
             return p
-        if self.method == "platt":
+        if self.method == "temperature":
+            out = _sigmoid(_logit(p) / self.temperature)
+        elif self.method == "platt":
             out = _sigmoid(self.a * _logit(p) + self.b)
         else:
             out = np.interp(p, np.asarray(self.x), np.asarray(self.y))
@@ -128,7 +175,9 @@ class Calibrator:
             "method": self.method,
             "rows": self.rows,
         }
-        if self.method == "platt":
+        if self.method == "temperature":
+            data["temperature"] = self.temperature
+        elif self.method == "platt":
             data |= {"a": self.a, "b": self.b}
         elif self.method == "isotonic":
             data |= {"x": list(self.x), "y": list(self.y)}
@@ -150,7 +199,12 @@ class Calibrator:
             raise CalibrationError(
                 f"unknown calibration method {method!r}; allowed: {', '.join(METHODS)}"
             )
-        params = {"platt": ("a", "b"), "isotonic": ("x", "y"), "none": ()}[str(method)]
+        params = {
+            "platt": ("a", "b"),
+            "isotonic": ("x", "y"),
+            "temperature": ("temperature",),
+            "none": (),
+        }[str(method)]
         allowed = {"format_version", "method", "rows", *params}
         unknown = sorted(set(data) - allowed)
         if unknown:
@@ -164,6 +218,8 @@ class Calibrator:
         rows = data["rows"]
         if isinstance(rows, bool) or not isinstance(rows, int):
             raise CalibrationError(f"calibration rows must be an integer, got {rows!r}")
+        if method == "temperature":
+            return cls(method="temperature", temperature=_number(data, "temperature"), rows=rows)
         if method == "platt":
             return cls(method="platt", a=_number(data, "a"), b=_number(data, "b"), rows=rows)
         if method == "isotonic":
@@ -173,34 +229,41 @@ class Calibrator:
 
 @dataclass(frozen=True)
 class CalibrationReport:
-    """How `choose_calibrator` chose: each candidate's log loss on the held half, and why.
+    """What `choose_calibrator` was asked, what it kept, and the evidence.
 
     Attributes:
-        mode: what was asked (auto, none, platt, isotonic).
-        method: what was chosen.
+        mode: what was asked (none, temperature, platt).
+        method: what is served: `mode` when kept, none otherwise.
+        kept: whether the asked calibrator is applied.
         reason: one sentence for the run's log.
-        rows: validation rows the chosen calibrator is fitted on (all of them).
-        fit_rows, held_rows: the halves the candidates were compared on (first half fitted,
-            second half scored); 0 when there were too few rows to compare.
-        held_log_loss: candidate -> mean log loss on the held half (empty without comparison).
+        rows: validation rows (all of them: what a kept calibrator is fitted on at the end).
+        fit_rows, held_rows: the halves of the comparison (first fitted, second scored); 0 when
+            nothing was compared (none asked, or too few rows).
+        held: the paired interval of calibrated minus raw per-row log loss on the held half.
+        held_log_loss: mean log loss on the held half, `raw` and `calibrated` (empty without a
+            comparison).
     """
 
     mode: Mode
     method: Method
+    kept: bool
     reason: str
     rows: int
     fit_rows: int = 0
     held_rows: int = 0
+    held: PairedVerdict | None = None
     held_log_loss: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
             "method": self.method,
+            "kept": self.kept,
             "reason": self.reason,
             "rows": self.rows,
             "fit_rows": self.fit_rows,
             "held_rows": self.held_rows,
+            "held": None if self.held is None else self.held.to_dict(),
             "held_log_loss": dict(self.held_log_loss),
         }
 
@@ -208,53 +271,55 @@ class CalibrationReport:
 def choose_calibrator(
     proba_val: np.ndarray, y_val: np.ndarray, *, mode: Mode
 ) -> tuple[Calibrator, CalibrationReport]:
-    """The calibrator of the validation rows, by `mode`, and how it was chosen.
+    """The calibrator to serve for the validation rows (time order, ties dropped), and why.
 
-    Every candidate (none, platt, isotonic) is fitted on the first half of the rows (in time
-    order, as given) and scored by log loss on the second. `auto` takes the lowest of these
-    held-half losses (an in-sample comparison would always pick isotonic); a tie goes to the
-    simpler method. The chosen method is then fitted again on all the rows. With fewer than
-    2 * MIN_HALF_ROWS rows `auto` keeps the raw probabilities (none).
+    `none` is the identity. Any other `mode` is fitted on the first half of the rows and
+    compared with the raw probabilities on the second half: per-row log loss, calibrated minus
+    raw, through `paired_interval`. Only an interval wholly below 0 keeps it, fitted again on all
+    the rows; otherwise, and with fewer than MIN_HALF_ROWS rows a half, the identity is served.
     """
-    if mode not in MODES:
-        raise CalibrationError(f"unknown calibration mode {mode!r}; allowed: {', '.join(MODES)}")
+    mode = check_mode(mode)
     p, outcomes = _check_rows(proba_val, y_val)
     n = int(p.size)
+    if mode == "none":
+        reason = "none asked for (ML_CALIBRATION=none): raw probabilities served"
+        return Calibrator(), CalibrationReport(mode, "none", False, reason, rows=n)
     half = n // 2
-    losses: dict[str, float] = {}
-    if half >= MIN_HALF_ROWS:
-        first, held = slice(0, half), slice(half, n)
-        for candidate in METHODS:
-            fitted = Calibrator.fit(candidate, p[first], outcomes[first])
-            losses[candidate] = _log_loss(outcomes[held], fitted.apply(p[held]))
-    compared = {"fit_rows": half, "held_rows": n - half} if losses else {}
-    if mode == "auto":
-        if not losses:
-            method: Method = "none"
-            reason = (
-                f"{n} validation rows are too few to compare calibrators on halves of at least "
-                f"{MIN_HALF_ROWS}; raw probabilities kept"
-            )
-        else:
-            # METHODS is ordered simplest first, and min() keeps the first of equals.
-            method = min(METHODS, key=lambda m: losses[m])
-            reason = (
-                f"lowest log loss on the second half of the validation rows when fitted on "
-                f"the first: {method} {losses[method]:.5f} ("
-                + ", ".join(f"{m} {losses[m]:.5f}" for m in METHODS)
-                + ")"
-            )
+    if half < MIN_HALF_ROWS:
+        reason = (
+            f"{mode} not kept: {n} validation rows are too few to test it on halves of at least "
+            f"{MIN_HALF_ROWS}; raw probabilities served"
+        )
+        return Calibrator(), CalibrationReport(mode, "none", False, reason, rows=n)
+    first, held = slice(0, half), slice(half, n)
+    trial = Calibrator.fit(mode, p[first], outcomes[first])
+    raw_losses = log_losses(p[held], outcomes[held])
+    calibrated_losses = log_losses(trial.apply(p[held]), outcomes[held])
+    verdict = paired_interval(calibrated_losses - raw_losses)
+    kept = verdict.better()
+    evidence = (
+        f"on the last {n - half} validation rows, fitted on the first {half}, its per-row log "
+        f"loss minus the raw one is {verdict.words()}"
+    )
+    if kept:
+        calibrator = Calibrator.fit(mode, p, outcomes)
+        reason = f"{mode} kept, refitted on all {n} validation rows: {evidence}, wholly below 0"
     else:
-        method = mode
-        reason = f"{mode} asked for (ML_CALIBRATION={mode})"
-    calibrator = Calibrator.fit(method, p, outcomes)
+        calibrator = Calibrator()
+        reason = f"{mode} not kept (raw probabilities served): {evidence}, not wholly below 0"
     report = CalibrationReport(
         mode=mode,
-        method=method,
+        method=calibrator.method,
+        kept=kept,
         reason=reason,
-        rows=calibrator.rows if method != "none" else n,
-        held_log_loss=losses,
-        **compared,
+        rows=n,
+        fit_rows=half,
+        held_rows=n - half,
+        held=verdict,
+        held_log_loss={
+            "raw": float(raw_losses.mean()),
+            "calibrated": float(calibrated_losses.mean()),
+        },
     )
     return calibrator, report
 
@@ -320,6 +385,35 @@ def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = DEF
 # --- fitting -----------------------------------------------------------------------------------
 
 
+def _fit_temperature(p: np.ndarray, y: np.ndarray) -> float:
+    """The T in [MIN_TEMPERATURE, MAX_TEMPERATURE] of least log loss of sigmoid(logit(p) / T).
+
+    The loss is convex in s = 1 / T, and its slope mean(z * (sigmoid(s z) - y)) increases with
+    s, so the minimum is where the slope crosses 0: found by bisection on log s.
+    """
+    z = _logit(p)
+    if not np.any(z):
+        return 1.0  # every raw probability is 0.5: any T gives the same answer
+
+    def slope(s: float) -> float:
+        return float(np.mean(z * (_sigmoid(s * z) - y)))
+
+    low, high = 1.0 / MAX_TEMPERATURE, 1.0 / MIN_TEMPERATURE
+    if slope(low) >= 0.0:
+        return MAX_TEMPERATURE
+    if slope(high) <= 0.0:
+        return MIN_TEMPERATURE
+    for _ in range(200):
+        middle = math.sqrt(low * high)
+        if slope(middle) < 0.0:
+            low = middle
+        else:
+            high = middle
+        if high / low < 1.0 + 1e-12:
+            break
+    return 1.0 / math.sqrt(low * high)
+
+
 def _fit_platt(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Newton's method on the log loss of sigmoid(a * logit(p) + b), with Platt's targets.
 
@@ -356,48 +450,6 @@ def _fit_platt(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         if np.max(np.abs(scale * step)) < 1e-10 or previous - current < 1e-14:
             break
     return float(w[0]), float(w[1])
-
-
-def _fit_isotonic(p: np.ndarray, y: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Pool adjacent violators on the rows sorted by `p` (ties pooled first).
-
-    The knots are each block's first and last distinct raw probability, both at the block's
-    rate of up; between blocks the map is the straight line joining them.
-    """
-    order = np.argsort(p, kind="mergesort")
-    values, starts = np.unique(p[order], return_index=True)
-    sums = np.add.reduceat(y[order].astype(np.float64), starts)
-    weights = np.diff(np.append(starts, p.size)).astype(np.float64)
-    # Each block: [sum of y, rows, index of its first and last distinct value].
-    block_sum: list[float] = []
-    block_weight: list[float] = []
-    block_first: list[int] = []
-    block_last: list[int] = []
-    for i in range(values.size):
-        block_sum.append(float(sums[i]))
-        block_weight.append(float(weights[i]))
-        block_first.append(i)
-        block_last.append(i)
-        while (
-            len(block_sum) > 1
-            and block_sum[-2] / block_weight[-2] >= block_sum[-1] / block_weight[-1]
-        ):
-            merged_sum, merged_weight = block_sum.pop(), block_weight.pop()
-            block_first.pop()
-            merged_last = block_last.pop()
-            block_sum[-1] += merged_sum
-            block_weight[-1] += merged_weight
-            block_last[-1] = merged_last
-    knots_x: list[float] = []
-    knots_y: list[float] = []
-    for total, weight, first, last in zip(
-        block_sum, block_weight, block_first, block_last, strict=True
-    ):
-        rate = total / weight
-        for index in (first, last) if last != first else (first,):
-            knots_x.append(float(values[index]))
-            knots_y.append(rate)
-    return tuple(knots_x), tuple(knots_y)
 
 
 # --- checks and helpers ------------------------------------------------------------------------
@@ -467,10 +519,3 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 def _sigmoid(t: np.ndarray) -> np.ndarray:
     return np.asarray(0.5 * (1.0 + np.tanh(0.5 * t)))
-
-
-def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    # Not pipelines.verdicts.log_losses: this module ships alone in the registered pyfunc
-    # model's code (pipelines/pyfunc_model.py), which has no other module of this project.
-    q = np.clip(p, _LOSS_EPS, 1.0 - _LOSS_EPS)
-    return float(-np.mean(y * np.log(q) + (1.0 - y) * np.log1p(-q)))

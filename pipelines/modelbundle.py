@@ -14,6 +14,10 @@ through its bundle). Layout:
     calibration.json    the Calibrator applied after the ONNX output (`pipelines.calibration`);
                         a bundle saved before calibration existed has none and loads as the
                         identity (method none), so it predicts what it always did
+    baseline.json       the logistic baseline of the training (`LogisticBaseline`): feature
+                        names, coefficients and intercept of a logistic regression on the
+                        scaled features of each window's last step; optional (older versions
+                        have none), scored in shadow beside every live prediction
 
 Registered model names are `pipelines.tracking.registered_model_name(pair, model_type)`:
 `{PAIR}-{model_type}`, e.g. `BTC-lstm`, one registered model per pair and architecture.
@@ -47,14 +51,61 @@ SCALER_FILE = "scaler.json"
 SPEC_FILE = "feature_spec.json"
 METADATA_FILE = "metadata.json"
 CALIBRATION_FILE = "calibration.json"
+BASELINE_FILE = "baseline.json"
 # Every file a bundle may hold; all but the optional ones must be there.
 REQUIRED_FILES = (MODEL_FILE, SCALER_FILE, SPEC_FILE, METADATA_FILE)
-OPTIONAL_FILES = (CALIBRATION_FILE,)
+OPTIONAL_FILES = (CALIBRATION_FILE, BASELINE_FILE)
 BUNDLE_FILES = (*REQUIRED_FILES, *OPTIONAL_FILES)
 
 
 class BundleError(ValueError):
     """A bundle directory is incomplete or inconsistent; the message names the problem."""
+
+
+@dataclass(frozen=True, eq=False)
+class LogisticBaseline:
+    """A logistic regression on the scaled features of a window's last step.
+
+    p(up) = 1 / (1 + exp(-(coef . z + intercept))), z the last step's features scaled with the
+    bundle's scaler (as the training fitted it).
+    """
+
+    names: tuple[str, ...]
+    coef: np.ndarray
+    intercept: float
+
+    def __post_init__(self) -> None:
+        coef = np.asarray(self.coef, dtype=np.float64).reshape(-1)
+        if coef.size != len(self.names):
+            raise BundleError(
+                f"the logistic baseline has {coef.size} coefficients for {len(self.names)} features"
+            )
+        if not np.isfinite(coef).all() or not math.isfinite(self.intercept):
+            raise BundleError("the logistic baseline's coefficients must be finite numbers")
+        object.__setattr__(self, "coef", coef)
+
+    def proba(self, scaled_rows: np.ndarray) -> np.ndarray:
+        """p(up) of each scaled feature row (n, n_features)."""
+        logit = np.asarray(scaled_rows, dtype=np.float64) @ self.coef + self.intercept
+        return 0.5 * (1.0 + np.tanh(0.5 * logit))  # the logistic function, without overflow
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "logistic",
+            "names": list(self.names),
+            "coef": [float(c) for c in self.coef],
+            "intercept": float(self.intercept),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LogisticBaseline:
+        if data.get("kind") != "logistic":
+            raise BundleError(f"unknown baseline kind {data.get('kind')!r}: expected 'logistic'")
+        return cls(
+            names=tuple(str(n) for n in data["names"]),
+            coef=np.asarray(data["coef"], dtype=np.float64),
+            intercept=float(data["intercept"]),
+        )
 
 
 @dataclass
@@ -66,6 +117,7 @@ class ModelBundle:
     spec: FeatureSpec
     metadata: dict[str, Any]
     calibrator: Calibrator = field(default_factory=Calibrator)
+    baseline: LogisticBaseline | None = None
     _session: Any = field(default=None, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -95,6 +147,9 @@ class ModelBundle:
         (directory / METADATA_FILE).write_text(text + "\n")
         calibration = json.dumps(self.calibrator.to_dict(), indent=2, allow_nan=False)
         (directory / CALIBRATION_FILE).write_text(calibration + "\n")
+        if self.baseline is not None:
+            text = json.dumps(self.baseline.to_dict(), indent=2, allow_nan=False)
+            (directory / BASELINE_FILE).write_text(text + "\n")
         return directory
 
     @classmethod
@@ -117,6 +172,7 @@ class ModelBundle:
             spec=spec,
             metadata=metadata,
             calibrator=_load_calibrator(directory),
+            baseline=_load_baseline(directory, names=spec.names),
         )
 
     def windows(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
@@ -161,6 +217,19 @@ class ModelBundle:
         out = session.run(None, {name: np.ascontiguousarray(inputs, dtype=np.float32)})[0]
         raw = np.asarray(out, dtype=np.float64).reshape(-1)
         return self.calibrator.apply(raw) if calibrated else raw
+
+    def baseline_proba(self, windows: np.ndarray) -> np.ndarray | None:
+        """The shipped logistic baseline's p(up) for each raw window (n, sequence_length,
+        n_features): the last step, scaled with the bundle's scaler. None without a baseline."""
+        if self.baseline is None:
+            return None
+        data = np.asarray(windows)
+        expected = (self.sequence_length, len(self.spec.names))
+        if data.ndim != 3 or data.shape[1:] != expected:
+            raise BundleError(
+                f"expected windows of shape (n, {expected[0]}, {expected[1]}), got {data.shape}"
+            )
+        return self.baseline.proba(self.scaler.transform(data[:, -1, :]))
 
     def _get_session(self) -> Any:
         with self._lock:
@@ -221,6 +290,20 @@ def _load_calibrator(directory: Path) -> Calibrator:
         return Calibrator.from_dict(json.loads(path.read_text()))
     except (CalibrationError, json.JSONDecodeError) as exc:
         raise BundleError(f"bundle {directory}: {CALIBRATION_FILE} is invalid: {exc}") from exc
+
+
+def _load_baseline(directory: Path, *, names: tuple[str, ...]) -> LogisticBaseline | None:
+    """The bundle's logistic baseline; None for a bundle saved before baselines shipped."""
+    path = directory / BASELINE_FILE
+    if not path.is_file():
+        return None
+    try:
+        baseline = LogisticBaseline.from_dict(json.loads(path.read_text()))
+    except (KeyError, TypeError, ValueError) as exc:  # BundleError and JSONDecodeError too
+        raise BundleError(f"bundle {directory}: {BASELINE_FILE} is invalid: {exc}") from exc
+    if baseline.names != names:
+        raise BundleError(f"bundle {directory}: the baseline's features differ from the spec's")
+    return baseline
 
 
 def _strict(value: Any) -> Any:

@@ -1,10 +1,12 @@
 """The registered model: one MLflow pyfunc that answers a DataFrame of candles, on onnxruntime.
 
 A registered version is this `CandleModel` with the bundle's files as its artifacts (they
-land in the model directory's `artifacts/` folder) and the few modules it runs shipped as
-`code/pipelines/...`, so `mlflow models serve -m models:/BTC-lstm@production` and
-`mlflow.pyfunc.load_model(...)` work in a process that has neither this project nor
-TensorFlow installed.
+land in the model directory's `artifacts/` folder) and the `pipelines` package shipped whole as
+`code/pipelines/` (less `__pycache__`), so `mlflow models serve -m models:/BTC-lstm@production`
+and `mlflow.pyfunc.load_model(...)` work in a process that has neither this project nor
+TensorFlow installed, and the model runs the same statistics as the project instead of copies.
+What loading and predicting import from it needs numpy, pandas, TA-Lib and onnxruntime only:
+no settings, candle store, tracking or database module.
 
 Contract (docs/model-format.md): the input DataFrame is ONE candle history of the model's
 pair, oldest first, columns `timestamp` (ISO 8601 text, or epoch milliseconds), `open`, `high`,
@@ -31,6 +33,7 @@ from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
 from pipelines.features.compute import CANDLE_COLUMNS, latest_features
 from pipelines.modelbundle import (
+    BASELINE_FILE,
     CALIBRATION_FILE,
     METADATA_FILE,
     MODEL_FILE,
@@ -53,26 +56,13 @@ ARTIFACT_KEYS = {
     "feature_spec": SPEC_FILE,
     "metadata": METADATA_FILE,
     "calibration": CALIBRATION_FILE,
+    "baseline": BASELINE_FILE,
 }
 TIMESTAMP_COLUMN = "timestamp"
 INPUT_COLUMNS = (TIMESTAMP_COLUMN, *CANDLE_COLUMNS)
-# The modules the loaded model imports, relative to `pipelines/`: nothing that reaches settings,
-# the candle store, MLflow's tracking or TensorFlow.
-_CODE = (
-    "__init__.py",
-    "calibration.py",
-    "modelbundle.py",
-    "pyfunc_model.py",
-    "signals.py",
-    "features/__init__.py",
-    "features/compute.py",
-    "features/params.py",
-    "features/catalog.py",
-    "features/scaler.py",
-    "features/spec.py",
-    "features/windows.py",
-    "features/groups",
-)
+# What ships in the model's code/ folder: this package, whole, less Python's caches.
+PACKAGE = Path(__file__).resolve().parent
+_NOT_SHIPPED = ("__pycache__", "*.pyc")
 # Distributions the model needs at load and predict time (MLflow adds itself).
 _REQUIREMENTS = (
     ("onnxruntime", "onnxruntime"),
@@ -234,17 +224,8 @@ def log_candle_model(directory: Path, *, candles: pd.DataFrame) -> ModelInfo:
 
 @contextmanager
 def _staged_code() -> Iterator[Path]:
-    """A temporary `pipelines/` holding only the modules in `_CODE`."""
-    source = Path(__file__).resolve().parent
+    """A temporary copy of the `pipelines` package, less `__pycache__` and `.pyc` files."""
     with tempfile.TemporaryDirectory(prefix="tbml-code-") as tmp:
-        target = Path(tmp) / source.name
-        for relative in _CODE:
-            path = source / relative
-            (target / relative).parent.mkdir(parents=True, exist_ok=True)
-            if path.is_dir():
-                shutil.copytree(
-                    path, target / relative, ignore=shutil.ignore_patterns("__pycache__")
-                )
-            else:
-                shutil.copyfile(path, target / relative)
+        target = Path(tmp) / PACKAGE.name
+        shutil.copytree(PACKAGE, target, ignore=shutil.ignore_patterns(*_NOT_SHIPPED))
         yield target

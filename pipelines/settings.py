@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pipelines.calibration import Mode as CalibrationMode
+from pipelines.calibration import check_mode
 from pipelines.training_params import PARAMS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +116,9 @@ class Settings(BaseSettings):
     stale_after: float = Field(2.0, gt=0, le=10_000_000, validation_alias="ML_STALE_AFTER")
     # Serve the signals of stale predictions and stale models (otherwise HOLD).
     serve_stale: bool = Field(False, validation_alias="ML_SERVE_STALE")
-    # A model is stale when its training data ends this long before the newest candle.
+    # A model is stale when its newest evidence (its training data's end, or the last candle of
+    # a live comparison that kept it: pipelines.lifecycle.staleness) is this much older than the
+    # newest candle. Unset: 168 candles' worth, or more when the challenger policy needs it.
     model_max_age_hours: float = Field(
         168.0, gt=0, le=1_000_000, validation_alias="ML_MODEL_MAX_AGE_HOURS"
     )
@@ -160,8 +164,9 @@ class Settings(BaseSettings):
         0.001, validation_alias="ML_LEARNING_RATE", **_bounds("learning_rate")
     )
     early_stopping_patience: int = Field(5, ge=1, validation_alias="ML_EARLY_STOPPING_PATIENCE")
-    # After the held-out verdict, refit the same model on all candles for the epochs early
-    # stopping chose, and register that one (doubles a training's fitting time).
+    # After the held-out verdict, refit the same model for the epochs early stopping chose on
+    # every sample but the newest ML_GATE_MIN_ROWS (where the gate scores it), and register that
+    # one (doubles a training's fitting time).
     refit: bool = Field(True, validation_alias="ML_REFIT")
     # Newest samples held out for testing, and the samples before them for early stopping.
     test_fraction: float = Field(0.15, gt=0, lt=0.5, validation_alias="ML_TEST_FRACTION")
@@ -179,7 +184,8 @@ class Settings(BaseSettings):
     # least as good. Negative tolerates a slightly worse challenger.
     promotion_margin: float = Field(0.0, ge=-1, le=1, validation_alias="ML_PROMOTION_MARGIN")
     # Rows of a challenger's test window that neither it nor production trained on, at least,
-    # for the gate to compare the two; with fewer the challenger is rejected.
+    # for the gate to compare the two; with fewer the challenger is rejected. A refit holds out
+    # this many newest samples, so the gate can score it on rows it never learnt.
     gate_min_rows: int = Field(100, ge=1, le=100_000, validation_alias="ML_GATE_MIN_ROWS")
     # Serve the signals of a production version that does not beat its strongest baseline
     # (otherwise the service answers HOLD for it).
@@ -188,11 +194,13 @@ class Settings(BaseSettings):
     # shadow (the alias `challenger`: scored on live candles beside production, and promoted
     # or retired by the challenger policy) or offline (production at once).
     promotion_mode: Literal["shadow", "offline"] = Field("shadow", validation_alias="ML_PROMOTION")
-    # Realised live outcomes, scored by both versions, before a challenger may be promoted.
+    # Realised live outcomes, scored by both versions, before a challenger may be promoted (5
+    # days of hourly candles: production's age then stays below ML_MODEL_MAX_AGE_HOURS).
     challenger_min_outcomes: int = Field(
-        168, ge=1, le=100_000, validation_alias="ML_CHALLENGER_MIN_OUTCOMES"
+        120, ge=1, le=100_000, validation_alias="ML_CHALLENGER_MIN_OUTCOMES"
     )
-    # Hours a challenger may stay undecided; after them it is retired.
+    # Hours a challenger may stay undecided; after them it is retired. Unset: 336 candles'
+    # worth, or more when its rows take longer to realise.
     challenger_max_hours: float = Field(
         336.0, gt=0, le=100_000, validation_alias="ML_CHALLENGER_MAX_HOURS"
     )
@@ -200,11 +208,15 @@ class Settings(BaseSettings):
     challenger_interval_ms: int = Field(
         60_000, ge=100, le=86_400_000, validation_alias="ML_CHALLENGER_INTERVAL"
     )
-    # Probability calibration on the validation rows: auto (Platt or isotonic, whichever the
-    # validation rows prefer, or none), platt, isotonic, or none.
-    calibration: Literal["auto", "platt", "isotonic", "none"] = Field(
-        "auto", validation_alias="ML_CALIBRATION"
-    )
+    # Probability calibration on the validation rows (`pipelines.calibration`): none,
+    # temperature or platt; one asked for is kept only when it helps on held validation rows.
+    calibration: CalibrationMode = Field("none", validation_alias="ML_CALIBRATION")
+
+    @field_validator("calibration", mode="before")
+    @classmethod
+    def _offered_calibration(cls, value: object) -> CalibrationMode:
+        return check_mode(value)
+
     # Walk-forward evaluation (`tbml evaluate`): sized so that all bundled pairs take tens of
     # minutes on two CPU cores.
     walk_forward_folds: int = Field(3, ge=1, le=20, validation_alias="ML_WALK_FORWARD_FOLDS")
@@ -262,8 +274,13 @@ class Settings(BaseSettings):
     policy_interval_ms: int = Field(
         60_000, ge=100, le=86_400_000, validation_alias="ML_POLICY_INTERVAL"
     )
-    # Drift: realised outcomes of the production version compared with the naive baselines.
-    drift_window: int = Field(168, ge=24, le=100_000, validation_alias="ML_DRIFT_WINDOW")
+    # Drift (pipelines/lifecycle/drift.py): a one-sided CUSUM of a served version's per-row log
+    # loss minus the base rate's, standardised; reference k and threshold h in standard
+    # deviations, after a warm-up of rows that only estimate the scale. The defaults' false
+    # alarms and delays: `python -m bench.drift_alarms` (docs/service.md, "Drift").
+    drift_reference: float = Field(0.05, ge=0, le=5, validation_alias="ML_DRIFT_REFERENCE")
+    drift_threshold: float = Field(60.0, gt=0, le=10_000, validation_alias="ML_DRIFT_THRESHOLD")
+    drift_warmup: int = Field(168, ge=24, le=100_000, validation_alias="ML_DRIFT_WARMUP")
     # --- training queue: bounds and retention (docs/queue.md) --------------------------------
     # An attempt running longer than this is killed and fails ("timed out after ...").
     training_timeout_ms: int = Field(21_600_000, ge=1_000, validation_alias="ML_TRAINING_TIMEOUT")
@@ -346,6 +363,44 @@ class Settings(BaseSettings):
                 f"ML_SELL_THRESHOLD ({self.sell_threshold}) must be below "
                 f"ML_BUY_THRESHOLD ({self.buy_threshold})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _lifecycle_fits(self) -> Settings:
+        """Derive ML_MODEL_MAX_AGE_HOURS and ML_CHALLENGER_MAX_HOURS when unset, so that they
+        fit the timeframe and ML_CHALLENGER_MIN_OUTCOMES; refuse set values that cannot."""
+        from pipelines.candles.timeframes import timeframe_delta
+        from pipelines.lifecycle import staleness
+
+        try:
+            step = timeframe_delta(self.timeframe).total_seconds() / 3600
+        except ValueError:
+            return self  # refused, naming the timeframe, where candles are read
+        outcomes, horizon = self.challenger_min_outcomes, self.horizon
+        training = self.training_timeout_ms / 3_600_000
+        if "model_max_age_hours" not in self.model_fields_set:
+            self.model_max_age_hours = staleness.default_max_age_hours(
+                min_outcomes=outcomes,
+                horizon=horizon,
+                timeframe_hours=step,
+                training_hours=training,
+            )
+        if "challenger_max_hours" not in self.model_fields_set:
+            self.challenger_max_hours = staleness.default_challenger_max_hours(
+                min_outcomes=outcomes, horizon=horizon, timeframe_hours=step
+            )
+        problems = staleness.misfits(
+            max_age_hours=self.model_max_age_hours,
+            challenger_max_hours=self.challenger_max_hours,
+            min_outcomes=outcomes,
+            horizon=horizon,
+            timeframe=self.timeframe,
+            timeframe_hours=step,
+            training_hours=training,
+            shadow=self.promotion_mode == "shadow",
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def retrain_interval_for(self, pair: str) -> float:

@@ -49,6 +49,21 @@ TAG_BEATS_BASELINE = "tbml.beats_baseline"  # true | false
 TAG_DATA_RANGE = "data_range"
 # --- on registered versions too ---------------------------------------------------------------
 TAG_UNPROVEN = "tbml.unproven"  # true: promoted without beating its strongest baseline
+# The offline gate's comparison (written by every gating, removed when a later one has none).
+TAG_GATE_ROWS = "tbml.gate_rows"  # rows compared, unseen by both versions
+TAG_GATE_METRIC = "tbml.gate_metric"  # the per-row loss of the comparison: log_loss | brier
+TAG_GATE_DELTA_MEAN = "tbml.gate_delta_mean"  # mean per-row loss, this version - production
+TAG_GATE_DELTA_LOW = "tbml.gate_delta_low"  # 95 % paired (Newey-West) interval
+TAG_GATE_DELTA_HIGH = "tbml.gate_delta_high"
+TAG_GATE_LAG = "tbml.gate_lag"  # the interval's Newey-West lag, in rows
+GATE_TAGS = (
+    TAG_GATE_ROWS,
+    TAG_GATE_METRIC,
+    TAG_GATE_DELTA_MEAN,
+    TAG_GATE_DELTA_LOW,
+    TAG_GATE_DELTA_HIGH,
+    TAG_GATE_LAG,
+)
 # On a version that was production when its run was cancelled: true, and what happened.
 TAG_ROLLED_BACK = "tbml.rolled_back"
 TAG_ROLLED_BACK_REASON = "tbml.rolled_back_reason"
@@ -62,8 +77,11 @@ TAG_CHALLENGER_OUTCOME = "tbml.challenger_outcome"  # promoted | retired
 TAG_CHALLENGER_REASON = "tbml.challenger_reason"
 TAG_LIVE_ROWS = "tbml.live_rows"  # realised candles both versions predicted
 TAG_LIVE_DELTA_MEAN = "tbml.live_delta_mean"  # mean per-row log loss, challenger - production
-TAG_LIVE_DELTA_LOW = "tbml.live_delta_low"  # 95 % paired block bootstrap interval
+TAG_LIVE_DELTA_LOW = "tbml.live_delta_low"  # 95 % paired interval (Newey-West)
 TAG_LIVE_DELTA_HIGH = "tbml.live_delta_high"
+# The last candle (epoch ms) of the live comparison that made a version production or kept it
+# there: a version's age counts from it when it is later than its data end.
+TAG_VALIDATED_THROUGH = "tbml.validated_through"
 # The legacy stages `set_production` mirrors the alias into (the UI still shows them).
 PRODUCTION_STAGE = "Production"
 ARCHIVED_STAGE = "Archived"

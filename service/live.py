@@ -34,7 +34,7 @@ WATCH_CHORE = "candle-watch"
 CLIENT_QUEUE = 64
 SEND_TIMEOUT_S = 10.0
 # Candles that arrived together, before the newest, predicted per look: a week of hourly
-# candles (the drift window), about 2 ms each; older ones after a longer outage are not
+# candles, about 2 ms each; older ones after a longer outage are not
 # predicted (nobody was told them, and a week of outcomes is what the live figures need).
 CATCH_UP_MAX = 168
 

@@ -7,6 +7,12 @@ model that passed all of that is published, by replacing the whole mapping in on
 a request sees either the old model or the new one, never a half-loaded one. If a new version
 fails to load, the old one keeps serving and the failure is reported in health.
 
+A served version carries what staleness needs besides its bundle: the last candle a live
+comparison validated it through (the `tbml.validated_through` tag, written when the challenger
+policy promotes it or keeps it against a challenger). A slot whose `challenger` alias moved has
+its production version's tags read again, so a mark written as a challenger is retired reaches
+the served model without a reload.
+
 A background thread polls the registry (every `ML_MODEL_REFRESH_INTERVAL`) and `trigger()` wakes
 it at once (the training queue calls it when a training finishes).
 """
@@ -21,20 +27,21 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipelines.features.spec import FeatureSpecMismatchError, ensure_compatible
+from pipelines.lifecycle.proof import UNPROVEN, proof_of
+from pipelines.lifecycle.registry import validated_through_of
 from pipelines.modelbundle import BundleError, ModelBundle
 from pipelines.periodic import Chores
 from pipelines.tracking import (
     CHALLENGER_ALIAS,
     PRODUCTION_ALIAS,
     TAG_CHALLENGER_SINCE,
-    TAG_UNPROVEN,
     registered_model_name,
 )
 from service.registry_reader import RegistryReader, VersionInfo, reader_for
@@ -61,6 +68,7 @@ def _prepare(
     alias: str = PRODUCTION_ALIAS,
     since_ms: int | None = None,
     run_id: str | None = None,
+    validated_through_ms: int | None = None,
 ) -> ServedModel:
     """Check a bundle and open it; raises if it cannot serve."""
     ensure_compatible(bundle.spec)
@@ -80,6 +88,7 @@ def _prepare(
         alias=alias,
         since_ms=since_ms,
         run_id=run_id,
+        validated_through_ms=validated_through_ms,
     )
 
 
@@ -98,6 +107,8 @@ class ServedModel:
     # A challenger's `tbml.challenger_since` tag: when the gate admitted it (epoch ms).
     since_ms: int | None = None
     run_id: str | None = None  # the training run that registered it
+    # Its `tbml.validated_through` tag: live candles kept it through this candle (epoch ms).
+    validated_through_ms: int | None = None
 
     @property
     def shadow(self) -> bool:
@@ -146,6 +157,9 @@ class ModelCache:
         self._models: dict[Key, ServedModel] = {}
         # Each slot's challenger (`challenger` alias), loaded beside production.
         self._challengers: dict[Key, ServedModel] = {}
+        # Each slot's `challenger` alias as the last registry search showed it: when it moves,
+        # the slot's production tags are read again (a retired challenger validates production).
+        self._challenger_alias: dict[Key, str | None] = {}
         # Why a slot's challenger could not be loaded (the message), while that lasts.
         self.challenger_errors: dict[Key, str] = {}
         self._status: dict[Key, SlotStatus] = {
@@ -211,7 +225,7 @@ class ModelCache:
                 else {n: a[PRODUCTION_ALIAS] for n, a in aliases.items() if PRODUCTION_ALIAS in a}
             )
             for key in self.slots:
-                if versions is not None and self._unchanged(key, versions):
+                if versions is not None and self._unchanged(key, versions, aliases or {}):
                     continue
                 loaded = self._refresh_slot(key)
                 if loaded is not None:
@@ -219,18 +233,30 @@ class ModelCache:
             if aliases is not None:  # without the search, the challengers stay as they are
                 for key in self.slots:
                     name = registered_model_name(*key)
-                    self._refresh_challenger(key, aliases.get(name, {}).get(CHALLENGER_ALIAS))
+                    wanted = aliases.get(name, {}).get(CHALLENGER_ALIAS)
+                    self._challenger_alias[key] = wanted
+                    self._refresh_challenger(key, wanted)
             self.last_refresh = time.time()
             self.refresh_count += 1
             return swapped
 
-    def _unchanged(self, key: Key, versions: dict[str, str]) -> bool:
-        """Whether the search shows the slot's production version as the one served now (its
-        status then stays as it is; a missing alias or another version is looked at closely)."""
+    def _unchanged(
+        self, key: Key, versions: dict[str, str], aliases: dict[str, dict[str, str]]
+    ) -> bool:
+        """Whether the search shows the slot's production version as the one served now and
+        its challenger alias where it was (its status then stays as it is; a missing alias,
+        another version or a moved challenger is looked at closely)."""
         current = self._models.get(key)
         name = registered_model_name(*key)
         status = self._status.get(key)
         if status is None:
+            return False
+        # The first search, or a moved challenger alias: read the production version's tags
+        # (a local copy served at start, or a challenger decided elsewhere, may have changed
+        # them).
+        if key not in self._challenger_alias or self._challenger_alias[key] != aliases.get(
+            name, {}
+        ).get(CHALLENGER_ALIAS):
             return False
         if current is None:
             # Still no production version, and a refresh has said so already.
@@ -292,6 +318,11 @@ class ModelCache:
             return None
         version = info.version
         if current is not None and current.version == version:
+            validated = validated_through_of(info.tags)
+            if validated != current.validated_through_ms:
+                revalidated = replace(current, validated_through_ms=validated)
+                self._models = {**self._models, key: revalidated}
+                self._write_index()
             self._set_status(
                 key, SlotStatus("loaded", version, f"serving {name} version {version}")
             )
@@ -364,7 +395,7 @@ class ModelCache:
         alias: str = PRODUCTION_ALIAS,
     ) -> ServedModel:
         bundle = self._fetch(info)
-        unproven = info.tags.get(TAG_UNPROVEN, "").lower() == "true" or not bundle.beats_baseline
+        unproven = proof_of(bundle.metadata) == UNPROVEN
         since = info.tags.get(TAG_CHALLENGER_SINCE)
         return _prepare(
             bundle,
@@ -376,6 +407,7 @@ class ModelCache:
             alias=alias,
             since_ms=int(since) if since and since.isdigit() else None,
             run_id=info.run_id,
+            validated_through_ms=validated_through_of(info.tags),
         )
 
     def _fetch(self, info: VersionInfo) -> ModelBundle:
@@ -432,6 +464,7 @@ class ModelCache:
                 "version": m.version,
                 "dir": str(m.bundle.onnx_path.parent),
                 "unproven": m.unproven,
+                "validated_through_ms": m.validated_through_ms,
             }
             for (pair, model_type), m in self._models.items()
         }
@@ -464,6 +497,7 @@ class ModelCache:
                     name=str(entry["name"]),
                     version=str(entry["version"]),
                     unproven=bool(entry["unproven"]),
+                    validated_through_ms=entry.get("validated_through_ms"),
                 )
             except Exception as exc:
                 logger.info("local copy of %s not usable (%s); waiting for the registry", key, exc)

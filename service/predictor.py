@@ -27,6 +27,7 @@ from pipelines.candles.store import CandleStore
 from pipelines.candles.timeframes import timeframe_delta
 from pipelines.features.compute import latest_features
 from pipelines.features.spec import FeatureSpec
+from pipelines.lifecycle.staleness import candle_stale, model_age_hours, model_stale
 from pipelines.settings import Settings
 from pipelines.signals import describe_probability
 from pipelines.tracking import PRODUCTION_ALIAS
@@ -55,6 +56,8 @@ class PredictionRecord:
     created_at: int  # epoch ms when it was computed
     # A challenger's prediction, scored in shadow: recorded, never served unasked.
     shadow: bool = False
+    # The version's shipped logistic baseline on the same window (None: it ships none).
+    baseline_probability: float | None = None
 
 
 class InsufficientCandlesError(ValueError):
@@ -76,11 +79,26 @@ def now_ms() -> int:
 
 def model_data_end(model: ServedModel) -> pd.Timestamp | None:
     """The newest candle a served version's training run saw (its `data_range` end)."""
-    end = (model.bundle.metadata.get("data_range") or {}).get("end")
-    if not end:
+    return _utc_time((model.bundle.metadata.get("data_range") or {}).get("end"))
+
+
+def model_fit_end(model: ServedModel) -> pd.Timestamp | None:
+    """The newest candle whose outcome the served version learnt (its metadata's `fit_end`)."""
+    return _utc_time(model.bundle.metadata.get("fit_end"))
+
+
+def model_validated_through(model: ServedModel) -> pd.Timestamp | None:
+    """The last candle of a live comparison that kept the served version (its
+    `tbml.validated_through` tag), or None."""
+    through = model.validated_through_ms
+    return None if through is None else pd.Timestamp(through, unit="ms", tz="UTC")
+
+
+def _utc_time(value: object) -> pd.Timestamp | None:
+    if not isinstance(value, str) or not value:
         return None
     try:
-        stamp = pd.Timestamp(end)
+        stamp = pd.Timestamp(value)
     except ValueError:
         return None
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
@@ -203,7 +221,9 @@ class Predictor:
         candle or model holds the signal at HOLD unless ML_SERVE_STALE=true."""
         close = int(body["candleTime"]) + self.step_ms
         age = max(0, self.market_now_ms() - close)
-        stale = age > self.settings.stale_after * self.step_ms
+        stale = candle_stale(
+            candle_age_ms=age, timeframe_ms=self.step_ms, stale_after=self.settings.stale_after
+        )
         out = {**body, "candleAgeMs": age, "stale": stale}
         out.setdefault("modelDataEnd", None)
         out.setdefault("modelAgeHours", None)
@@ -219,7 +239,8 @@ class Predictor:
             )
         if out["modelStale"]:
             why.append(
-                f"the model's training data ends {out['modelAgeHours']:.0f} h before the newest "
+                f"the model's newest evidence (its training data's end, or the last candle live "
+                f"candles validated it through) is {out['modelAgeHours']:.0f} h before the newest "
                 f"candle, more than {self.settings.model_max_age_hours:g} h "
                 "(ML_MODEL_MAX_AGE_HOURS)"
             )
@@ -357,8 +378,9 @@ class Predictor:
     def _key(
         pair: str, label: str, served: list[ServedModel], candles: pd.DataFrame
     ) -> tuple[Any, ...]:
-        # Everything that makes an answer stale: the models' versions and the newest candle.
-        versions = tuple((m.model_type, m.version) for m in served)
+        # Everything that makes an answer stale: the models' versions (and how far live candles
+        # validated them: a model's age is part of the answer) and the newest candle.
+        versions = tuple((m.model_type, m.version, m.validated_through_ms) for m in served)
         return (pair, label, versions, _newest(candles))
 
     @staticmethod
@@ -419,6 +441,7 @@ class Predictor:
         for model, window in zip(served, windows, strict=True):
             p = float(model.predict_proba(window)[0])
             probabilities.append(p)
+            baseline = model.bundle.baseline_proba(window[:, ::-1, :]) if record else None
             described = describe_probability(
                 p,
                 model_type=model.model_type,
@@ -439,6 +462,7 @@ class Predictor:
                     unproven=model.unproven,
                     created_at=created,
                     shadow=model.shadow,
+                    baseline_probability=None if baseline is None else float(baseline[0]),
                 )
             )
         unproven = [m for m in served if m.unproven]
@@ -484,17 +508,25 @@ class Predictor:
         return body
 
     def _model_age(self, served: list[ServedModel], newest: pd.Timestamp) -> dict[str, Any]:
-        """When the served versions' data ends (the oldest of them), and how far behind the
-        newest candle that is."""
-        ends = [end for end in (model_data_end(m) for m in served) if end is not None]
-        if not ends:
+        """Where the served versions' data ends and how old they are (the oldest of them): a
+        version's age counts from its data end or, when later, the last candle live candles
+        validated it through (`pipelines.lifecycle.staleness.model_age_hours`)."""
+        ages = []
+        for model in served:
+            end = model_data_end(model)
+            if end is None:
+                continue
+            hours = model_age_hours(
+                newest=newest, data_end=end, validated_through=model_validated_through(model)
+            )
+            ages.append((hours, end))
+        if not ages:
             return {"modelDataEnd": None, "modelAgeHours": None, "modelStale": False}
-        end = min(ends)
-        hours = max(0.0, (newest - end).total_seconds() / 3600)
+        hours, end = max(ages, key=lambda found: found[0])
         return {
             "modelDataEnd": epoch_ms(end),
             "modelAgeHours": round(hours, 2),
-            "modelStale": hours > self.settings.model_max_age_hours,
+            "modelStale": model_stale(hours, max_age_hours=self.settings.model_max_age_hours),
         }
 
     def _fallback(

@@ -267,6 +267,7 @@ class HistoryRow(Schema):
         False, description="A challenger's prediction, scored in shadow (`?alias=challenger`)."
     )
     outcome: Literal["up", "down"] | None
+    tie: bool = Field(False, description="The close was unchanged: neither up nor down.")
     correct: bool | None
 
 
@@ -311,47 +312,58 @@ class LiveAccuracyInterval(Schema):
 
 
 class LiveLogLoss(Schema):
-    """Mean log loss (nats) and its moving-block bootstrap interval, rows in candle order."""
+    """Mean log loss (nats) and its Newey-West t-interval, rows in candle order."""
 
     value: float
     low: float
     high: float
     level: float
-    block: int = Field(description="Block length in rows (shrunk for a short series).")
-    method: Literal["block-bootstrap"]
+    lag: int = Field(description="The Newey-West lag (bandwidth) of the interval, in rows.")
+    method: Literal["newey-west"]
 
 
-class LiveBaseline(Schema):
-    """A naive baseline scored on the same candles as the version."""
+class Versus(Schema):
+    """Per-row log loss, version minus a baseline: mean and paired Newey-West interval."""
 
-    accuracy: float
-    log_loss: float
-
-
-class VersusBaseline(Schema):
-    """Per-row log loss, version minus the best baseline: mean and bootstrap interval."""
-
-    baseline: str = Field(description="The baseline with the lowest log loss on these candles.")
     mean: float
     low: float
     high: float
     rows: int
-    block: int
+    lag: int
+    method: Literal["newey-west"]
     verdict: Literal["better", "worse", "undecided"] = Field(
         description="better: the whole interval lies below 0; worse: above 0."
     )
 
 
+class LiveBaseline(Schema):
+    """A baseline scored on the version's candles (the logistic on those where it was
+    recorded), and the version against it there."""
+
+    accuracy: float
+    log_loss: float
+    rows: int
+    versus: Versus
+
+
+class VersusBaseline(Versus):
+    """The version against the naive baseline of lowest log loss on these candles."""
+
+    baseline: str = Field(description="The baseline with the lowest log loss on these candles.")
+
+
 class LiveAccuracy(Schema):
     """A version's live figures: each store candle with a known outcome counted once."""
 
-    predictions: int = Field(description="Distinct candles with a known outcome.")
+    predictions: int = Field(description="Distinct candles with an up or down outcome.")
     correct: int
     accuracy: float | None
+    ties: int = Field(description="Realised candles with an unchanged close: scored nowhere.")
     interval: LiveAccuracyInterval
     log_loss: LiveLogLoss
     baselines: dict[str, LiveBaseline] = Field(
-        description="coin, base_rate, last_move (service.drift) on the same candles."
+        description="coin, base_rate, last_move on the same candles, and logistic (the "
+        "version's shipped baseline, scored in shadow) where recorded."
     )
     versus_baseline: VersusBaseline
     first_candle: int = Field(description="Oldest candle scored, epoch milliseconds.")
@@ -372,7 +384,7 @@ class ModelInfo(Schema):
     data_range: dict[str, Any] | None
     test_metrics: dict[str, Any] | None
     baseline_metrics: dict[str, Any] | None
-    calibration: Literal["none", "platt", "isotonic"] | None = Field(
+    calibration: Literal["none", "temperature", "platt", "isotonic"] | None = Field(
         None, description="How its probabilities are calibrated (ML_CALIBRATION at training)."
     )
     loaded_at: int
@@ -588,10 +600,16 @@ class DriftHealth(Schema):
     version: str
     rows: int
     model_log_loss: float
-    baselines: dict[str, float]
-    best_baseline: str
-    interval: list[float] = Field(description="95 % interval of model minus best baseline.")
-    drifting: bool
+    baselines: dict[str, float] = Field(description="The drift baseline's mean log loss.")
+    best_baseline: str = Field(description="The one baseline drift compares with: base_rate.")
+    interval: list[float] = Field(description="95 % interval of model minus that baseline.")
+    drifting: bool = Field(description="The CUSUM has alarmed on this version's rows.")
+    statistic: float | None = Field(None, description="The CUSUM after the newest row (sd).")
+    threshold: float | None = Field(None, description="ML_DRIFT_THRESHOLD (sd).")
+    reference: float | None = Field(None, description="ML_DRIFT_REFERENCE (sd).")
+    warming_up: bool | None = Field(None, description="Within the first ML_DRIFT_WARMUP rows.")
+    alarms: int | None = Field(None, description="Alarms on this version's rows.")
+    last_alarm: int | None = Field(None, description="Candle of the newest alarm, epoch ms.")
 
 
 class StreamHealth(Schema):
@@ -610,8 +628,9 @@ class HealthReport(Health):
     stale: StaleReport
     drift: list[DriftHealth] = Field(
         default_factory=list,
-        description="Per served version with enough outcomes: live log loss against the best "
-        "naive baseline on the same candles; `drifting` makes health degraded.",
+        description="Per production version with realised outcomes: the sequential drift test "
+        "(CUSUM) of its live log loss against the base rate on the same candles; `drifting` "
+        "makes health degraded.",
     )
     stream: StreamHealth | None = None
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from sqlalchemy import text
 
 from pipelines.candles.store import CandleStore
 from pipelines.db import migrate, read_session
+from pipelines.lifecycle.retraining import Production
 from pipelines.periodic import Chores, ChoreStatus
 from pipelines.settings import Settings
 from service.caches import TTLCache
@@ -28,7 +28,7 @@ from service.history.store import PredictionHistory
 from service.history.writer import HistoryWriter
 from service.live import WATCH_CHORE, CandleWatcher, PredictionHub
 from service.model_cache import ModelCache
-from service.predictor import Predictor, model_data_end
+from service.predictor import Predictor, model_data_end, model_fit_end, model_validated_through
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class ServiceState:
     watcher: CandleWatcher | None = None
     # The market's clock minus ours, as the feed last measured it (feed-status.json).
     clock_offset_ms: int = 0
-    # The last drift check per served (pair, model type): `service.drift.DriftResult.to_dict()`.
+    # The last drift check per served (pair, model type), as health shows it (`check_drift`).
     drift: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     # Champion and challenger on live candles (`service.challenger`), set by `build`.
     challengers: ChallengerPolicy | None = None
@@ -161,14 +161,23 @@ class ServiceState:
         if self.watcher is not None:
             self.watcher.check()
 
-    def production_data_end(self, pair: str, model_type: str) -> tuple[str, pd.Timestamp] | None:
-        """The served production version of a slot and where its training data ends (for the
-        retraining policy, read from the loaded bundle: no registry call, no MLflow import)."""
+    def production_data_end(self, pair: str, model_type: str) -> Production | None:
+        """What the retraining trigger needs of a slot's served production version: its data
+        end, the last candle whose outcome it learnt (`fit_end`) and the last candle live
+        candles validated it through, read from the loaded bundle and its tags (no registry
+        call, no MLflow import); None without one, or when its data end is unknown."""
         model = self.models.get(pair, model_type)
         if model is None:
             return None
         end = model_data_end(model)
-        return None if end is None else (model.version, end)
+        if end is None:
+            return None
+        return Production(
+            version=model.version,
+            data_end=end,
+            fit_end=model_fit_end(model),
+            validated_through=model_validated_through(model),
+        )
 
     def challenger_of(self, pair: str, model_type: str) -> str | None:
         """The slot's loaded challenger version (for the retraining policy: a slot with one
@@ -177,45 +186,117 @@ class ServiceState:
         return None if model is None else model.version
 
     def check_drift(self) -> None:
-        """The drift chore: is a production version's live log loss over its last
-        ML_DRIFT_WINDOW outcomes significantly worse than the best naive baseline on the same
-        candles (paired block bootstrap)? Then health says so and a retraining is queued
-        (`requestedBy: drift`), once: the queue refuses a second active job for the slot."""
-        from pipelines.queue.errors import QueueError
-        from service.drift import DriftCheck
+        """The drift chore: the sequential drift test (`pipelines.lifecycle.drift`) of each
+        production version on its realised rows against the base rate, scored by the live
+        scorer; health shows each state. On an alarm not acted on yet, the retraining trigger
+        (`pipelines.lifecycle.retraining.trigger`, with `drift` the reason) decides, and a
+        training is queued only when it says due: a challenger being decided is never
+        superseded, and the trigger is asked again at the next look until it is due."""
+        import pandas as pd
 
-        check = DriftCheck(
-            self.history,
-            self.store,
-            timeframe=self.settings.timeframe,
-            window=self.settings.drift_window,
-            margin=max(0.0, self.settings.promotion_margin),
+        from pipelines.candles.store import CandlesNotFoundError
+        from pipelines.candles.timeframes import timeframe_delta
+        from pipelines.lifecycle import drift, live, retraining
+        from pipelines.queue.errors import QueueError
+
+        settings = self.settings
+        rule = drift.DriftRule(
+            reference=settings.drift_reference,
+            threshold=settings.drift_threshold,
+            warmup=settings.drift_warmup,
         )
+        realised: dict[str, list[live.RealisedRows]] = {}
         found: dict[tuple[str, str], dict[str, Any]] = {}
         for model in self.models.all():
-            result = check.check(model.pair, model.model_type, model.version, model.bundle.horizon)
-            if result is None:
-                continue
-            found[(model.pair, model.model_type)] = result.to_dict()
-            if not result.drifting or not self.settings.retrain_policy or self.queue is None:
-                continue
-            verdict = result.verdict
-            reason = (
-                f"{model.pair}-{model.model_type} version {model.version} drifts: its live log "
-                f"loss over the last {result.rows} outcomes is {result.model_log_loss:.4f}, worse "
-                f"than the {result.best_baseline} baseline's by {verdict.low:.4f} to "
-                f"{verdict.high:.4f} (95 %, paired block bootstrap)"
+            pair, kind = model.pair, model.model_type
+            if pair not in realised:
+                realised[pair] = self.history.realised_rows(pair=pair)
+            rows = next(
+                (
+                    r
+                    for r in realised[pair]
+                    if (r.model_type, r.model_version) == (kind, model.version)
+                ),
+                None,
             )
+            if rows is None:
+                continue
+            try:
+                candles = self.store.load(pair, settings.timeframe)
+            except CandlesNotFoundError:
+                continue
+            figures = live.score(rows, candles)
+            if figures is None:
+                continue
+            times, differences = figures.differences(drift.BASELINE)
+            state = drift.drift_state(differences, rule)
+            verdict = figures.baselines[drift.BASELINE].versus
+            alarm = None if state.last_alarm is None else int(times[state.last_alarm])
+            entry: dict[str, Any] = {
+                "pair": pair,
+                "modelType": kind,
+                "version": model.version,
+                "rows": state.rows,
+                "modelLogLoss": figures.log_loss.value,
+                "baselines": {drift.BASELINE: figures.baselines[drift.BASELINE].log_loss},
+                "bestBaseline": drift.BASELINE,
+                "interval": [verdict.low, verdict.high],
+                "drifting": state.drifting,
+                "statistic": state.statistic,
+                "threshold": rule.threshold,
+                "reference": rule.reference,
+                "warmingUp": state.warming_up,
+                "alarms": len(state.alarms),
+                "lastAlarm": alarm,
+            }
+            found[(pair, kind)] = entry
+            previous = self.drift.get((pair, kind)) or {}
+            acted = previous.get("version") == model.version and previous.get("queuedFor") == alarm
+            if alarm is None or acted:
+                if acted:
+                    entry["queuedFor"] = alarm
+                continue
+            if not settings.retrain_policy or self.queue is None:
+                continue
+            when = pd.Timestamp(alarm, unit="ms", tz="UTC").strftime("%Y-%m-%dT%H:%MZ")
+            why = (
+                f"production version {model.version} drifts: the CUSUM of its per-row log loss "
+                f"minus the base rate's crossed {rule.threshold:g} sd at the candle of {when} "
+                f"({state.rows} realised rows, mean difference {state.mean:+.4f} nats)"
+            )
+            challenger = self.models.challenger(pair, kind)
+            decision = retraining.trigger(
+                retraining.Facts(
+                    name=f"{pair}-{kind}",
+                    newest=pd.Timestamp(candles.index[-1]),
+                    production=self.production_data_end(pair, kind),
+                    challenger=None if challenger is None else challenger.version,
+                    drift=why,
+                ),
+                retraining.Rules(
+                    interval_hours=settings.retrain_interval_for(pair),
+                    max_age_hours=settings.model_max_age_hours,
+                    gate_min_rows=settings.gate_min_rows,
+                    horizon=model.bundle.horizon,
+                    timeframe=pd.Timedelta(timeframe_delta(settings.timeframe)),
+                ),
+            )
+            entry["decision"] = decision.reason
+            if not decision.due:
+                logger.info("drift alarm, no training: %s", decision.reason)
+                continue
             try:
                 job = self.queue.enqueue(
-                    pair=model.pair,
-                    model_type=model.model_type,
-                    requested_by="drift",
-                    reason=reason,
+                    pair=pair,
+                    model_type=kind,
+                    requested_by=decision.requested_by,
+                    reason=decision.reason,
+                    priority=decision.priority,
                 )
-                logger.warning("%s; queued %s", reason, job.job_id)
+                logger.warning("%s; queued %s", decision.reason, job.job_id)
+                entry["queuedFor"] = alarm
             except QueueError as error:
-                logger.info("%s; not queued: %s", reason, error)
+                logger.info("%s; not queued: %s", decision.reason, error)
         self.drift = found
 
     def candles_arrived(self, *_args: object) -> None:

@@ -152,7 +152,10 @@ window; 0.006 to 0.02 % of the bundled feature values lie beyond ±{clip:g}.
 
 `make_windows(matrix, sequence_length=L)` gives `(rows - L + 1, L, features)` float32 windows;
 window k covers rows k to k+L-1 and predicts from row k+L-1. `make_targets(candles, horizon=h)`
-is 1.0 where the close h candles later is higher, else 0.0, NaN for the last h rows.
+is 1.0 where the close h candles later is higher, 0.0 where it is lower, and NaN where it is
+unchanged (a tie, neither up nor down: no trade profits from it) and for the last h rows. Tie rows
+are no label and no score: training, validation and test samples drop them, while the windows of
+other rows still read the tie candles as inputs.
 
 ## The features
 """

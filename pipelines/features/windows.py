@@ -1,5 +1,7 @@
 """Targets and LSTM windows: `(samples, sequence_length, features)` arrays from a feature matrix.
 
+A target is up (1), down (0) or a tie (NaN: an unchanged close), which is no label.
+
 The scaler lives in `pipelines.features.scaler` and is re-exported here, beside the windows it
 feeds.
 """
@@ -10,18 +12,23 @@ import numpy as np
 import pandas as pd
 
 from pipelines.features.scaler import FeatureScaler
+from pipelines.lifecycle.scores import outcomes
 
 __all__ = ["FeatureScaler", "make_targets", "make_windows"]
 
 
 def make_targets(candles: pd.DataFrame, *, horizon: int) -> pd.Series:
-    """1.0 where close[t + horizon] > close[t], else 0.0; NaN for the last `horizon` rows."""
+    """1.0 where close[t + horizon] > close[t] (up), 0.0 where lower (down), NaN for a tie.
+
+    A tie is an unchanged close (`pipelines.lifecycle.scores.outcomes`): neither up nor down, so
+    it is no label. The last `horizon` rows have no outcome yet and are NaN too.
+    """
     if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
         raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
     close = candles["close"].to_numpy(dtype=np.float64)
     target = np.full(close.shape, np.nan)
     if horizon < len(close):
-        target[:-horizon] = (close[horizon:] > close[:-horizon]).astype(np.float64)
+        target[:-horizon] = outcomes(close[:-horizon], close[horizon:])
     return pd.Series(target, index=candles.index, name=f"up_{horizon}")
 
 

@@ -8,9 +8,9 @@ neighbouring candles widens it as it should, with n - 1 degrees of freedom.
 
 Why this one: resampling real per-row log-loss differences of the bundled pairs under a zero-mean
 null (`python -m bench.verdict_coverage`, table in docs/evaluation.md), its 95 % interval covers
-94-95 % of the time at every size the lifecycle uses (100, 168, 500, 2,000, 12,000 rows), where
-the moving-block bootstrap with day-long blocks covered 84 % at 100 rows and 88 % at 168. The
-differences are nearly uncorrelated (lag-1 autocorrelation within +-0.04), so long blocks cost
+94-96 % of the time at every size the lifecycle uses (100, 168, 500, 2,000, 12,000 rows), where
+the moving-block bootstrap with day-long blocks covered 83 % at 100 rows and 88 % at 168. The
+differences are nearly uncorrelated (lag-1 autocorrelation within +-0.05), so long blocks cost
 coverage and buy nothing; and the interval needs no resampling, so the live chores and offline
 replays compute it in microseconds and identically every time.
 

@@ -24,6 +24,7 @@ from pipelines.tracking import (
     TAG_CHALLENGER_SINCE,
     TAG_ROLLED_BACK,
     TAG_ROLLED_BACK_REASON,
+    TAG_VALIDATED_THROUGH,
     aliased_version,
     client_for,
     production_version,
@@ -104,6 +105,23 @@ def retire_challenger(
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return held
+
+
+def mark_validated(client: MlflowClient, *, name: str, version: str, through_ms: int) -> None:
+    """Record that live candles through `through_ms` (the last candle a live comparison
+    used) kept `version` as production: its age counts from there (`staleness`). A mark never
+    moves back: an earlier `through_ms` than the one held leaves the tag as it is."""
+    held = validated_through_of(client.get_model_version(name, version).tags or {})
+    if held is not None and held >= through_ms:
+        return
+    client.set_model_version_tag(name, version, TAG_VALIDATED_THROUGH, str(int(through_ms)))
+
+
+def validated_through_of(tags: Mapping[str, str]) -> int | None:
+    """A version's `tbml.validated_through` tag (epoch ms), or None when it has none (or a
+    value that is not one)."""
+    value = str(tags.get(TAG_VALIDATED_THROUGH, "")).strip()
+    return int(value) if value.isdigit() else None
 
 
 def delete_versions_of_run(settings: Settings, run_id: str) -> list[tuple[str, str]]:

@@ -8,8 +8,9 @@ for offline replays alike. In order:
 3. a challenger is being decided on live candles: nothing, whatever is due (a new version would
    supersede it and restart its clock);
 4. too few rows for the gate: a new version is compared with production only on rows whose
-   outcome production never learnt (after its `fit_end`); until at least `ML_GATE_MIN_ROWS` of
-   them have realised, the gate would have to reject it after a full fit, so nothing starts;
+   outcome production never learnt (after its `fit_end`) and is up or down (a tie is no row);
+   until at least `ML_GATE_MIN_ROWS` of them have realised, the gate would have to reject it
+   after a full fit, so nothing starts;
 5. due: production is stale (`stale`, priority 4), its live figures drift (`drift`, priority 4),
    or `ML_RETRAIN_INTERVAL_HOURS` of new candles arrived since the last training (`schedule`).
    A stale version retrains once per new data end: after a training used newer data, it waits
@@ -20,8 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
+from pipelines.lifecycle.scores import decided, outcomes
 from pipelines.lifecycle.staleness import model_age_hours, model_stale
 
 STALE = "stale"
@@ -52,6 +55,9 @@ class Facts:
     last_training_end: pd.Timestamp | None = None  # newest data end of any ended training
     challenger: str | None = None  # the version aliased challenger
     drift: str | None = None  # why the drift check alarms, if it does
+    # The pair's closes through `newest` (time index), to leave ties out of the unseen rows;
+    # None: every candle counts.
+    closes: pd.Series | None = None
 
 
 @dataclass(frozen=True)
@@ -78,12 +84,29 @@ class Trigger:
         return self.requested_by is not None
 
 
-def unseen_rows(*, fit_end: pd.Timestamp | None, newest: pd.Timestamp, rules: Rules) -> int | None:
-    """Rows after `fit_end` whose outcome is known by `newest` (None: `fit_end` unknown)."""
+def unseen_rows(
+    *,
+    fit_end: pd.Timestamp | None,
+    newest: pd.Timestamp,
+    rules: Rules,
+    closes: pd.Series | None = None,
+) -> int | None:
+    """Rows after `fit_end` whose outcome is known by `newest` (None: `fit_end` unknown).
+
+    With the pair's `closes`, only rows whose outcome is up or down count (the gate scores no
+    tie); without, every candle does.
+    """
     if fit_end is None:
         return None
-    candles = int((newest - fit_end) // rules.timeframe)
-    return max(0, candles - rules.horizon)
+    if closes is None:
+        candles = int((newest - fit_end) // rules.timeframe)
+        return max(0, candles - rules.horizon)
+    known = closes[closes.index <= newest]
+    values = known.to_numpy(dtype=float)
+    ahead = known.shift(-rules.horizon).to_numpy(dtype=float)
+    known_outcome = np.isfinite(ahead)  # the last `horizon` rows have none yet
+    counted = (known.index > fit_end) & known_outcome & decided(outcomes(values, ahead))
+    return int(counted.sum())
 
 
 def trigger(facts: Facts, rules: Rules) -> Trigger:
@@ -110,7 +133,9 @@ def trigger(facts: Facts, rules: Rules) -> Trigger:
             f"(ML_CHALLENGER_MIN_OUTCOMES): a new version now would supersede it (due: "
             f"{due.reason})",
         )
-    unseen = unseen_rows(fit_end=production.fit_end, newest=facts.newest, rules=rules)
+    unseen = unseen_rows(
+        fit_end=production.fit_end, newest=facts.newest, rules=rules, closes=facts.closes
+    )
     if unseen is not None and unseen < rules.gate_min_rows:
         wait = (rules.gate_min_rows - unseen) * rules.timeframe / pd.Timedelta(hours=1)
         return Trigger(

@@ -24,7 +24,7 @@ def outcomes(start: np.ndarray, end: np.ndarray) -> np.ndarray:
     a = np.asarray(start, dtype=np.float64)
     b = np.asarray(end, dtype=np.float64)
     out = np.where(b > a, 1.0, 0.0)
-    out[~(b != a)] = np.nan  # equal, or either side NaN
+    out[~((b > a) | (b < a))] = np.nan  # equal, or either side NaN
     return out
 
 

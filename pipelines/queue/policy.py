@@ -1,43 +1,46 @@
-"""The retraining policy: which pair's model to retrain, when, and one sentence saying why.
+"""The retraining policy's chore: gather each slot's facts, ask the trigger, queue what is due.
 
 New candles arrive every hour (the feed, `tbml ingest`); a model trained a month ago has not
 seen them. For each configured pair and enabled model type (a slot), the lease holder's
-`retraining-policy` chore (pipelines.queue.runtime, every `ML_POLICY_INTERVAL`) asks:
+`retraining-policy` chore (pipelines.queue.runtime, every `ML_POLICY_INTERVAL`) gathers what
+the decision needs and asks `pipelines.lifecycle.retraining.trigger`, the one rule that the
+drift check and offline replays ask too (its docstring states it: stale, drift, schedule; never
+while a challenger is being decided; never before the gate could compare a new version with
+production on `ML_GATE_MIN_ROWS` rows production never learnt).
 
-- **stale**: the production version's training data ends more than `ML_MODEL_MAX_AGE_HOURS`
-  before the newest candle in the store, and no training of the slot has used newer data
-  since: queue a retraining at priority 4 (`requestedBy: stale`);
-- **schedule**: at least `retrain_interval_for(pair)` hours (`ML_RETRAIN_INTERVAL_HOURS`,
-  24 by default) of candles exist after the last training's data end: queue one at the lowest
-  priority (`requestedBy: schedule`; `stale` if production is stale as well);
-- otherwise nothing, and never when no candle arrived since the last training of the slot,
-  whatever became of it: a rejected challenger is not retrained every cooldown on the same data.
-
-"The last training's data end" is the later of the production version's (its run's
-`data_range` tag) and the newest `data_end` of the slot's ended jobs. Jobs go through the queue
-like any other (cooldowns, priorities, one training at a time); a slot that already has a job
-queued or training is skipped. The latest decision per slot is kept in `policy_decisions` (so
-every replica's `GET /api/training/queue` shows it) and logged only when it changes.
+The facts: the pair's newest candle and its closes (from the candle store); the production
+version with its data end, its `fit_end` and the last candle live candles validated it through
+(`production_data_end`: from the API's model cache, or the registry, `registry_data_end`); the
+newest data end of the slot's ended jobs, whatever became of them (a rejected challenger is not
+retrained every cooldown on the same data); the slot's challenger (`challenger_of`). Jobs go
+through the queue like any other (cooldowns, priorities, one training at a time); a slot that
+already has a job queued or training is skipped. The latest decision per slot is kept in
+`policy_decisions` (so every replica's `GET /api/training/queue` shows it) and logged only when
+it changes.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from sqlalchemy import delete, func, select
 
 from pipelines import tracking
 from pipelines.candles.store import CandlesNotFoundError, CandleStore
+from pipelines.candles.timeframes import timeframe_delta
 from pipelines.db import read_session, write_session
+from pipelines.lifecycle.registry import validated_through_of
+from pipelines.lifecycle.retraining import Facts, Production, Rules, trigger
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.clock import now_ms
 from pipelines.queue.errors import DuplicateJobError, QueueFullError
-from pipelines.queue.params import PRIORITY_LOWEST
 from pipelines.queue.tables import (
     POLICY_ENQUEUED,
     POLICY_OFF,
@@ -49,20 +52,15 @@ from pipelines.queue.tables import (
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
     from sqlalchemy.orm import Session
 
 logger = logging.getLogger(__name__)
 
-# A stale production version goes before users' default (5); a scheduled one after everything.
-PRIORITY_STALE = 4
-PRIORITY_SCHEDULE = PRIORITY_LOWEST
-STALE = "stale"
-SCHEDULE = "schedule"
-NO_PRODUCTION = "no production version: bootstrap or train it first"
 POLICY_OFF_REASON = "the retraining policy is off (ML_RETRAIN_POLICY=false)"
 
-# (pair, model type) -> (production version, end of its training data), or None without one.
-ProductionDataEnd = Callable[[str, str], "tuple[str, pd.Timestamp] | None"]
+# (pair, model type) -> what the trigger needs of its production version, or None without one.
+ProductionDataEnd = Callable[[str, str], "Production | None"]
 # (pair, model type) -> the version holding the `challenger` alias, or None.
 ChallengerOf = Callable[[str, str], "str | None"]
 
@@ -85,15 +83,6 @@ class Decision:
         return (self.action, self.requested_by, self.reason, self.job_id)
 
 
-@dataclass(frozen=True)
-class _Want:
-    """What the rules call for: a requester (None: nothing to queue) and the reason."""
-
-    requested_by: str | None
-    reason: str
-    priority: int = PRIORITY_SCHEDULE
-
-
 class RetrainingPolicy:
     """Evaluates every slot and queues the retrainings due; `evaluate()` once per interval."""
 
@@ -106,8 +95,8 @@ class RetrainingPolicy:
         production_data_end: ProductionDataEnd,
         challenger_of: ChallengerOf | None = None,
     ) -> None:
-        """`challenger_of`: a slot's challenger version (a slot with one is not retrained:
-        a new version would supersede it before live candles decide); None: none ever."""
+        """`production_data_end`: a slot's production facts; `challenger_of`: a slot's
+        challenger version (None: none ever)."""
         self._settings = settings
         self._queue = queue
         self._store = store
@@ -126,10 +115,10 @@ class RetrainingPolicy:
             trained = _trained_data_ends(session)
         decisions = []
         for pair in self._settings.pairs:
-            newest, missing = self._newest_candle(pair)
+            closes, missing = self._closes(pair)
             for model_type in self._settings.enabled_models:
                 decision = self._decide(
-                    pair, model_type, now=now, newest=newest, missing=missing, trained=trained
+                    pair, model_type, now=now, closes=closes, missing=missing, trained=trained
                 )
                 decisions.append(decision)
                 if _gist(decision.what) != _gist(previous.get((pair, model_type))):
@@ -146,10 +135,21 @@ class RetrainingPolicy:
         self._record(decisions)
         return decisions
 
+    def rules(self, pair: str) -> Rules:
+        """The trigger's settings for `pair`."""
+        settings = self._settings
+        return Rules(
+            interval_hours=settings.retrain_interval_for(pair),
+            max_age_hours=settings.model_max_age_hours,
+            gate_min_rows=settings.gate_min_rows,
+            horizon=settings.horizon,
+            timeframe=timeframe_delta(settings.timeframe),
+        )
+
     # --- one slot --------------------------------------------------------------------------
 
-    def _newest_candle(self, pair: str) -> tuple[pd.Timestamp | None, str]:
-        """The time of the pair's newest candle, or None and why there is none."""
+    def _closes(self, pair: str) -> tuple[pd.Series | None, str]:
+        """The pair's closes (UTC time index, the newest last), or None and why there are none."""
         timeframe = self._settings.timeframe
         try:
             frame = self._store.load(pair, timeframe)
@@ -159,7 +159,10 @@ class RetrainingPolicy:
             return None, f"could not read the candles of {pair} at {timeframe}: {error}"
         if frame.empty:
             return None, f"no candles for {pair} at {timeframe}: the store's files are empty"
-        return _utc(frame.index[-1]), ""
+        closes = frame["close"]
+        index = pd.DatetimeIndex(closes.index)
+        closes.index = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
+        return closes, ""
 
     def _decide(
         self,
@@ -167,7 +170,7 @@ class RetrainingPolicy:
         model_type: str,
         *,
         now: int,
-        newest: pd.Timestamp | None,
+        closes: pd.Series | None,
         missing: str,
         trained: dict[tuple[str, str], int],
     ) -> Decision:
@@ -176,39 +179,33 @@ class RetrainingPolicy:
 
         if not self._settings.retrain_policy:
             return Decision(pair, model_type, now, POLICY_OFF, POLICY_OFF_REASON)
-        if newest is None:
+        if closes is None:
             return skipped(missing)
         name = f"{pair}-{model_type}"
         try:
             production = self._production_data_end(pair, model_type)
         except Exception as error:
             return skipped(f"could not read the production version of {name}: {error}")
-        if production is None:
-            return skipped(NO_PRODUCTION)
-        version, production_end = production[0], _utc(production[1])
-        last_end = production_end
-        if (pair, model_type) in trained:
-            last_end = max(last_end, pd.Timestamp(trained[pair, model_type], unit="ms", tz="UTC"))
-        want = self._rule(
-            pair,
-            name,
-            version=version,
-            production_end=production_end,
-            last_end=last_end,
-            newest=newest,
-        )
-        if want.requested_by is None:
-            return skipped(want.reason)
         try:
             challenger = self._challenger_of(pair, model_type) if self._challenger_of else None
         except Exception as error:
             return skipped(f"could not read the challenger of {name}: {error}")
-        if challenger is not None:
-            return skipped(
-                f"{name} challenger version {challenger} is being decided on live candles "
-                f"(ML_CHALLENGER_MIN_OUTCOMES): a new version now would supersede it (due: "
-                f"{want.reason})"
-            )
+        last_training = trained.get((pair, model_type))
+        want = trigger(
+            Facts(
+                name=name,
+                newest=closes.index[-1],
+                production=production,
+                last_training_end=None
+                if last_training is None
+                else pd.Timestamp(last_training, unit="ms", tz="UTC"),
+                challenger=challenger,
+                closes=closes,
+            ),
+            self.rules(pair),
+        )
+        if want.requested_by is None:
+            return skipped(want.reason)
         try:
             result = self._queue.enqueue(
                 pair=pair,
@@ -228,51 +225,6 @@ class RetrainingPolicy:
             requested_by=want.requested_by,
             job_id=result.job_id,
         )
-
-    def _rule(
-        self,
-        pair: str,
-        name: str,
-        *,
-        version: str,
-        production_end: pd.Timestamp,
-        last_end: pd.Timestamp,
-        newest: pd.Timestamp,
-    ) -> _Want:
-        """The policy's rules for one slot (see the module docstring)."""
-        max_age = self._settings.model_max_age_hours
-        interval = self._settings.retrain_interval_for(pair)
-        new_hours = _hours(newest - last_end)
-        age_hours = _hours(newest - production_end)
-        since = f"since the last training's data end {_when(last_end)}"
-        if new_hours <= 0:
-            return _Want(None, f"{name}: no new candles {since} (the newest is {_when(newest)})")
-        stale = age_hours > max_age
-        stale_words = (
-            f"{name} production version {version} is stale: its data ends "
-            f"{_when(production_end)}, {_h(age_hours)} before the newest candle "
-            f"(ML_MODEL_MAX_AGE_HOURS={max_age:g})"
-        )
-        if stale and last_end <= production_end:
-            return _Want(STALE, stale_words, PRIORITY_STALE)
-        due_words = (
-            f"{_h(new_hours)} of new candles {since} (retrains every {interval:g} h of new data, "
-            "ML_RETRAIN_INTERVAL_HOURS)"
-        )
-        if new_hours >= interval:
-            if stale:
-                return _Want(STALE, f"{stale_words}, and {due_words}", PRIORITY_STALE)
-            return _Want(SCHEDULE, f"{name}: {due_words}", PRIORITY_SCHEDULE)
-        waiting = (
-            f"{_h(new_hours)} of new candles {since}; it retrains once there are "
-            f"{interval:g} h (ML_RETRAIN_INTERVAL_HOURS)"
-        )
-        if stale:
-            return _Want(
-                None,
-                f"{stale_words}, but a training used data to {_when(last_end)} since: {waiting}",
-            )
-        return _Want(None, f"{name}: {waiting}")
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -301,20 +253,25 @@ class RetrainingPolicy:
 
 
 def registry_data_end(settings: Settings) -> ProductionDataEnd:
-    """`production_data_end` read from the MLflow registry (MLflow is imported on first use).
+    """`production_data_end` read from the MLflow registry (MLflow is imported on first use):
+    the same facts the API reads from its model cache.
 
-    The version behind the `production` alias of `{PAIR}-{model type}`, and the end of its
-    run's `data_range` tag; None when the model or the alias does not exist. A version whose
-    run has no (or a malformed) `data_range` raises ValueError naming it.
+    The version behind the `production` alias of `{PAIR}-{model type}`: the end of its run's
+    `data_range` tag, the `fit_end` of its bundle's metadata (read once per version: it never
+    changes; None for a version without a bundle or without one) and its
+    `tbml.validated_through` tag; None when the model or the alias does not exist. A version
+    whose run has no (or a malformed) `data_range` raises ValueError naming it.
     """
+    fit_ends: dict[tuple[str, str], pd.Timestamp | None] = {}
 
-    def production_data_end(pair: str, model_type: str) -> tuple[str, pd.Timestamp] | None:
+    def production_data_end(pair: str, model_type: str) -> Production | None:
         client = tracking.client_for(settings)
         name = tracking.registered_model_name(pair, model_type)
         version = tracking.production_version(client, name=name)
         if version is None:
             return None
-        run_id = client.get_model_version(name, version).run_id
+        model_version = client.get_model_version(name, version)
+        run_id = model_version.run_id
         if not run_id:
             raise ValueError(f"{name} version {version} has no run: its data end is unknown")
         data_range = client.get_run(run_id).data.tags.get(tracking.TAG_DATA_RANGE)
@@ -323,9 +280,42 @@ def registry_data_end(settings: Settings) -> ProductionDataEnd:
                 f"{name} version {version}: its run {run_id} has no "
                 f"{tracking.TAG_DATA_RANGE!r} tag, so its data end is unknown"
             )
-        return version, pd.Timestamp(tracking.parse_data_end(data_range))
+        if (name, version) not in fit_ends:
+            fit_ends[name, version] = _bundle_fit_end(client, model_version)
+        validated = validated_through_of(model_version.tags or {})
+        through = None if validated is None else pd.Timestamp(validated, unit="ms", tz="UTC")
+        return Production(
+            version=version,
+            data_end=_utc(tracking.parse_data_end(data_range)),
+            fit_end=fit_ends[name, version],
+            validated_through=through,
+        )
 
     return production_data_end
+
+
+def _bundle_fit_end(client: MlflowClient, model_version: Any) -> pd.Timestamp | None:
+    """The `fit_end` in the metadata of a version's bundle (its logged model's artifacts), or
+    None when the version has no bundle or its metadata no `fit_end`."""
+    import json
+
+    from mlflow.artifacts import download_artifacts
+
+    from pipelines.modelbundle import METADATA_FILE, PYFUNC_ARTIFACTS_DIR, logged_model_id
+
+    model_id = logged_model_id(model_version.source, getattr(model_version, "model_id", None))
+    if model_id is None:
+        return None
+    location = client.get_logged_model(model_id).artifact_location.rstrip("/")
+    with tempfile.TemporaryDirectory() as folder:
+        local = download_artifacts(
+            artifact_uri=f"{location}/{PYFUNC_ARTIFACTS_DIR}/{METADATA_FILE}",
+            dst_path=folder,
+            tracking_uri=client.tracking_uri,
+        )
+        metadata = json.loads(Path(local).read_text())
+    fit_end = metadata.get("fit_end")
+    return None if not fit_end else _utc(fit_end)
 
 
 def registry_challenger(settings: Settings) -> ChallengerOf:
@@ -352,19 +342,6 @@ def _trained_data_ends(session: Session) -> dict[tuple[str, str], int]:
 def _utc(moment: object) -> pd.Timestamp:
     stamp = pd.Timestamp(moment)  # type: ignore[arg-type]
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-
-
-def _hours(delta: pd.Timedelta) -> float:
-    return float(delta / pd.Timedelta(hours=1))
-
-
-def _h(hours: float) -> str:
-    return f"{round(hours, 1):g} h"
-
-
-def _when(moment: pd.Timestamp) -> str:
-    """`2023-12-30T23:00Z`: minutes are the finest a candle needs."""
-    return moment.strftime("%Y-%m-%dT%H:%MZ")
 
 
 def _gist(what: tuple[str, str | None, str, str | None] | None) -> object:

@@ -1,25 +1,30 @@
-"""Reading and writing the prediction history; realised outcomes and the rows live figures
-are scored on (`service.live_figures`)."""
+"""Reading and writing the prediction history; realised outcomes (up, down or a tie) and the
+rows the live scorer reads (`pipelines.lifecycle.live.RealisedRows`)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Table, bindparam, delete, func, insert, select, true, update
+from sqlalchemy import Table, bindparam, delete, false, func, insert, or_, select, true, update
 
 from pipelines.candles.store import CandlesNotFoundError, CandleStore
 from pipelines.db import read_session, write_session
+from pipelines.lifecycle.live import RealisedRows
+from pipelines.lifecycle.scores import outcome as outcome_of
 from service.history.tables import PredictionRow
 from service.predictor import PredictionRecord
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["PredictionHistory", "RealisedRows", "row_values"]
+# A row still waiting for its outcome: neither settled up/down nor a tie.
+_OPEN = (PredictionRow.outcome.is_(None), PredictionRow.tie == false())
 
 _TABLE = cast(Table, PredictionRow.__table__)
 _SERVED = (
@@ -33,23 +38,6 @@ _SERVED = (
     )
     .values(shadow=False)
 )
-
-
-@dataclass(frozen=True)
-class RealisedRows:
-    """One version's predictions whose outcome is known: one row per candle, in candle order.
-
-    Parallel arrays: candle open time (epoch ms), probability of "up", outcome (1 = up),
-    whether the stated direction was right, and the horizon the prediction was made for.
-    """
-
-    model_type: str
-    model_version: str
-    candle_time: np.ndarray
-    probability: np.ndarray
-    outcome: np.ndarray
-    correct: np.ndarray
-    horizon: np.ndarray
 
 
 def row_values(r: PredictionRecord) -> dict[str, Any]:
@@ -66,6 +54,7 @@ def row_values(r: PredictionRecord) -> dict[str, Any]:
         "signal": r.signal,
         "unproven": r.unproven,
         "shadow": r.shadow,
+        "baseline_probability": r.baseline_probability,
     }
 
 
@@ -119,49 +108,54 @@ class PredictionHistory:
             return int(session.scalar(query) or 0)
 
     def fill_outcomes(self, *, store: CandleStore, timeframe: str) -> int:
-        """Fill `outcome` and `correct` of every row whose horizon has passed; returns how many.
+        """Settle every row whose horizon has passed; returns how many.
 
-        The outcome uses the same rule as the training target: the close `horizon` candles
-        (rows of the store) after the predicted-from candle ends above that candle's close.
-        Only rows older than the store's newest candle are read; a row whose candle the store
-        lacks (a prediction from a client's own candles) stays open until retention drops it.
+        The outcome is the training target's rule (`pipelines.lifecycle.scores.outcome`): the
+        close `horizon` candles (rows of the store) after the predicted-from candle is above
+        that candle's close (up: `outcome` 1), below it (down: 0), or unchanged (a tie: `tie`
+        true, `outcome` and `correct` NULL). Only rows older than the store's newest candle are
+        read; a row whose candle the store lacks (a prediction from a client's own candles)
+        stays open until retention drops it.
         """
         with read_session(self.url) as session:
-            pairs = list(
-                session.scalars(
-                    select(PredictionRow.pair).where(PredictionRow.outcome.is_(None)).distinct()
-                )
-            )
+            pairs = list(session.scalars(select(PredictionRow.pair).where(*_OPEN).distinct()))
         updates: list[dict[str, Any]] = []
         for pair in pairs:
             try:
                 candles = store.load(pair, timeframe)
             except CandlesNotFoundError:
                 continue
-            updates += _outcomes(self.url, pair=pair, candles=candles)
+            updates += _settled_rows(self.url, pair=pair, candles=candles)
         if updates:
             statement = (
                 update(_TABLE)
                 .where(_TABLE.c.id == bindparam("row_id"))
-                .values(outcome=bindparam("outcome"), correct=bindparam("correct"))
+                .values(
+                    outcome=bindparam("outcome"),
+                    correct=bindparam("correct"),
+                    tie=bindparam("tie"),
+                )
             )
             with write_session(self.url) as session:
                 session.connection().execute(statement, updates)
         return len(updates)
 
     def realised_rows(self, *, pair: str) -> list[RealisedRows]:
-        """Per model type and version (sorted), every row of `pair` whose outcome is known,
-        one per candle, oldest candle first.
+        """Per model type and version (sorted), every row of `pair` whose outcome is up or
+        down, one per candle, oldest candle first, with the count of its ties.
 
         The history holds only the service's own predictions, made from the store's candles
         (a prediction from candles a client posted is never recorded), so these are store
         candles. Were a candle stored twice (a database without the unique index of migration
-        0004), the first stored row counts, as in `realised`: two rows that disagree must not
-        make one candle count twice.
+        0004), the first stored row counts: two rows that disagree must not make one candle
+        count twice.
         """
         first = (
             select(func.min(PredictionRow.id).label("id"))
-            .where(PredictionRow.pair == pair, PredictionRow.outcome.is_not(None))
+            .where(
+                PredictionRow.pair == pair,
+                or_(PredictionRow.outcome.is_not(None), PredictionRow.tie == true()),
+            )
             .group_by(
                 PredictionRow.model_type, PredictionRow.model_version, PredictionRow.candle_time
             )
@@ -176,6 +170,7 @@ class PredictionHistory:
                 PredictionRow.outcome,
                 PredictionRow.correct,
                 PredictionRow.horizon,
+                PredictionRow.baseline_probability,
             )
             .join(first, PredictionRow.id == first.c.id)
             .order_by(
@@ -186,7 +181,8 @@ class PredictionHistory:
             rows = session.execute(query).all()
         found = []
         for (model_type, version), group in groupby(rows, key=lambda r: (r[0], r[1])):
-            part = list(group)
+            every = list(group)
+            part = [r for r in every if r[4] is not None]  # a tie has no outcome
             found.append(
                 RealisedRows(
                     model_type=model_type,
@@ -196,42 +192,13 @@ class PredictionHistory:
                     outcome=np.array([r[4] for r in part], dtype=np.int8),
                     correct=np.array([bool(r[5]) for r in part], dtype=bool),
                     horizon=np.array([r[6] for r in part], dtype=np.int64),
+                    baseline_probability=np.array(
+                        [np.nan if r[7] is None else r[7] for r in part], dtype=np.float64
+                    ),
+                    ties=len(every) - len(part),
                 )
             )
         return found
-
-    def realised(
-        self, *, pair: str, model_type: str, version: str, limit: int
-    ) -> list[tuple[int, float, int]]:
-        """(candle time ms, probability of "up", outcome 0/1) of the newest `limit` distinct
-        candles of one version whose outcome is known, oldest first.
-
-        One row per candle: were a candle stored twice (a database without the unique index),
-        the first stored row counts.
-        """
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit!r}")
-        first = (
-            select(func.min(PredictionRow.id).label("id"))
-            .where(
-                PredictionRow.pair == pair,
-                PredictionRow.model_type == model_type,
-                PredictionRow.model_version == version,
-                PredictionRow.outcome.is_not(None),
-            )
-            .group_by(PredictionRow.candle_time)
-            .subquery()
-        )
-        query = (
-            select(PredictionRow.candle_time, PredictionRow.probability, PredictionRow.outcome)
-            .join(first, PredictionRow.id == first.c.id)
-            .order_by(PredictionRow.candle_time.desc())
-            .limit(limit)
-        )
-        with read_session(self.url) as session:
-            rows = session.execute(query).all()
-        # outcome is NOT NULL in every row the query selects
-        return [(int(t), float(p), int(cast(int, o))) for t, p, o in reversed(rows)]
 
     def cleanup(self, *, max_age_hours: float) -> int:
         """Delete rows older than `max_age_hours`; returns how many were deleted."""
@@ -256,7 +223,7 @@ def _insert_once(dialect: str) -> Any:
     return insert(_TABLE)  # other databases: the unique index refuses a repeat
 
 
-def _outcomes(url: str, *, pair: str, candles: pd.DataFrame) -> list[dict[str, Any]]:
+def _settled_rows(url: str, *, pair: str, candles: pd.DataFrame) -> list[dict[str, Any]]:
     """The updates for the open rows of `pair` that `candles` can settle."""
     stamps = pd.DatetimeIndex(candles.index).as_unit("ms").asi8
     if stamps.size < 2:
@@ -270,7 +237,7 @@ def _outcomes(url: str, *, pair: str, candles: pd.DataFrame) -> list[dict[str, A
                 PredictionRow.direction,
             ).where(
                 PredictionRow.pair == pair,
-                PredictionRow.outcome.is_(None),
+                *_OPEN,
                 PredictionRow.candle_time < int(stamps[-1]),
             )
         ).all()
@@ -284,12 +251,13 @@ def _outcomes(url: str, *, pair: str, candles: pd.DataFrame) -> list[dict[str, A
         ahead = pos + row.horizon
         if pos >= len(stamps) or stamps[pos] != row.candle_time or ahead >= len(stamps):
             continue
-        outcome = int(closes[ahead] > closes[pos])
+        outcome = outcome_of(float(closes[pos]), float(closes[ahead]))
         updates.append(
             {
                 "row_id": row.id,
                 "outcome": outcome,
-                "correct": (row.direction == "up") == bool(outcome),
+                "correct": None if outcome is None else (row.direction == "up") == bool(outcome),
+                "tie": outcome is None,
             }
         )
     return updates
@@ -310,5 +278,6 @@ def _row_json(row: PredictionRow) -> dict[str, Any]:
         "unproven": row.unproven,
         "shadow": bool(row.shadow),
         "outcome": None if row.outcome is None else ("up" if row.outcome else "down"),
+        "tie": bool(row.tie),
         "correct": row.correct,
     }

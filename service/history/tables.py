@@ -1,4 +1,4 @@
-"""The prediction history table (migrations `0002`, `0004`, `0005`)."""
+"""The prediction history table (migrations `0002`, `0004`, `0005`, `0006`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ class PredictionRow(Base):
     """One computed prediction of one model version from one candle.
 
     Times are UTC epoch milliseconds, as in the REST answers. `outcome` (1 = the close
-    `horizon` candles later ended above the candle's close, 0 = not) and `correct` stay NULL
-    until that candle is in the store.
+    `horizon` candles later ended above the candle's close, 0 = below) and `correct` stay NULL
+    until that candle is in the store; an unchanged close is a tie: `tie` true, `outcome` and
+    `correct` NULL for good (neither up nor down, scored nowhere).
     """
 
     __tablename__ = "prediction_history"
@@ -33,6 +34,11 @@ class PredictionRow(Base):
     correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     # A challenger's prediction, scored in shadow (migration 0005): never served unasked.
     shadow: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+    # The outcome was a tie (migration 0006).
+    tie: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+    # The version's shipped logistic baseline on the same window, scored in shadow (migration
+    # 0006); NULL for a version that ships none.
+    baseline_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (
         Index("ix_prediction_history_pair_created_at", "pair", "created_at"),

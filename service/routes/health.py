@@ -8,14 +8,16 @@ import logging
 import time
 from typing import Any
 
+import pandas as pd
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from pipelines.lifecycle.staleness import model_age_hours, model_stale
 from pipelines.redact import describe_error
 from service.deps import StateDep
 from service.model_cache import REFRESH_CHORE
-from service.predictor import epoch_ms, model_data_end
+from service.predictor import epoch_ms, model_data_end, model_validated_through
 from service.schemas import HealthReport, Liveness, NotReady, Readiness, errors
 from service.state import DATABASE_CHORE, ServiceState
 
@@ -41,7 +43,7 @@ def _freshness(
     state: ServiceState,
 ) -> tuple[dict[str, dict[str, Any]], list[str], list[dict[str, Any]]]:
     """Per pair, the feed's state; the pairs whose newest candle is stale; the served versions
-    whose training data ends more than ML_MODEL_MAX_AGE_HOURS before the newest candle."""
+    older than ML_MODEL_MAX_AGE_HOURS (`pipelines.lifecycle.staleness`)."""
     from pipelines.candles.feed import feed_view
 
     settings = state.settings
@@ -58,8 +60,12 @@ def _freshness(
         newest = feeds.get(model.pair, {}).get("newestCandle")
         if end is None or newest is None:
             continue
-        hours = (newest - epoch_ms(end)) / 3_600_000
-        if hours > settings.model_max_age_hours:
+        hours = model_age_hours(
+            newest=pd.Timestamp(newest, unit="ms", tz="UTC"),
+            data_end=end,
+            validated_through=model_validated_through(model),
+        )
+        if model_stale(hours, max_age_hours=settings.model_max_age_hours):
             stale_models.append(
                 {
                     "pair": model.pair,

@@ -8,11 +8,10 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from pipelines.lifecycle.live import RealisedRows, live_figures
 from pipelines.settings import MODEL_TYPES
 from service.challenger import compare
 from service.deps import StateDep, valid_pair
-from service.history.store import RealisedRows
-from service.live_figures import live_figures
 from service.model_cache import ServedModel
 from service.schemas import ModelStatus, errors
 from service.state import ServiceState
@@ -71,7 +70,7 @@ def _model_info(state: ServiceState, pair: str, model_type: str) -> dict[str, An
 
 
 def _served_part(state: ServiceState, pair: str) -> tuple[dict[str, Any], bool, int]:
-    """Model info and live figures (`service.live_figures`) per model type; cached 1 min per
+    """Model info and live figures (`pipelines.lifecycle.live`) per model type; cached 1 min per
     served versions and slot states (a refused or failed version shows at once)."""
     versions = tuple((m.model_type, m.version) for m in state.models.models_of(pair))
     versions += tuple(

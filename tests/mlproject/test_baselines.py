@@ -10,9 +10,9 @@ import pytest
 
 from mlproject import baselines
 from mlproject.data import build_dataset, fit_scaler, labels, time_split
-from mlproject.metrics import log_loss
 from mlproject.scoring import fit_baselines
 from pipelines.features.spec import default_spec
+from pipelines.lifecycle.scores import log_loss
 
 
 def test_majority_predicts_the_training_rate() -> None:
@@ -108,7 +108,7 @@ def test_lightgbm_learns_a_learnable_rule_that_majority_cannot() -> None:
     constant = baselines.majority(y_train=y[:2000], rows=1000)
 
     test = y[2000:]
-    assert log_loss(test, boosted.proba) < log_loss(test, constant.proba) - 0.1
+    assert log_loss(boosted.proba, test) < log_loss(constant.proba, test) - 0.1
     assert np.mean(boosted.pred == test) > 0.75
     assert ((boosted.proba > 0) & (boosted.proba < 1)).all()
 
@@ -132,7 +132,7 @@ def test_lightgbm_on_shuffled_labels_predicts_no_better_than_majority() -> None:
     constant = baselines.majority(y_train=shuffled[:2000], rows=1000)
 
     test = shuffled[2000:]
-    assert log_loss(test, boosted.proba) > log_loss(test, constant.proba) - 0.005
+    assert log_loss(boosted.proba, test) > log_loss(constant.proba, test) - 0.005
 
 
 def test_fitted_baselines_never_see_the_test_labels(btc_candles: pd.DataFrame) -> None:

@@ -1,9 +1,13 @@
-"""Calibration through the real training: the fold scores calibrated probabilities, the run logs
-the choice and the curves, and the registered model serves the calibrator over its ONNX output.
+"""Calibration through the real training: the fold keeps a calibrator only on its held-half
+interval, scores the probabilities it serves, the run logs the decision and the curves, and the
+registered model serves that calibrator over its ONNX output.
 
 Tiny real trainings on the newest 400 BTC candles into a temporary tracking store, with
-`ML_CALIBRATION=platt` so that the calibrator is never the identity: one held-out model
-(`ML_REFIT=false`) and one refit, which carries the held-out model's calibrator.
+`ML_CALIBRATION=temperature`: one held-out model (`ML_REFIT=false`) and one refit, which serves
+its network's own probabilities. Whether a tiny model's temperature is kept is the data's to say,
+so these tests check the decision against its recomputation; the parity of an applied (non-
+identity) temperature between the service and the pyfunc is tested where the calibrator is set
+(tests/pipelines/test_pyfunc_model.py, tests/mlproject/test_served_model.py).
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ import pytest
 from mlflow import MlflowClient
 
 from mlproject.config import TrainConfig
-from mlproject.data import time_split
+from mlproject.data import labels, time_split, windows
 from mlproject.fold import fit_and_score, predict
 from mlproject.metrics import classification_metrics
 from mlproject.scoring import MODEL, score_bundle
 from mlproject.train import RELIABILITY_ARTIFACT, TrainingOutcome, load_dataset, train
 from mlproject.verdict import PREDICTIONS_ARTIFACT
-from pipelines.calibration import Calibrator, expected_calibration_error
+from pipelines.calibration import Calibrator, choose_calibrator, expected_calibration_error
+from pipelines.lifecycle.intervals import paired_interval
+from pipelines.lifecycle.scores import log_losses
 from pipelines.modelbundle import CALIBRATION_FILE, ModelBundle, download_bundle
 from pipelines.pyfunc_model import exact_candles, example_candles, predict_newest
 from pipelines.settings import Settings
@@ -58,7 +64,7 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("calibration")
-    settings = stores_under(root, calibration="platt")
+    settings = stores_under(root, calibration="temperature")
     held_out = train(
         TrainConfig(**SMALL, promote=False), settings=settings.model_copy(update={"refit": False})
     )
@@ -88,11 +94,11 @@ def _test_window(bundle: ModelBundle, candles: pd.DataFrame) -> pd.DatetimeIndex
     )
 
 
-def test_fit_and_score_scores_the_calibrated_probabilities_and_keeps_the_raw_ones(
+def test_fit_and_score_keeps_a_calibrator_only_on_its_held_interval_and_scores_what_it_serves(
     tmp_path: Path,
 ) -> None:
     settings = Settings(
-        _env_file=None, data_dir=tmp_path, bundled_data_dir=BUNDLED, calibration="isotonic"
+        _env_file=None, data_dir=tmp_path, bundled_data_dir=BUNDLED, calibration="temperature"
     )
     dataset = load_dataset(TrainConfig(**SMALL), settings=settings, max_rows=400)
     split = time_split(
@@ -101,17 +107,30 @@ def test_fit_and_score_scores_the_calibrated_probabilities_and_keeps_the_raw_one
 
     result = fit_and_score(dataset, split, config=TrainConfig(**SMALL), settings=settings)
 
-    assert result.calibrator.method == result.calibration.method == "isotonic"
-    assert result.calibrator.rows == result.calibration.rows == len(split.val)
+    report = result.calibration
+    raw_val = predict(result.model, windows(dataset, result.scaler, split.val))
+    y_val = labels(dataset, split.val).astype(np.int8)
+    # The decision is the one choose_calibrator makes on the validation rows' raw outputs ...
+    assert (result.calibrator, report) == choose_calibrator(raw_val, y_val, mode="temperature")
+    assert report.mode == "temperature"
+    assert report.rows == len(y_val)
+    # ... which compares a temperature fitted on the first half with the raw second half.
+    half = len(y_val) // 2
+    trial = Calibrator.fit("temperature", raw_val[:half], y_val[:half])
+    held_raw, held_y = raw_val[half:], y_val[half:]
+    differences = log_losses(trial.apply(held_raw), held_y) - log_losses(held_raw, held_y)
+    assert report.held == paired_interval(differences)
+    assert report.kept == (report.held.high < 0)
+    expected = Calibrator.fit("temperature", raw_val, y_val) if report.kept else Calibrator()
+    assert result.calibrator == expected
     np.testing.assert_array_equal(result.raw_proba, predict(result.model, result.x_test))
-    calibrated = result.scores.predictions[MODEL].proba
-    np.testing.assert_array_equal(calibrated, result.calibrator.apply(result.raw_proba))
-    assert not np.allclose(calibrated, result.raw_proba)
-    expected = classification_metrics(y_true=result.scores.y, proba=calibrated)
-    assert result.scores.metrics[MODEL]["log_loss"] == pytest.approx(expected["log_loss"])
+    served = result.scores.predictions[MODEL].proba
+    np.testing.assert_array_equal(served, result.calibrator.apply(result.raw_proba))
+    metrics = classification_metrics(y_true=result.scores.y, proba=served)
+    assert result.scores.metrics[MODEL]["log_loss"] == pytest.approx(metrics["log_loss"])
 
 
-def test_run_logs_the_choice_the_ece_before_and_after_and_the_reliability_curves(
+def test_run_logs_the_decision_the_ece_before_and_after_and_the_reliability_curves(
     trained: Trained,
 ) -> None:
     run_id = trained.held_out.run_id
@@ -121,25 +140,32 @@ def test_run_logs_the_choice_the_ece_before_and_after_and_the_reliability_curves
         trained.client.download_artifacts(run_id, PREDICTIONS_ARTIFACT, str(trained.root))
     )
 
-    assert run.data.params["calibration"] == "platt"
-    assert run.data.params["calibration_mode"] == "platt"
-    metrics = run.data.metrics
-    for method in ("none", "platt", "isotonic"):
-        assert np.isfinite(metrics[f"calibration_heldout_log_loss_{method}"])
-        assert record["choice"]["held_log_loss"][method] == pytest.approx(
-            metrics[f"calibration_heldout_log_loss_{method}"]
+    choice = record["choice"]
+    params, metrics = run.data.params, run.data.metrics
+    assert params["calibration_mode"] == choice["mode"] == "temperature"
+    assert params["calibration"] == choice["method"] == record["calibrator"]["method"]
+    assert params["calibration_kept"] == str(choice["kept"]).lower()
+    assert choice["method"] == ("temperature" if choice["kept"] else "none")
+    held = choice["held"]
+    assert held["method"] == "newey-west"
+    assert choice["kept"] == (held["high"] < 0)
+    assert metrics["calibration_held_diff"] == pytest.approx(held["mean"])
+    assert metrics["calibration_held_diff_low"] == pytest.approx(held["low"])
+    assert metrics["calibration_held_diff_high"] == pytest.approx(held["high"])
+    assert metrics["calibration_held_rows"] == held["rows"] == choice["held_rows"]
+    for side in ("raw", "calibrated"):
+        assert metrics[f"calibration_held_log_loss_{side}"] == pytest.approx(
+            choice["held_log_loss"][side]
         )
-    # The verdict's per-row probabilities are the calibrated ones: their ECE is `ece_after`.
+    # The verdict's per-row probabilities are the served ones: their ECE is `ece_after`.
     outcomes, served = predictions["outcome"].to_numpy(), predictions[MODEL].to_numpy()
     assert metrics["ece_after"] == pytest.approx(expected_calibration_error(served, outcomes))
     assert metrics["ece_before"] == record["before"]["ece"]
     assert metrics["ece_after"] == record["after"]["ece"]
-    assert metrics["ece_before"] != metrics["ece_after"]
     for side in ("before", "after"):
         curve = record[side]["curve"]
-        assert sum(b["count"] for b in curve) == record["rows"] == metrics["test_rows"]
+        assert sum(b["count"] for b in curve) == record["rows"] == len(predictions)
         assert all(0 <= b["mean_predicted"] <= 1 and 0 <= b["observed_rate"] <= 1 for b in curve)
-    assert record["choice"]["method"] == record["calibrator"]["method"] == "platt"
     plot = trained.client.download_artifacts(run_id, "plots/reliability.png", str(trained.root))
     assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -152,16 +178,17 @@ def test_registered_bundle_predicts_its_calibrator_over_the_raw_onnx_output(
 
     assert (Path(bundle.onnx_path).parent / CALIBRATION_FILE).is_file()
     assert bundle.calibrator == Calibrator.from_dict(record["calibrator"])
-    assert bundle.calibrator.method == "platt"
-    assert bundle.metadata["calibration"]["fitted_on"] == "validation rows"
-    assert bundle.metadata["calibration"]["method"] == "platt"
+    meta = bundle.metadata["calibration"]
+    assert meta["fitted_on"] == "validation rows"
+    assert (meta["mode"], meta["method"]) == ("temperature", bundle.calibrator.method)
+    assert meta["kept"] == record["choice"]["kept"]
+    assert meta["held"] == record["choice"]["held"]
     rng = np.random.default_rng(0)
     windows = rng.normal(size=(32, 12, len(bundle.spec.names))).astype(np.float32)
     raw = bundle.predict_proba(windows, scaled=True, calibrated=False)
     served = bundle.predict_proba(windows, scaled=True)
     np.testing.assert_array_equal(served, bundle.calibrator.apply(raw))
-    assert not np.allclose(served, raw)
-    # On its test window it gives the run's held-out (calibrated) predictions.
+    # On its test window it gives the run's held-out (served) predictions, ties left out.
     scored = score_bundle(
         bundle,
         candles=btc_candles,
@@ -176,7 +203,7 @@ def test_registered_bundle_predicts_its_calibrator_over_the_raw_onnx_output(
     np.testing.assert_allclose(scored.proba, logged[MODEL].to_numpy(), atol=1e-5)
 
 
-def test_the_pyfunc_model_answers_calibrated_probabilities(
+def test_the_pyfunc_model_answers_its_bundles_probabilities(
     trained: Trained, btc_candles: pd.DataFrame
 ) -> None:
     bundle = _bundle(trained, "1")
@@ -190,15 +217,21 @@ def test_the_pyfunc_model_answers_calibrated_probabilities(
     assert probability == pytest.approx(
         float(bundle.calibrator.apply(raw["probability"].to_numpy())[0]), abs=1e-12
     )
-    assert probability != pytest.approx(float(raw["probability"].iloc[0]), abs=1e-6)
 
 
-def test_the_refit_bundle_carries_the_held_out_models_calibrator(trained: Trained) -> None:
+def test_the_refit_bundle_serves_its_own_probabilities_and_keeps_the_held_out_decision(
+    trained: Trained,
+) -> None:
     bundle = _bundle(trained, "2")
     record = _record(trained, trained.refit.run_id)
 
     assert bundle.metadata["refit"] is True
-    assert bundle.calibrator == Calibrator.from_dict(record["calibrator"])
-    assert bundle.calibrator.rows == bundle.metadata["val_window"]["rows"]
-    assert bundle.metadata["calibration"]["fitted_on"] == "held-out model's validation rows"
-    assert trained.client.get_run(trained.refit.run_id).data.params["calibration"] == "platt"
+    # Never the held-out model's calibrator, which was chosen for other weights.
+    assert bundle.calibrator == Calibrator()
+    calibration = bundle.metadata["calibration"]
+    assert calibration["kept"] is False
+    assert calibration["held_out"]["kept"] == record["choice"]["kept"]
+    assert calibration["held_out"]["held"] == record["choice"]["held"]
+    assert calibration["held_out"]["mode"] == "temperature"
+    params = trained.client.get_run(trained.refit.run_id).data.params
+    assert params["calibration_mode"] == "temperature"

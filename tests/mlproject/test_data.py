@@ -1,9 +1,11 @@
-"""Splits are time-ordered with purge gaps, and the scaler sees the training rows only."""
+"""Splits are time-ordered with purge gaps, the scaler sees the training rows only, and a tie (an
+unchanged close) is no sample: every consumer of a part sees the same up-or-down rows."""
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,13 +16,23 @@ from mlproject.data import (
     NotEnoughDataError,
     Split,
     build_dataset,
+    decided_rows,
     fit_scaler,
     labels,
+    next_returns,
+    sample_times,
     time_split,
     walk_forward_splits,
     windows,
 )
+from mlproject.scoring import fit_baselines, score_bundle
+from pipelines.candles.store import CandleStore
+from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import default_spec
+from pipelines.lifecycle.scores import log_loss
+from pipelines.modelbundle import ModelBundle
+from tests.conftest import BUNDLED
+from tests.pipelines.test_modelbundle import _mean_sigmoid_onnx
 
 LENGTH, HORIZON = 20, 3
 
@@ -93,15 +105,116 @@ def test_scaler_is_fitted_on_training_rows_only(dataset: Dataset) -> None:
 def test_windows_end_on_their_row_and_labels_look_ahead(dataset: Dataset) -> None:
     split = time_split(dataset, val_fraction=0.15, test_fraction=0.15)
     scaler = fit_scaler(dataset, split)
+    rows = decided_rows(dataset, split.test)
 
     x = windows(dataset, scaler, split.test)
     y = labels(dataset, split.test)
 
-    assert x.shape == (len(split.test), LENGTH, len(dataset.spec.names))
-    np.testing.assert_allclose(x[5, -1], scaler.transform(dataset.features[split.test.start + 5]))
+    assert x.shape == (len(rows), LENGTH, len(dataset.spec.names))
+    np.testing.assert_allclose(x[5, -1], scaler.transform(dataset.features[rows[5]]))
     close = dataset.close
-    t = split.test.start + 5
+    t = rows[5]
     assert y[5] == float(close[t + HORIZON] > close[t])
+
+
+@pytest.fixture(scope="module")
+def xmr_candles() -> pd.DataFrame:
+    return CandleStore(bundled_dir=BUNDLED, data_dir=BUNDLED.parent / "none").load("XMR")
+
+
+@pytest.fixture(scope="module")
+def xmr(xmr_candles: pd.DataFrame) -> Dataset:
+    # Horizon 1 on XMR's hours: about 4 % of them close unchanged.
+    return build_dataset(
+        xmr_candles, spec=default_spec(), sequence_length=LENGTH, horizon=1, max_rows=1500
+    )
+
+
+def _ties(dataset: Dataset, part: range) -> np.ndarray:
+    at = np.arange(part.start, part.stop)
+    close = dataset.close
+    return at[close[at + dataset.horizon] == close[at]]
+
+
+def test_tie_rows_are_no_samples_but_their_candles_still_feed_windows(xmr: Dataset) -> None:
+    split = time_split(xmr, val_fraction=0.15, test_fraction=0.15)
+    scaler = fit_scaler(xmr, split)
+    close, features = xmr.close, xmr.features
+
+    for part in (split.train, split.val, split.test):
+        ties = _ties(xmr, part)
+        rows = decided_rows(xmr, part)
+        assert ties.size > 0  # real unchanged closes in every part
+        assert set(rows) == set(part) - set(ties)
+        y = labels(xmr, part)
+        assert len(y) == len(rows)
+        np.testing.assert_array_equal(y, (close[rows + 1] > close[rows]).astype(np.float32))
+        assert (close[rows + 1] != close[rows]).all()
+    rows = decided_rows(xmr, split.test)
+    x = windows(xmr, scaler, split.test)
+    assert len(x) == len(rows)
+    np.testing.assert_allclose(x[:, -1], scaler.transform(features[rows]), rtol=1e-6)
+    # A window ending just after a tie row still reads that candle as its second-to-last step.
+    after = np.flatnonzero(np.isin(rows - 1, _ties(xmr, split.test)))[0]
+    np.testing.assert_allclose(x[after, -2], scaler.transform(features[rows[after] - 1]), rtol=1e-6)
+    np.testing.assert_allclose(next_returns(xmr, split.test), close[rows + 1] / close[rows] - 1)
+    assert sample_times(xmr, split.test).equals(pd.DatetimeIndex(xmr.candles.index[rows]))
+
+
+def test_an_always_down_forecaster_no_longer_gains_from_ties(xmr_candles: pd.DataFrame) -> None:
+    whole = build_dataset(xmr_candles, spec=default_spec(), sequence_length=LENGTH, horizon=1)
+    y = labels(whole, whole.samples)
+    at = np.arange(whole.samples.start, whole.samples.stop)
+    close = whole.close
+    ties_as_down = (close[at + 1] > close[at]).astype(np.float64)  # the old labels
+
+    def leans_down(n: int) -> np.ndarray:
+        return np.full(n, 0.49)
+
+    def coin(n: int) -> np.ndarray:
+        return np.full(n, 0.5)
+
+    # With ties counted as "down", saying "down" looked right more than half the time ...
+    assert np.mean(ties_as_down == 0) > 0.5
+    old = len(at)
+    assert log_loss(leans_down(old), ties_as_down) < log_loss(coin(old), ties_as_down)
+    # ... on the up-or-down rows it is not.
+    assert len(y) < len(at)
+    assert np.mean(y == 0) < 0.5
+    assert log_loss(leans_down(len(y)), y) > log_loss(coin(len(y)), y)
+
+
+def test_baselines_and_the_gates_bundle_scores_see_the_models_rows(
+    xmr: Dataset, xmr_candles: pd.DataFrame, tmp_path: Path
+) -> None:
+    split = time_split(xmr, val_fraction=0.15, test_fraction=0.15)
+    scaler = fit_scaler(xmr, split)
+    y_test = labels(xmr, split.test)
+
+    predictions = fit_baselines(xmr, split, scaler, seed=0)
+
+    assert {len(p.proba) for p in predictions.values()} == {len(y_test)}
+    # The majority baseline's rate is the training labels' rate of "up", ties left out.
+    assert predictions["majority"].proba[0] == pytest.approx(labels(xmr, split.train).mean())
+    # The gate scores a bundle on its test window's candles: it keeps the same rows and labels.
+    spec = default_spec()
+    bundle = ModelBundle(
+        onnx_path=_mean_sigmoid_onnx(tmp_path / "m.onnx", len(spec.names)),
+        scaler=FeatureScaler.fit(xmr.features[xmr.first_row :], names=spec.names),
+        spec=spec,
+        metadata={"pair": "XMR", "model_type": "lstm", "sequence_length": 5, "horizon": 1},
+    )
+    window = pd.DatetimeIndex(xmr.candles.index[split.test.start : split.test.stop])
+    scored = score_bundle(bundle, candles=xmr_candles, timestamps=window, horizon=1)
+    assert scored.timestamps.equals(sample_times(xmr, split.test))
+    np.testing.assert_array_equal(scored.y, y_test)
+    with pytest.raises(ValueError, match=r"no label yet \(horizon 1\)"):
+        score_bundle(
+            bundle,
+            candles=xmr_candles,
+            timestamps=pd.DatetimeIndex(xmr_candles.index[-3:]),
+            horizon=1,
+        )
 
 
 def test_too_few_candles_give_an_error_with_the_counts(btc_candles: pd.DataFrame) -> None:

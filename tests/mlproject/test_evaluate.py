@@ -1,24 +1,39 @@
-"""Walk-forward evaluation on a slice of real candles: folds, intervals, report, MLflow run."""
+"""Walk-forward evaluation: folds, seed ensembles, intervals, report, MLflow run, the combined page.
+
+The slow tests run it on a slice of real candles; the others judge hand-made forecasters whose
+answer is known.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from mlproject.baselines import Prediction
 from mlproject.evaluate import (
     PREDICTORS,
     EvaluationPlan,
     FoldReport,
+    FoldRows,
+    ensemble,
     evaluate,
+    fold_report,
+    render_markdown,
     report_document,
+    summaries_of,
     summarise,
 )
 from mlproject.evaluation_page import ReportError, choose, combine_reports, load_report
+from mlproject.scoring import score
+from pipelines.lifecycle.intervals import paired_interval
+from pipelines.lifecycle.scores import log_loss, log_losses
 from pipelines.settings import Settings
 from tbml.cli import app
 
@@ -55,7 +70,7 @@ def test_walk_forward_reports_every_fold_and_predictor(settings: Settings, tmp_p
     baselines = len(PREDICTORS) - 1
     assert text.count("| BTC | ") == 3 * (1 + baselines + len(PREDICTORS) + 1)
     assert "Wilson" in text
-    assert "paired moving-block bootstrap" in text
+    assert "Newey-West t-interval" in text
     # Each fold's test probabilities are calibrated on its validation rows, and it says how.
     for report in (first, second):
         assert report.extra["calibration"]["method"] in {"none", "platt", "isotonic"}
@@ -107,9 +122,13 @@ def test_several_seeds_give_a_report_per_seed_and_their_summary(
     pooled = document["summary"][1]
     assert (pooled["fold"], pooled["seeds"]) == ("all", [1, 2])
     losses = [r.metrics["model"]["log_loss"] for r in reports if r.fold == "all"]
-    assert pooled["mean"]["model"]["log_loss"] == pytest.approx(sum(losses) / 2)
-    assert pooled["sd"]["model"]["log_loss"] == pytest.approx(abs(losses[0] - losses[1]) / 2**0.5)
-    assert " ± " in path.read_text()
+    assert pooled["seed_mean"]["model"]["log_loss"] == pytest.approx(sum(losses) / 2)
+    sd = abs(losses[0] - losses[1]) / 2**0.5
+    assert pooled["seed_sd"]["model"]["log_loss"] == pytest.approx(sd)
+    # The ensemble of the two seeds' probabilities scores at most their mean log loss (convexity).
+    ensembled = pooled["metrics"]["model"]["log_loss"]
+    assert ensembled <= sum(losses) / 2 + 1e-12
+    assert "sd over seeds" in path.read_text()
 
     client = MlflowClient(small.tracking_uri)
     experiment = client.get_experiment_by_name(small.evaluation_experiment_name)
@@ -119,146 +138,209 @@ def test_several_seeds_give_a_report_per_seed_and_their_summary(
     assert run.data.metrics["seed2/BTC/model/log_loss_pooled"] == losses[1]
     assert run.data.metrics["BTC/model/log_loss_mean_pooled"] == pytest.approx(sum(losses) / 2)
     assert run.data.metrics["BTC/beats_seeds_pooled"] == pooled["beats_seeds"]
+    assert run.data.metrics["BTC/ensemble/model/log_loss_pooled"] == pytest.approx(ensembled)
+    assert run.data.metrics["BTC/ensemble/beats_pooled"] == float(pooled["beats_baseline"])
 
 
-def _fold(
-    pair: str,
-    fold: str,
-    seed: int,
-    *,
-    model: float,
-    baselines: dict[str, float],
-    high: dict[str, float] | None = None,
-    window: tuple[str, str] = ("2023-10-08T00:00:00+00:00", "2023-12-30T17:00:00+00:00"),
-) -> FoldReport:
-    """A fold report with the given log losses; the paired interval is the difference +- 0.004
-    unless `high` sets its upper end."""
-    losses = {"model": model, **baselines}
-    metrics = {
-        name: {
-            "accuracy": 0.5 + (0.693 - loss),
-            "balanced_accuracy": 0.5,
-            "roc_auc": 0.5,
-            "log_loss": loss,
-            "brier": 0.25,
-        }
-        for name, loss in losses.items()
+# Seed ensembles and the combined page, on forecasters whose answer is known: a world whose true
+# probability of "up" is known, seeds that are the truth plus independent noise (so the seeds'
+# average is closer to the truth than any one seed), and baselines that know less of it.
+
+ROWS = 2000
+SEEDS = (42, 43, 44)
+WINDOW = ("2023-10-08T00:00:00+00:00", "2023-12-30T17:00:00+00:00")
+
+
+def _world(signal: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """True probabilities of "up" 0.5 +- `signal` (sd), and outcomes drawn from them."""
+    rng = np.random.default_rng(seed)
+    truth = np.clip(0.5 + signal * rng.standard_normal(ROWS), 0.05, 0.95)
+    return truth, (rng.random(ROWS) < truth).astype(np.int8)
+
+
+def _seed_rows(
+    truth: np.ndarray, y: np.ndarray, *, noise: float, seed: int, rows: slice = slice(None)
+) -> FoldRows:
+    """One seed's rows: the model is the truth plus noise of sd `noise` drawn under `seed`;
+    majority says 0.5, logistic knows a fifth of the truth's departure from 0.5."""
+    model = np.clip(truth + noise * np.random.default_rng(seed).standard_normal(ROWS), 0.02, 0.98)
+    probas = {"model": model, "majority": np.full(ROWS, 0.5), "logistic": 0.5 + 0.2 * (truth - 0.5)}
+    return FoldRows(y=y[rows], probas={k: v[rows] for k, v in probas.items()})
+
+
+def _scored(pair: str, fold: str, seed: int, rows: FoldRows) -> FoldReport:
+    """The seed's report, scored as a fold of `walk_forward` is."""
+    predictions = {
+        name: Prediction(proba=p, pred=(p >= 0.5).astype(np.int8))
+        for name, p in rows.probas.items()
+        if name != "model"
     }
-    verdicts: dict[str, dict[str, float | int]] = {}
-    for name, loss in baselines.items():
-        mean = model - loss
-        top = mean + 0.004 if high is None or name not in high else high[name]
-        verdicts[name] = {"mean": mean, "low": mean - 0.004, "high": top, "rows": 2000, "block": 24}
-    return FoldReport(
-        pair=pair,
-        fold=fold,
-        test_start=window[0],
-        test_end=window[1],
-        rows=2000,
-        metrics=metrics,
-        intervals={
-            name: {"accuracy": (0.4, 0.6), "roc_auc": (0.4, 0.6), "log_loss": (0.6, 0.8)}
-            for name in losses
-        },
-        strongest_baseline=max(verdicts, key=lambda name: float(verdicts[name]["mean"])),
-        beats_baseline=all(float(v["high"]) < 0 for v in verdicts.values()),
-        verdicts=verdicts,
-        rule={"metric": "log_loss", "block": 24, "margin": 0.0, "resamples": 2000},
-        seed=seed,
+    scores = score(
+        y=rows.y,
+        model_proba=rows.probas["model"],
+        baseline_predictions=predictions,
+        returns=np.zeros(rows.y.size),
+        settings=Settings(_env_file=None),
     )
+    return fold_report(pair, fold, scores, start=WINDOW[0], end=WINDOW[1], seed=seed)
 
 
-BASE = {"majority": 0.693, "last_move": 0.690, "logistic": 0.691, "lightgbm": 0.692}
+Evaluated = tuple[list[FoldReport], dict[tuple[str, str, int], FoldRows]]
 
 
-def test_summary_gives_mean_sd_and_seed_counts_of_known_reports() -> None:
-    reports = [
-        _fold("BTC", "1", 42, model=0.686, baselines=BASE),  # -0.004 +- 0.004 vs last_move
-        _fold("BTC", "1", 43, model=0.688, baselines=BASE, high=dict.fromkeys(BASE, -0.0001)),
-        _fold("BTC", "1", 44, model=0.692, baselines=BASE),  # +0.002 against last_move
-    ]
+def _evaluated(pair: str, truth: np.ndarray, y: np.ndarray, *, noise: float) -> Evaluated:
+    """Fold 1 and fold `all` (one fold: the same rows) of `pair` under every seed of SEEDS."""
+    reports, rows = [], {}
+    for seed in SEEDS:
+        each = _seed_rows(truth, y, noise=noise, seed=seed)
+        for fold in ("1", "all"):
+            reports.append(_scored(pair, fold, seed, each))
+            rows[(pair, fold, seed)] = each
+    return reports, rows
 
-    (summary,) = summarise(reports)
 
-    assert (summary.pair, summary.fold, summary.seeds, summary.n) == ("BTC", "1", (42, 43, 44), 3)
-    assert summary.mean["model"]["log_loss"] == pytest.approx(0.6886667, abs=1e-7)
-    # Sample sd of 0.686, 0.688, 0.692: sqrt((2.667^2 + 0.667^2 + 3.333^2) e-6 / 2).
-    assert summary.sd["model"]["log_loss"] == pytest.approx(0.0030551, abs=1e-6)
-    assert summary.sd["majority"]["log_loss"] == pytest.approx(0.0, abs=1e-12)
-    assert summary.strongest_baseline == "last_move"
-    against = summary.verdicts["last_move"]
-    assert against["mean"] == pytest.approx((-0.004 - 0.002 + 0.002) / 3)
-    assert against["high"] == pytest.approx((0.0 - 0.0001 + 0.006) / 3)
-    # Seed 42's interval against last_move ends at 0.0 (not below), seed 43's below: one seed.
-    assert against["better"] == 1
-    assert against["worse"] == 0
-    assert summary.verdicts["majority"]["better"] == 2  # -0.007, -0.005 below; +0.003 - 0.004 not
-    assert summary.beats_seeds == 1  # only seed 43 beats every baseline
+def test_the_seed_ensemble_averages_the_probabilities_and_is_judged_once() -> None:
+    truth, y = _world(0.15, seed=0)
+    reports, rows = _evaluated("BTC", truth, y, noise=0.12)
+
+    summary = summarise(reports, rows)[0]
+
+    average = np.mean([rows[("BTC", "1", s)].probas["model"] for s in SEEDS], axis=0)
+    assert summary.metrics["model"]["log_loss"] == pytest.approx(log_loss(average, y), abs=1e-12)
+    expected = paired_interval(log_losses(average, y) - log_losses(np.full(ROWS, 0.5), y))
+    assert summary.verdicts["majority"] == expected.to_dict()
+    # No seed alone shows it beats majority; their average, closer to the truth, does.
+    assert summary.seed_verdicts["majority"] == {"better": 0, "worse": 0}
+    assert summary.beats_seeds == 0
+    assert summary.beats_baseline is True
+    assert summary.strongest_baseline == "logistic"
+    # The spread is the seeds' own log losses', apart from the ensemble's.
+    each = [log_loss(rows[("BTC", "1", s)].probas["model"], y) for s in SEEDS]
+    assert summary.seed_mean["model"]["log_loss"] == pytest.approx(np.mean(each))
+    assert summary.seed_sd["model"]["log_loss"] == pytest.approx(np.std(each, ddof=1))
+    assert summary.metrics["model"]["log_loss"] < min(each)
+    low, high = summary.intervals["model"]["log_loss"]
+    assert (low, high) == pytest.approx(
+        (
+            paired_interval(log_losses(average, y)).low,
+            paired_interval(log_losses(average, y)).high,
+        )
+    )
+    # Deterministic baselines are the same under every seed and kept as they are.
+    assert summary.metrics["majority"]["log_loss"] == pytest.approx(math.log(2))
+
+
+def test_the_pooled_fold_pools_the_per_row_differences_into_one_interval() -> None:
+    truth, y = _world(0.15, seed=0)
+    reports, rows = [], {}
+    halves = {"1": slice(0, 600), "2": slice(600, None)}
+    for seed in SEEDS:
+        whole = _seed_rows(truth, y, noise=0.12, seed=seed)
+        for fold, part in halves.items():
+            each = _seed_rows(truth, y, noise=0.12, seed=seed, rows=part)
+            reports.append(_scored("BTC", fold, seed, each))
+            rows[("BTC", fold, seed)] = each
+        reports.append(_scored("BTC", "all", seed, whole))
+        rows[("BTC", "all", seed)] = whole
+
+    first, second, pooled = summarise(reports, rows)
+
+    average = np.mean([rows[("BTC", "all", s)].probas["model"] for s in SEEDS], axis=0)
+    expected = paired_interval(log_losses(average, y) - log_losses(np.full(ROWS, 0.5), y))
+    assert pooled.fold == "all"
+    assert pooled.verdicts["majority"] == expected.to_dict()
+    # Not the folds' endpoints averaged: that has no coverage meaning, and differs here.
+    averaged = sum(float(s.verdicts["majority"]["high"]) for s in (first, second)) / 2
+    assert abs(float(pooled.verdicts["majority"]["high"]) - averaged) > 1e-3
+
+
+def test_ensemble_refuses_rows_of_different_windows() -> None:
+    truth, y = _world(0.15, seed=0)
+    one = _seed_rows(truth, y, noise=0.1, seed=1)
+    other = FoldRows(y=1 - one.y, probas=one.probas)
+    with pytest.raises(ValueError, match="the seeds' outcomes differ"):
+        ensemble([one, other])
 
 
 def test_summary_refuses_seeds_tested_on_different_rows() -> None:
-    other = ("2023-07-17T00:00:00+00:00", "2023-10-08T00:00:00+00:00")
-    reports = [
-        _fold("BTC", "1", 42, model=0.686, baselines=BASE),
-        _fold("BTC", "1", 43, model=0.686, baselines=BASE, window=other),
-    ]
+    truth, y = _world(0.15, seed=0)
+    reports, rows = _evaluated("BTC", truth, y, noise=0.12)
+    moved = replace(reports[2], test_start="2023-07-17T00:00:00+00:00")
     with pytest.raises(ValueError, match="BTC fold 1: seed 43 tested 2023-07-17"):
-        summarise(reports)
+        summarise([reports[0], moved], rows)
 
 
-def _write_report(
-    path: Path, settings: Settings, model_type: str, seeds: list[int], reports: list[FoldReport]
-) -> Path:
-    plan = EvaluationPlan.from_settings(
-        settings, pairs=["BTC", "XMR"], model_type=model_type, folds=1, seeds=seeds
+def test_the_json_report_gives_back_the_summaries_it_was_written_with(settings: Settings) -> None:
+    truth, y = _world(0.15, seed=0)
+    reports, rows = _evaluated("BTC", truth, y, noise=0.12)
+    plan = EvaluationPlan.from_settings(settings, pairs=["BTC"], folds=1, seeds=list(SEEDS))
+
+    document = report_document(
+        reports, rows, plan=plan, settings=settings, elapsed=60.0, complete=True
     )
-    document = report_document(reports, plan=plan, settings=settings, elapsed=60.0, complete=True)
+    again = json.loads(json.dumps(document))
+
+    assert summaries_of(again) == summarise(reports, rows)
+    text = render_markdown(again)
+    assert "Seeds ensembled" in text
+    assert "Newey-West" in text
+    assert "| BTC | 1 | 2023-10-08 .. 2023-12-30 | 2000 | 3 | " in text
+
+
+def _write_report(path: Path, settings: Settings, model_type: str, evaluated: Evaluated) -> Path:
+    reports, rows = evaluated
+    plan = EvaluationPlan.from_settings(
+        settings, pairs=["BTC", "XMR"], model_type=model_type, folds=1, seeds=list(SEEDS)
+    )
+    document = report_document(
+        reports, rows, plan=plan, settings=settings, elapsed=60.0, complete=True
+    )
     path.write_text(json.dumps(document))
     return path
 
 
-def _pooled(pair: str, seed: int, model: float, **kw: Any) -> list[FoldReport]:
-    return [_fold(pair, fold, seed, model=model, baselines=BASE, **kw) for fold in ("1", "all")]
+def _both(noise: dict[str, float]) -> Evaluated:
+    """BTC (a world with a signal) and XMR (nearly none) with the model noise of each."""
+    reports, rows = [], {}
+    for pair, signal, world in (("BTC", 0.15, 0), ("XMR", 0.03, 1)):
+        truth, y = _world(signal, seed=world)
+        more_reports, more_rows = _evaluated(pair, truth, y, noise=noise[pair])
+        reports += more_reports
+        rows.update(more_rows)
+    return reports, rows
 
 
-def test_combined_page_serves_the_lowest_loss_architecture_that_beats_on_most_seeds(
+def test_combined_page_serves_the_lowest_loss_architecture_whose_ensemble_beats(
     settings: Settings, tmp_path: Path
 ) -> None:
-    seeds = [42, 43, 44]
-    # BTC: lstm beats every baseline on 2 of 3 seeds at 0.6850; gru has the lowest log loss
-    # (0.6840) but beats them on 1 seed only; cnn beats them on 3 seeds at 0.6855.
-    # XMR: nothing beats last_move on most seeds.
-    lstm = [
-        *_pooled("BTC", 42, 0.685),
-        *_pooled("BTC", 43, 0.685),
-        *_pooled("BTC", 44, 0.685, high={"last_move": 0.001}),
-        *[r for s in seeds for r in _pooled("XMR", s, 0.6905)],
-    ]
-    gru = [
-        *_pooled("BTC", 42, 0.684),
-        *_pooled("BTC", 43, 0.684, high={"last_move": 0.002}),
-        *_pooled("BTC", 44, 0.684, high={"logistic": 0.003}),
-        *[r for s in seeds for r in _pooled("XMR", s, 0.6920)],
-    ]
-    cnn = [r for s in seeds for r in _pooled("BTC", s, 0.6855)] + [
-        r for s in seeds for r in _pooled("XMR", s, 0.6895, high={"last_move": 0.0005})
-    ]
+    # BTC: lstm's and cnn's ensembles beat every baseline, lstm's at a lower log loss, though no
+    # seed alone does; gru's seeds are too noisy for its ensemble to. XMR: nothing to find.
+    noise = {"lstm": 0.12, "gru": 0.25, "cnn": 0.13}
     paths = [
-        _write_report(tmp_path / f"{name}.json", settings, name, seeds, reports)
-        for name, reports in (("lstm", lstm), ("gru", gru), ("cnn", cnn))
+        _write_report(tmp_path / f"{name}.json", settings, name, _both({"BTC": sd, "XMR": sd}))
+        for name, sd in noise.items()
     ]
+    loaded = [load_report(p) for p in paths]
+    pooled = {a.model_type: a.pooled("BTC") for a in loaded}
+    btc = {name: summary for name, summary in pooled.items() if summary is not None}
+    # The premise: lstm's and cnn's ensembles beat, gru's does not, no lstm seed alone does.
+    assert [btc[name].beats_baseline for name in ("lstm", "cnn", "gru")] == [True, True, False]
+    assert btc["lstm"].beats_seeds == 0
 
-    choices = {pair: choose([load_report(p) for p in paths], pair) for pair in ("BTC", "XMR")}
+    choices = {pair: choose(loaded, pair) for pair in ("BTC", "XMR")}
+
     assert choices["BTC"].serve == "lstm"
-    assert "beats every baseline on 2/3 seeds" in choices["BTC"].reason
+    assert "its 3-seed ensemble beats every baseline (folds pooled)" in choices["BTC"].reason
+    assert "seeds alone beating every baseline 0/3" in choices["BTC"].reason
     assert "also qualified, with a higher log loss on the newest window: cnn" in (
         choices["BTC"].reason
     )
     assert choices["XMR"].serve is None
-    assert choices["XMR"].reason.startswith("none beats last_move (log loss 0.6900")
-    assert "Nearest: cnn" in choices["XMR"].reason
+    assert choices["XMR"].reason.startswith("none beats ")
 
     page = tmp_path / "docs" / "evaluation.md"
+    section = tmp_path / "how_sure.md"
+    section.write_text("## How sure is a verdict\n\nCoverage table.\n")
     result = CliRunner().invoke(
         app,
         [
@@ -269,20 +351,38 @@ def test_combined_page_serves_the_lowest_loss_architecture_that_beats_on_most_se
             str(page),
             "--note",
             "Raw.",
+            "--append",
+            str(section),
         ],
     )
     assert result.exit_code == 0, result.output
     text = page.read_text()
-    assert "| BTC | lstm | beats every baseline on 2/3 seeds" in text
-    assert "| XMR | nothing (HOLD) | none beats last_move" in text
+    # The appended section follows the verdicts, before each pair's details.
+    assert text.index("## Which architecture") < text.index("## How sure is a verdict\n\n")
+    assert text.index("Coverage table.") < text.index("\n## BTC\n")
+    assert "| BTC | lstm | its 3-seed ensemble beats every baseline" in text
+    assert "| XMR | nothing (HOLD) | none beats " in text
     assert "- Raw." in text
-    # The headline: the lowest log loss is gru's on BTC, yet lstm is served (gru beats on 1 seed).
-    assert "| BTC | lstm | gru 0.6840 ± 0.0000 | last_move 0.6900 | last_move: " in text
-    assert "| XMR | nothing (HOLD) | cnn 0.6895 ± 0.0000 | last_move 0.6900 | " in text
     assert "`tbml evaluate --all --model-type gru --folds 1 --test-size 2000 --epochs 8 " in text
     assert "--seeds 42,43,44`" in text
     # Per architecture: the summary row, a verdict per baseline, a row per seed.
-    assert text.count("| BTC | all | ") == 3 * (1 + (len(PREDICTORS) - 1) + len(seeds))
+    assert text.count("| BTC | all | ") == 3 * (1 + 2 + len(SEEDS))
+
+
+def test_combine_refuses_a_report_written_before_seeds_were_ensembled(
+    settings: Settings, tmp_path: Path
+) -> None:
+    truth, y = _world(0.15, seed=0)
+    path = _write_report(
+        tmp_path / "lstm.json", settings, "lstm", _evaluated("BTC", truth, y, noise=0.1)
+    )
+    document = json.loads(path.read_text())
+    for summary in document["summary"]:
+        del summary["seed_sd"]
+    path.write_text(json.dumps(document))
+
+    with pytest.raises(ReportError, match="written before seeds were ensembled"):
+        load_report(path)
 
 
 @pytest.mark.parametrize(
@@ -312,7 +412,9 @@ def test_combine_refuses_what_is_not_a_report_and_two_reports_of_one_model(
     assert result.exit_code == 2
     assert f"{old} is not a JSON report of `tbml evaluate`" in result.output
 
-    first = _write_report(tmp_path / "a.json", settings, "lstm", [42], _pooled("BTC", 42, 0.685))
-    second = _write_report(tmp_path / "b.json", settings, "lstm", [43], _pooled("BTC", 43, 0.685))
+    truth, y = _world(0.15, seed=0)
+    evaluated = _evaluated("BTC", truth, y, noise=0.12)
+    first = _write_report(tmp_path / "a.json", settings, "lstm", evaluated)
+    second = _write_report(tmp_path / "b.json", settings, "lstm", evaluated)
     with pytest.raises(ReportError, match="two reports of lstm"):
         combine_reports([first, second])

@@ -91,6 +91,7 @@ class Registry:
         horizon: int = 1,
         test_window: tuple[pd.Timestamp, pd.Timestamp] | None = None,
         broken_onnx: bool = False,
+        refit: bool = False,
     ) -> str:
         self.count += 1
         spec = default_spec()
@@ -112,6 +113,7 @@ class Registry:
                 "rows": TEST_ROWS,
             },
             "fit_end": (fit_end or self.test_start - pd.Timedelta(hours=100)).isoformat(),
+            "refit": refit,
             "test_metrics": {"log_loss": 0.69},
             "baseline_metrics": {"majority": {"log_loss": 0.70}},
             "strongest_baseline": "majority",
@@ -217,7 +219,7 @@ def test_worse_challenger_is_rejected_and_production_is_unchanged(registry: Regi
     tags = registry.tags(new)
     assert tags["tbml.promotion"] == "rejected"
     assert f"worse than production version {old}" in tags["tbml.promotion_reason"]
-    assert f"same {TEST_ROWS} newest held-out rows" in tags["tbml.promotion_reason"]
+    assert f"same {TEST_ROWS} rows unseen by both versions" in tags["tbml.promotion_reason"]
     assert "tbml.unproven" not in tags
     # The whole interval of per-row log-loss differences lies above 0, and the tags say so.
     assert decision.verdict is not None
@@ -261,7 +263,8 @@ def test_tags_and_reason_carry_the_interval_and_the_rows(registry: Registry) -> 
     tags = registry.tags(new)
     assert tags["tbml.gate_rows"] == str(TEST_ROWS)
     assert tags["tbml.gate_metric"] == "log_loss"
-    assert tags["tbml.gate_block"] == "24"  # a day of hourly candles
+    assert tags["tbml.gate_lag"] == str(verdict.lag) == "5"  # Newey-West's rule at 400 rows
+    assert "tbml.gate_block" not in tags
     assert float(tags["tbml.gate_delta_mean"]) == pytest.approx(verdict.mean, abs=1e-6)
     assert float(tags["tbml.gate_delta_low"]) == pytest.approx(verdict.low, abs=1e-6)
     assert float(tags["tbml.gate_delta_high"]) == pytest.approx(verdict.high, abs=1e-6)
@@ -271,7 +274,8 @@ def test_tags_and_reason_carry_the_interval_and_the_rows(registry: Registry) -> 
     assert verdict.mean == pytest.approx(decision.challenger - decision.incumbent, abs=1e-9)
     reason = tags["tbml.promotion_reason"]
     assert f"[{verdict.low:+.4f}, {verdict.high:+.4f}]" in reason
-    assert f"same {TEST_ROWS} newest held-out rows" in reason
+    assert f"same {TEST_ROWS} rows unseen by both versions" in reason
+    assert f"at {TEST_ROWS} rows this comparison detects a difference of" in reason
 
 
 def test_a_tie_promotes_unless_the_margin_asks_for_an_improvement(registry: Registry) -> None:
@@ -390,9 +394,99 @@ def test_fewer_unseen_rows_than_ml_gate_min_rows_reject_naming_the_setting(
     assert again.verdict.rows == unseen
 
 
+def test_a_version_is_never_compared_on_rows_at_or_before_its_own_fit_end(
+    registry: Registry,
+) -> None:
+    old = registry.version(0.6)  # learnt nothing of the test window
+    registry.gate(old)
+    own_fit_end = registry.test_start + pd.Timedelta(hours=350)
+    new = registry.version(0.5, fit_end=own_fit_end)  # better, but it learnt most of its window
+    unseen = _unseen_rows(registry, own_fit_end)
+    assert 0 < unseen < 100
+
+    decision = registry.gate(new)
+
+    assert not decision.promoted
+    assert decision.rows == unseen
+    assert f"only {unseen} of the {TEST_ROWS} rows of its test window" in decision.reason
+    assert registry.production() == old
+    again = registry.gate(new, gate_min_rows=unseen)
+    assert again.verdict is not None
+    assert again.verdict.rows == unseen
+
+
+def test_a_refit_that_learnt_its_own_test_window_is_not_scored_on_it(registry: Registry) -> None:
+    old = registry.version(0.6)
+    registry.gate(old)
+    # A refit as once trained: it learnt every label through the newest candle, its test
+    # window included, and its run holds no held-out predictions to stand in for it.
+    refit = registry.version(0.5, refit=True, fit_end=registry.candles.index[-1])
+
+    decision = registry.gate(refit)
+
+    assert not decision.promoted
+    assert decision.rows == 0
+    assert decision.verdict is None
+    assert (
+        f"only 0 of the {TEST_ROWS} rows of its test window are unseen by both versions"
+        in decision.reason
+    )
+    assert registry.production() == old
+    assert "tbml.gate_delta_low" not in registry.tags(refit)
+
+
+def test_an_unproven_challenger_never_replaces_a_proven_production_version(
+    registry: Registry,
+) -> None:
+    old = registry.version(0.6)  # proven
+    registry.gate(old)
+    new = registry.version(0.5, beats_baseline=False)  # far better on the rows, unproven
+
+    for mode in ("offline", "shadow"):
+        decision = registry.gate(new, promotion_mode=mode)
+
+        assert not decision.promoted
+        assert f"its proof is weaker than production version {old}'s" in decision.reason
+        assert decision.verdict is None
+    assert registry.production() == old
+    assert "challenger" not in registry.client.get_registered_model(NAME).aliases
+    # Against an unproven production version the same one is compared, and passes.
+    unproven = registry.version(0.6, beats_baseline=False)
+    registry.gate(unproven, force=True)
+    decision = registry.gate(new)
+    assert decision.promoted
+    assert decision.unproven
+    assert decision.verdict is not None
+    assert registry.production() == new
+
+
+def test_rows_whose_close_did_not_move_are_neither_up_nor_down_and_not_compared(
+    settings: Settings, btc_candles: pd.DataFrame, tmp_path: Path
+) -> None:
+    candles = btc_candles.copy()
+    close = candles["close"].to_numpy(dtype=np.float64).copy()
+    window = range(len(candles) - 1 - TEST_ROWS, len(candles) - 1)
+    for row in window[10::50]:  # eight rows whose next close equals theirs
+        close[row + 1] = close[row]
+    candles["close"] = close
+    ties = int(sum(close[row + 1] == close[row] for row in window))
+    assert ties >= 8
+    registry = Registry(
+        settings.model_copy(update={"promotion_mode": "offline"}), candles, tmp_path
+    )
+    registry.gate(registry.version(0.6))
+
+    decision = registry.gate(registry.version(0.5))
+
+    assert decision.promoted
+    assert decision.rows == TEST_ROWS - ties
+    assert decision.verdict is not None
+    assert decision.verdict.rows == TEST_ROWS - ties
+
+
 def test_a_different_horizon_is_rejected_naming_both(registry: Registry) -> None:
     old = registry.version(0.6, horizon=3)
-    registry.gate(old)
+    registry.gate(old, force=True)  # its test window's newest rows have no 3-ahead label
     new = registry.version(0.5)
 
     decision = registry.gate(new)
@@ -455,7 +549,7 @@ def test_challenger_whose_features_this_code_cannot_compute_is_rejected(
 
 def test_production_version_this_code_cannot_score_is_replaced(registry: Registry) -> None:
     old = registry.version(0.5, spec_version="000000000000")
-    registry.gate(old)
+    registry.gate(old, force=True)  # unscored: only the operator makes it production
     new = registry.version(0.9)
 
     decision = registry.gate(new)
@@ -467,7 +561,7 @@ def test_production_version_this_code_cannot_score_is_replaced(registry: Registr
 
 def test_production_version_whose_onnx_file_is_broken_gives_way(registry: Registry) -> None:
     old = registry.version(0.5, broken_onnx=True)
-    registry.gate(old)  # the first version: promoted without being scored
+    registry.gate(old, force=True)  # unscored: only the operator makes it production
     new = registry.version(0.9)
 
     decision = registry.gate(new)

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 
 from mlproject.metrics import (
+    INTERVAL_METRICS,
     best_of,
-    block_bootstrap_interval,
     classification_metrics,
     is_better,
+    metric_intervals,
     roc_auc,
-    wilson_interval,
 )
+from pipelines.lifecycle.intervals import paired_interval
+from pipelines.lifecycle.scores import LOG_LOSS_EPS, log_losses
 
 Y = np.array([1, 0, 1, 1, 0])
 P = np.array([0.9, 0.2, 0.4, 0.6, 0.7])
@@ -50,10 +52,42 @@ def test_labels_other_than_zero_and_one_are_refused() -> None:
         classification_metrics(y_true=np.array([0, 2]), proba=np.array([0.1, 0.2]))
 
 
-def test_wilson_interval_of_52_in_100() -> None:
-    low, high = wilson_interval(52, 100)
+def test_log_loss_is_the_lifecycles_with_its_clip() -> None:
+    # A certain miss costs -log(LOG_LOSS_EPS), ~16 nats, as everywhere else in the project.
+    m = classification_metrics(y_true=np.array([1, 0]), proba=np.array([0.0, 0.0]))
+    assert m["log_loss"] == pytest.approx(-math.log(LOG_LOSS_EPS) / 2)
+
+
+def test_accuracy_interval_is_wilsons_of_the_hits() -> None:
+    y = np.array([1] * 52 + [0] * 48)
+    proba = np.full(100, 0.9)  # says up on every row: 52 hits in 100
+
+    low, high = metric_intervals(y_true=y, proba=proba)["accuracy"]
+
     assert low == pytest.approx(0.4231, abs=1e-4)
     assert high == pytest.approx(0.6153, abs=1e-4)
+
+
+def test_log_loss_interval_is_the_newey_west_interval_of_the_per_row_losses() -> None:
+    rng = np.random.default_rng(11)
+    # Runs of 12 rows alike: neighbouring losses are dependent, as on a volatile day.
+    y = np.repeat(rng.integers(0, 2, 50), 12).astype(np.int8)
+    proba = np.repeat(rng.uniform(0.2, 0.8, 50), 12)
+    losses = log_losses(proba, y)
+
+    low, high = metric_intervals(y_true=y, proba=proba)["log_loss"]
+
+    expected = paired_interval(losses)
+    assert (low, high) == (expected.low, expected.high)
+    assert low < losses.mean() < high
+    # Wider than an interval that takes the rows as independent.
+    half = 1.96 * losses.std(ddof=1) / math.sqrt(losses.size)
+    assert high - low > 1.5 * 2 * half
+
+
+def test_intervals_are_given_for_accuracy_and_log_loss_only() -> None:
+    intervals = metric_intervals(y_true=Y, proba=P)
+    assert tuple(intervals) == INTERVAL_METRICS == ("accuracy", "log_loss")
 
 
 @pytest.mark.parametrize(
@@ -77,17 +111,3 @@ def test_is_better_respects_direction_and_margin(
 def test_best_of_picks_lowest_loss_and_highest_auc() -> None:
     assert best_of("log_loss", {"a": 0.7, "b": 0.69, "c": math.nan}) == "b"
     assert best_of("roc_auc", {"a": 0.51, "b": 0.49}) == "a"
-
-
-def test_block_bootstrap_interval_brackets_the_estimate_and_is_seeded() -> None:
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, 2, 600)
-    p = np.clip(y * 0.2 + rng.random(600) * 0.8, 0, 1)
-    estimate = roc_auc(y.astype(np.int8), p)
-
-    first = block_bootstrap_interval(roc_auc, y_true=y, proba=p, seed=1, resamples=300)
-    again = block_bootstrap_interval(roc_auc, y_true=y, proba=p, seed=1, resamples=300)
-
-    assert first == again
-    assert first[0] < estimate < first[1]
-    assert first[1] - first[0] < 0.2

@@ -1,7 +1,9 @@
 """The registered version is one pyfunc model: MLflow's own tools answer what the service answers.
 
 One tiny BTC lstm is trained (1 epoch, 8 units, sequence_length 12, newest 400 candles) into a
-temporary SQLite tracking store and promoted; then the same newest candle is asked of the
+temporary SQLite tracking store and promoted. Its bundle is then registered again with a
+temperature calibrator (T = 0.25), so that the calibration the service and the pyfunc both apply
+is never the identity, and that version made production. The same newest candle is asked of the
 service (real uvicorn), of `mlflow.pyfunc.load_model`, of `mlflow models predict` and of
 `mlflow models serve` (both `--env-manager local`, so nothing is installed or downloaded), and
 of the pyfunc loaded in an interpreter where TensorFlow cannot be imported.
@@ -27,8 +29,11 @@ from mlflow import MlflowClient
 
 from mlproject.config import TrainConfig
 from mlproject.train import train
+from pipelines.calibration import Calibrator
 from pipelines.candles.store import CandleStore
-from pipelines.pyfunc_model import example_candles
+from pipelines.lifecycle.registry import set_production
+from pipelines.modelbundle import ModelBundle, download_bundle
+from pipelines.pyfunc_model import example_candles, log_candle_model, predict_newest
 from pipelines.settings import Settings
 from tests.conftest import BUNDLED, free_port
 from tests.service.conftest import live_server, make_settings
@@ -39,6 +44,8 @@ URI = "models:/BTC-lstm@production"
 MLFLOW = Path(sys.executable).parent / "mlflow"
 # Enough candles for the service's exact window (feature lookback + sequence_length) and more.
 ROWS = 700
+NAME = "BTC-lstm"
+TEMPERATURE = Calibrator(method="temperature", temperature=0.25, rows=60)
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class Served:
     run_id: str
     candles: pd.DataFrame  # the input: the newest ROWS bundled candles, as the model takes them
     service_probability: float
+    raw_probability: float  # the same bundle's answer without its calibrator
     service_body: dict[str, object]
 
     @property
@@ -66,13 +74,51 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
     )
     outcome = train(config, settings=settings)
     assert outcome.promotion == "promoted", outcome
+    candles = CandleStore(bundled_dir=BUNDLED, data_dir=BUNDLED / "none").load("BTC")
+    raw = _register_with_temperature(settings, outcome.run_id, candles, root=root)
     with live_server(settings) as server:
         body = server.client.get("/api/predictions/BTC").json()
     assert body["fallback"] is False, body
-    candles = CandleStore(bundled_dir=BUNDLED, data_dir=BUNDLED / "none").load("BTC")
     frame = example_candles(candles, rows=ROWS)
     assert body["candleTime"] == candles.index[-1].value // 10**6
-    return Served(settings, outcome.run_id, frame, float(body["prediction"]["prediction"]), body)
+    probability = float(body["prediction"]["prediction"])
+    raw_probability = float(predict_newest(raw, frame)["probability"].iloc[0])
+    return Served(settings, outcome.run_id, frame, probability, raw_probability, body)
+
+
+def _register_with_temperature(
+    settings: Settings, run_id: str, candles: pd.DataFrame, *, root: Path
+) -> ModelBundle:
+    """Register the trained bundle again with TEMPERATURE as its calibrator, as production,
+    from a run of its own in the training's experiment; return the bundle without calibrator."""
+    client = MlflowClient(settings.tracking_uri)
+    trained = download_bundle(client, name=NAME, version="1", dst=root / "trained")
+    raw = ModelBundle(
+        onnx_path=trained.onnx_path,
+        scaler=trained.scaler,
+        spec=trained.spec,
+        metadata=trained.metadata,
+    )
+    directory = ModelBundle(
+        onnx_path=trained.onnx_path,
+        scaler=trained.scaler,
+        spec=trained.spec,
+        metadata=trained.metadata,
+        calibrator=TEMPERATURE,
+    ).save(root / "calibrated")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    try:
+        experiment = client.get_run(run_id).info.experiment_id
+        with mlflow.start_run(experiment_id=experiment) as run:
+            info = log_candle_model(directory, candles=candles)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    version = client.create_model_version(
+        NAME, source=info.model_uri, run_id=run.info.run_id, model_id=info.model_id
+    )
+    set_production(client, name=NAME, version=str(version.version))
+    return raw
 
 
 def _payload(frame: pd.DataFrame) -> dict[str, object]:
@@ -83,8 +129,10 @@ def _check(answer: dict[str, object], served: Served) -> None:
     """One row for the newest candle with the service's probability and derived fields."""
     prediction = served.service_body["prediction"]
     assert isinstance(prediction, dict)
-    # The service rounds to 6 decimals; the model answers full precision.
+    # The service rounds to 6 decimals; the model answers full precision. Both apply the
+    # version's temperature: the raw output is measurably elsewhere.
     assert float(str(answer["probability"])) == pytest.approx(served.service_probability, abs=1e-6)
+    assert abs(served.service_probability - served.raw_probability) > 1e-5
     assert answer["prediction"] == prediction["prediction"]
     assert answer["direction"] == prediction["direction"]
     assert answer["signal"] == prediction["signal"]

@@ -105,7 +105,7 @@ def test_run_logs_the_paired_verdict_behind_beats_baseline(trained: Trained) -> 
     assert metrics["beats_interval_high"] == verdict.high
     assert metrics["beats_mean_difference"] == verdict.mean
     assert metrics["beats_rows"] == metrics["test_rows"] == scores.y.size
-    assert metrics["beats_block"] == 24
+    assert metrics["beats_lag"] == verdict.lag  # the Newey-West lag of the paired interval
     assert verdict.low <= verdict.mean <= verdict.high
     # The logged "beats" is the interval's: below -margin against every baseline.
     margin = trained.settings.promotion_margin

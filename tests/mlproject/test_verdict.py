@@ -32,6 +32,8 @@ from mlproject.verdict import (
     compare_runs,
     recompute,
 )
+from pipelines.lifecycle.intervals import paired_interval
+from pipelines.lifecycle.scores import log_losses
 from pipelines.settings import PROJECT_ROOT, Settings
 from tests.conftest import stores_under
 
@@ -68,8 +70,27 @@ def test_model_equal_to_a_baseline_plus_noise_does_not_beat_it() -> None:
     verdict = scores.verdict
     assert verdict.low < 0 < verdict.high  # the interval straddles zero
     assert verdict.rows == ROWS
-    assert verdict.block == 24  # a day of hourly candles
     assert scores.beats_baseline is False
+
+
+def test_the_verdict_is_the_lifecycles_paired_interval_of_the_per_row_differences() -> None:
+    truth, y = _world()
+    model = np.clip(truth + np.random.default_rng(2).normal(scale=0.05, size=ROWS), 0.01, 0.99)
+
+    verdict = VerdictRule(margin=0.0, level=0.9).compare(y, model, truth)
+
+    assert verdict == paired_interval(log_losses(model, y) - log_losses(truth, y), level=0.9)
+
+
+def test_a_rule_saved_when_verdicts_were_bootstrapped_is_read_for_its_margin_and_level() -> None:
+    old = {"metric": "log_loss", "block": 24, "margin": 0.002, "resamples": 2000, "seed": 0}
+
+    rule = VerdictRule.from_dict({**old, "level": 0.9})
+
+    assert rule == VerdictRule(margin=0.002, level=0.9)
+    assert VerdictRule.from_dict(old).level == 0.95
+    assert VerdictRule.from_dict(rule.to_dict()) == rule
+    assert rule.to_dict()["method"] == "newey-west"
 
 
 def test_clearly_better_model_beats_the_baseline() -> None:
@@ -98,7 +119,7 @@ def test_beats_needs_every_baseline_and_names_the_strongest() -> None:
     truth, y = _world()
     probas = {MODEL: truth, "coin": np.full(ROWS, 0.5), "twin": truth.copy()}
 
-    judgement = judge(y, probas, rule=VerdictRule(block=24, margin=0.0))
+    judgement = judge(y, probas, rule=VerdictRule(margin=0.0))
 
     assert judgement.verdicts["coin"].better()
     assert judgement.strongest_baseline == "twin"
@@ -110,7 +131,7 @@ def _rows(run_id: str, times: pd.DatetimeIndex, y: np.ndarray, model: np.ndarray
     frame = pd.DataFrame(
         {TIMESTAMP: [t.isoformat() for t in times], OUTCOME: y, MODEL: model, "majority": 0.5}
     )
-    return RunRows(run_id=run_id, frame=frame, rule=VerdictRule(block=24, margin=0.0), logged={})
+    return RunRows(run_id=run_id, frame=frame, rule=VerdictRule(margin=0.0), logged={})
 
 
 def test_two_runs_are_compared_on_the_rows_both_hold_only() -> None:
@@ -124,9 +145,7 @@ def test_two_runs_are_compared_on_the_rows_both_hold_only() -> None:
 
     assert comparison.verdict.rows == ROWS - 500
     assert comparison.verdict.better()
-    expected = VerdictRule(block=24, margin=0.0).compare(
-        y[500:], truth[500:], second.frame[MODEL].to_numpy()
-    )
+    expected = VerdictRule(margin=0.0).compare(y[500:], truth[500:], second.frame[MODEL].to_numpy())
     assert comparison.verdict == expected
 
 
@@ -139,7 +158,7 @@ def test_recompute_uses_the_logged_rule_unless_given_another_margin() -> None:
     stricter = recompute(rows, margin=1.0)
 
     assert logged.beats_baseline is True
-    assert logged.verdict == VerdictRule(block=24, margin=0.0).compare(y, truth, np.full(ROWS, 0.5))
+    assert logged.verdict == VerdictRule(margin=0.0).compare(y, truth, np.full(ROWS, 0.5))
     assert stricter.verdict == logged.verdict
     assert stricter.beats_baseline is False
 

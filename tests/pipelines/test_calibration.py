@@ -1,4 +1,5 @@
-"""Probability calibration: Platt and isotonic fits, the auto choice, storage, and ECE."""
+"""Probability calibration: temperature and Platt fits, the rule that keeps a calibrator only when
+it helps on held rows, storage (isotonic read, never fitted), the settings, and ECE."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ import pytest
 
 from pipelines.calibration import (
     EPS,
+    MAX_TEMPERATURE,
     MIN_HALF_ROWS,
+    MODES,
     CalibrationError,
     Calibrator,
     choose_calibrator,
     expected_calibration_error,
     reliability_curve,
 )
+from pipelines.lifecycle.intervals import paired_interval
+from pipelines.lifecycle.scores import log_losses
+from pipelines.settings import Settings
 
 
 def _sigmoid(t: np.ndarray) -> np.ndarray:
@@ -27,14 +33,12 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.asarray(np.log(p) - np.log1p(-p))
 
 
-def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
-
-
-def _distorted(n: int, *, a: float, b: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _distorted(
+    n: int, *, a: float, b: float, seed: int, spread: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw probabilities whose true probability is sigmoid(a * logit(raw) + b), and outcomes."""
     rng = np.random.default_rng(seed)
-    raw = _sigmoid(rng.normal(0.0, 1.0, n))
+    raw = _sigmoid(rng.normal(0.0, spread, n))
     truth = _sigmoid(a * _logit(raw) + b)
     return raw, (rng.random(n) < truth).astype(np.int8)
 
@@ -44,6 +48,41 @@ def _calibrated(n: int, *, seed: int, spread: float = 0.1) -> tuple[np.ndarray, 
     rng = np.random.default_rng(seed)
     p = np.clip(0.5 + rng.normal(0.0, spread, n), 0.02, 0.98)
     return p, (rng.random(n) < p).astype(np.int8)
+
+
+def test_temperature_recovers_a_known_temperature_either_side_of_one() -> None:
+    for true_t in (2.0, 0.5):
+        raw, y = _distorted(50_000, a=1.0 / true_t, b=0.0, seed=1)
+
+        calibrator = Calibrator.fit("temperature", raw, y)
+
+        assert calibrator.method == "temperature"
+        assert calibrator.rows == 50_000
+        assert calibrator.temperature == pytest.approx(true_t, rel=0.05)
+    probe = np.array([0.1, 0.5, 0.9])
+    expected = _sigmoid(_logit(probe) / calibrator.temperature)
+    np.testing.assert_allclose(calibrator.apply(probe), expected, rtol=1e-12)
+
+
+def test_temperature_minimises_the_log_loss_on_its_rows() -> None:
+    raw, y = _distorted(3000, a=0.6, b=0.0, seed=2)
+    fitted = Calibrator.fit("temperature", raw, y)
+
+    def loss(t: float) -> float:
+        return float(
+            log_losses(Calibrator(method="temperature", temperature=t).apply(raw), y).mean()
+        )
+
+    best = loss(fitted.temperature)
+    assert best < loss(fitted.temperature * 1.01)
+    assert best < loss(fitted.temperature / 1.01)
+
+
+def test_temperature_of_anti_predictive_or_uninformative_rows_stays_finite() -> None:
+    raw, y = _distorted(2000, a=-1.0, b=0.0, seed=3)
+    assert Calibrator.fit("temperature", raw, y).temperature == MAX_TEMPERATURE
+    half = np.full(10, 0.5)
+    assert Calibrator.fit("temperature", half, np.arange(10) % 2).temperature == 1.0
 
 
 def test_platt_recovers_a_known_slope_and_intercept() -> None:
@@ -69,37 +108,15 @@ def test_platt_stays_finite_on_rows_of_one_class() -> None:
     assert np.all((out >= EPS) & (out <= 1 - EPS))
 
 
-def test_isotonic_is_monotone_and_beats_the_raw_probabilities_on_held_out_rows() -> None:
-    raw, y = _distorted(20_000, a=0.4, b=0.3, seed=1)
-    fit, held = slice(0, 10_000), slice(10_000, None)
+def test_a_stored_isotonic_calibrator_interpolates_between_knots_and_is_flat_beyond() -> None:
+    # Versions registered before the keep rule may hold one: it is applied, never fitted.
+    calibrator = Calibrator(method="isotonic", x=(0.2, 0.4, 0.8), y=(0.1, 0.5, 0.7), rows=3)
 
-    calibrator = Calibrator.fit("isotonic", raw[fit], y[fit])
+    out = calibrator.apply(np.array([0.0, 0.3, 0.6, 1.0]))
 
-    grid = np.linspace(0.0, 1.0, 2001)
-    out = calibrator.apply(grid)
-    assert np.all(np.diff(out) >= 0)
-    assert np.all(np.diff(calibrator.x) > 0)
-    assert np.all(np.diff(calibrator.y) >= 0)
-    assert _log_loss(y[held], calibrator.apply(raw[held])) < _log_loss(y[held], raw[held]) - 0.01
-
-
-def test_isotonic_interpolates_between_knots_and_is_flat_beyond_the_ends() -> None:
-    # Sorted raw values with outcomes 0, 1, 0, 1: PAV pools the middle pair to 0.5.
-    calibrator = Calibrator.fit("isotonic", np.array([0.2, 0.4, 0.6, 0.8]), np.array([0, 1, 0, 1]))
-
-    assert calibrator.x == (0.2, 0.4, 0.6, 0.8)
-    assert calibrator.y == (0.0, 0.5, 0.5, 1.0)
-    np.testing.assert_allclose(
-        calibrator.apply(np.array([0.0, 0.2, 0.3, 0.5, 0.7, 0.8, 1.0])),
-        [EPS, EPS, 0.25, 0.5, 0.75, 1 - EPS, 1 - EPS],
-    )
-
-
-def test_isotonic_pools_tied_raw_probabilities() -> None:
-    calibrator = Calibrator.fit("isotonic", np.array([0.3, 0.3, 0.3, 0.7]), np.array([1, 0, 0, 1]))
-
-    assert calibrator.x == (0.3, 0.7)
-    assert calibrator.y == pytest.approx((1 / 3, 1.0))
+    np.testing.assert_allclose(out, [0.1, 0.3, 0.6, 0.7])
+    with pytest.raises(CalibrationError, match=r"cannot fit a 'isotonic' calibrator; allowed"):
+        Calibrator.fit("isotonic", np.array([0.2, 0.4]), np.array([0, 1]))  # type: ignore[arg-type]
 
 
 def test_none_is_the_identity() -> None:
@@ -109,70 +126,99 @@ def test_none_is_the_identity() -> None:
     assert Calibrator.fit("none", p, np.array([0, 1, 1])) == Calibrator()
 
 
-def test_auto_picks_none_for_already_calibrated_probabilities_more_often_than_not() -> None:
-    chosen = [
-        choose_calibrator(*_calibrated(1000, seed=s), mode="auto")[0].method for s in range(60)
-    ]
+def test_a_calibrator_that_helps_on_the_held_half_is_kept_and_refitted_on_all_rows() -> None:
+    # Overconfident raw probabilities (true T = 4) on as many rows as a training validates on.
+    raw, y = _distorted(600, a=0.25, b=0.0, seed=4, spread=2.5)
 
-    # In-sample, isotonic always fits best; held out, the raw probabilities usually do.
-    assert chosen.count("none") > len(chosen) / 2
-    assert chosen.count("isotonic") < len(chosen) / 4
+    calibrator, report = choose_calibrator(raw, y, mode="temperature")
 
-
-def test_auto_compares_candidates_on_the_held_half_not_in_sample() -> None:
-    p, y = _calibrated(800, seed=3)
-
-    calibrator, report = choose_calibrator(p, y, mode="auto")
-
-    first, held = slice(0, 400), slice(400, None)
-    for method in ("none", "platt", "isotonic"):
-        fitted = Calibrator.fit(method, p[first], y[first])
-        expected = _log_loss(y[held], np.clip(fitted.apply(p[held]), 1e-15, 1 - 1e-15))
-        assert report.held_log_loss[method] == pytest.approx(expected, rel=1e-12)
-    isotonic_in_sample = Calibrator.fit("isotonic", p[first], y[first]).apply(p[first])
-    assert _log_loss(y[first], isotonic_in_sample) < _log_loss(y[first], p[first])
-    assert report.method == min(report.held_log_loss, key=report.held_log_loss.__getitem__)
-    assert (report.fit_rows, report.held_rows, report.rows) == (400, 400, 800)
-    # The chosen one is refitted on all the rows.
-    assert calibrator == Calibrator.fit(report.method, p, y)
-    assert report.method in report.reason
+    first, held = slice(0, 300), slice(300, None)
+    trial = Calibrator.fit("temperature", raw[first], y[first])
+    differences = log_losses(trial.apply(raw[held]), y[held]) - log_losses(raw[held], y[held])
+    assert report.held == paired_interval(differences)
+    assert report.held.high < 0
+    assert report.kept
+    assert calibrator.method == report.method == "temperature"
+    assert calibrator == Calibrator.fit("temperature", raw, y)
+    assert (report.fit_rows, report.held_rows, report.rows, calibrator.rows) == (300, 300, 600, 600)
+    assert report.held_log_loss == pytest.approx(
+        {
+            "raw": log_losses(raw[held], y[held]).mean(),
+            "calibrated": (log_losses(trial.apply(raw[held]), y[held]).mean()),
+        }
+    )
+    assert "temperature kept" in report.reason
+    assert "wholly below 0" in report.reason
 
 
-def test_auto_picks_a_calibrator_for_distorted_probabilities() -> None:
-    raw, y = _distorted(4000, a=0.4, b=0.2, seed=4)
+def test_a_calibrator_whose_held_interval_reaches_zero_is_not_kept_even_if_its_mean_is_lower() -> (
+    None
+):
+    # Already calibrated probabilities: a temperature fitted on half of them sometimes lowers the
+    # other half's mean loss by chance; only an interval wholly below 0 may keep it.
+    found = []
+    for seed in range(40):
+        p, y = _calibrated(600, seed=seed)
+        calibrator, report = choose_calibrator(p, y, mode="temperature")
+        assert report.held is not None
+        if report.held.mean < 0 <= report.held.high:
+            found.append(seed)
+            assert not report.kept
+            assert calibrator == Calibrator()
+            assert report.method == "none"
+            assert report.mode == "temperature"
+            assert "not kept" in report.reason
+    assert found, "no seed gave a lower mean loss with an interval reaching 0"
 
-    calibrator, report = choose_calibrator(raw, y, mode="auto")
 
-    assert calibrator.method in {"platt", "isotonic"}
-    assert report.held_log_loss[calibrator.method] < report.held_log_loss["none"]
+@pytest.mark.parametrize("mode", ["temperature", "platt"])
+def test_calibration_of_calibrated_probabilities_is_rarely_kept(mode: Any) -> None:
+    kept = [choose_calibrator(*_calibrated(600, seed=s), mode=mode)[1].kept for s in range(60)]
 
-
-def test_an_explicit_mode_is_fitted_whatever_the_held_half_prefers() -> None:
-    p, y = _calibrated(600, seed=5)
-
-    calibrator, report = choose_calibrator(p, y, mode="isotonic")
-
-    assert calibrator.method == report.method == "isotonic"
-    assert report.mode == "isotonic"
-    assert set(report.held_log_loss) == {"none", "platt", "isotonic"}
+    # Kept only when the held interval lies wholly below 0: about 2.5 % of the time by chance.
+    assert sum(kept) <= 5
 
 
-def test_auto_keeps_the_raw_probabilities_when_the_rows_are_too_few_to_compare() -> None:
-    p, y = _calibrated(2 * MIN_HALF_ROWS - 1, seed=6)
+def test_none_asked_is_the_identity_without_a_comparison() -> None:
+    p, y = _distorted(600, a=0.4, b=0.0, seed=5)
 
-    calibrator, report = choose_calibrator(p, y, mode="auto")
+    calibrator, report = choose_calibrator(p, y, mode="none")
+
+    assert calibrator == Calibrator()
+    assert (report.mode, report.method, report.kept, report.held) == ("none", "none", False, None)
+    assert report.to_dict()["held"] is None
+
+
+def test_too_few_rows_to_compare_keep_the_raw_probabilities() -> None:
+    p, y = _distorted(2 * MIN_HALF_ROWS - 1, a=0.2, b=0.0, seed=6)
+
+    calibrator, report = choose_calibrator(p, y, mode="temperature")
 
     assert calibrator.method == "none"
-    assert report.held_log_loss == {}
+    assert not report.kept
+    assert report.held is None
     assert "too few" in report.reason
 
 
-def test_unknown_mode_is_refused_naming_the_allowed_ones() -> None:
-    with pytest.raises(CalibrationError, match=r"'beta'; allowed: auto, none, platt, isotonic"):
+def test_retired_and_unknown_modes_are_refused_naming_the_allowed_ones() -> None:
+    assert MODES == ("none", "temperature", "platt")
+    for retired in ("auto", "isotonic"):
+        with pytest.raises(
+            CalibrationError, match=rf"'{retired}' is no longer offered: .*allowed: none, temp"
+        ):
+            choose_calibrator(np.array([0.5]), np.array([1]), mode=retired)  # type: ignore[arg-type]
+    with pytest.raises(CalibrationError, match=r"'beta'; allowed: none, temperature, platt"):
         choose_calibrator(np.array([0.5]), np.array([1]), mode="beta")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("method", ["none", "platt", "isotonic"])
+def test_settings_default_to_none_and_refuse_auto_with_the_allowed_values() -> None:
+    assert Settings(_env_file=None).calibration == "none"
+    assert Settings(_env_file=None, ML_CALIBRATION="temperature").calibration == "temperature"
+    with pytest.raises(ValueError, match=r"ML_CALIBRATION[\s\S]*'auto' is no longer offered"):
+        Settings(_env_file=None, ML_CALIBRATION="auto")
+
+
+@pytest.mark.parametrize("method", ["none", "temperature", "platt"])
 def test_calibrator_round_trips_through_json(method: Any) -> None:
     raw, y = _distorted(500, a=0.5, b=0.1, seed=7)
     calibrator = Calibrator.fit(method, raw, y)
@@ -184,16 +230,34 @@ def test_calibrator_round_trips_through_json(method: Any) -> None:
     np.testing.assert_array_equal(loaded.apply(raw), calibrator.apply(raw))
 
 
+def test_a_stored_isotonic_calibrator_round_trips_through_json() -> None:
+    calibrator = Calibrator(method="isotonic", x=(0.2, 0.8), y=(0.3, 0.6), rows=40)
+
+    assert Calibrator.from_dict(json.loads(json.dumps(calibrator.to_dict()))) == calibrator
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         ([1, 2], r"must be a JSON object, got list"),
         ({"method": "none", "rows": 0}, r"format_version None is not supported"),
-        ({"format_version": 1, "method": "beta", "rows": 0}, r"method 'beta'; allowed: none, pla"),
+        (
+            {"format_version": 1, "method": "beta", "rows": 0},
+            r"method 'beta'; allowed: none, temperature, platt, isotonic",
+        ),
         ({"format_version": 1, "method": "platt", "rows": 5, "a": 1.0}, r"lacks b"),
         ({"format_version": 1, "method": "platt", "rows": 5, "a": "1", "b": 0}, r"a must be a num"),
         ({"format_version": 1, "method": "none", "rows": 0, "a": 2.0}, r"has no field\(s\) a"),
         ({"format_version": 1, "method": "none", "rows": -1}, r"non-negative integer, got -1"),
+        ({"format_version": 1, "method": "temperature", "rows": 5}, r"lacks temperature"),
+        (
+            {"format_version": 1, "method": "temperature", "rows": 5, "temperature": 0},
+            r"temperature must be a finite positive number, got 0.0",
+        ),
+        (
+            {"format_version": 1, "method": "platt", "rows": 5, "a": 1, "b": 0, "temperature": 2},
+            r"has no field\(s\) temperature",
+        ),
         (
             {"format_version": 1, "method": "isotonic", "rows": 3, "x": [0.5, 0.2], "y": [0, 1]},
             r"x must be strictly increasing",

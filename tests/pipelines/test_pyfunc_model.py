@@ -1,11 +1,15 @@
 """The registered pyfunc model: candles in, the newest candle's prediction out, on onnxruntime.
 
 A real ONNX graph (sigmoid of the window mean, from test_modelbundle) and real BTC candles; the
-logging test goes through a real MLflow tracking store in `tmp_path`.
+logging tests go through a real MLflow tracking store in `tmp_path`, and one loads the logged
+model in a fresh interpreter that has neither this project nor TensorFlow.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -14,12 +18,14 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from pipelines.calibration import Calibrator
 from pipelines.candles.store import CandleStore
 from pipelines.features.compute import latest_features
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import default_spec
 from pipelines.modelbundle import BundleError, ModelBundle, download_bundle
 from pipelines.pyfunc_model import (
+    PACKAGE,
     exact_candles,
     example_candles,
     log_candle_model,
@@ -145,10 +151,87 @@ def test_logged_model_loads_as_pyfunc_and_its_bundle_downloads(
     assert downloaded.onnx_path.read_bytes() == (bundle_dir / "model.onnx").read_bytes()
     location = client.get_logged_model(info.model_id).artifact_location
     code = Path(mlflow.artifacts.download_artifacts(f"{location}/code", dst_path=str(tmp_path)))
-    shipped = {p.relative_to(code).as_posix() for p in code.rglob("*.py")}
-    assert "pipelines/pyfunc_model.py" in shipped
-    assert "pipelines/features/compute.py" in shipped
-    assert not {"pipelines/settings.py", "pipelines/pairs.py"} & shipped
+    # The package ships whole (its statistics are imported, not copied), less Python's caches.
+    shipped = {p.relative_to(code).as_posix() for p in code.rglob("*") if p.is_file()}
+    package = {
+        f"pipelines/{p.relative_to(PACKAGE).as_posix()}"
+        for p in PACKAGE.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+    assert shipped == package
+    assert {"pipelines/pyfunc_model.py", "pipelines/lifecycle/scores.py"} <= shipped
+
+
+# Run in a fresh interpreter: TensorFlow, Keras and SQLAlchemy cannot be imported, nor this
+# project from its checkout, so the model runs on the package shipped in its code/ folder only.
+_ALONE = """
+import json, sys
+for blocked in ("tensorflow", "keras", "sqlalchemy"):
+    sys.modules[blocked] = None
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path[:] = [p for p in sys.path if p not in ("", {root!r})]
+import mlflow.pyfunc, pandas as pd
+model = mlflow.pyfunc.load_model({model!r})
+payload = json.loads(open({candles!r}).read())
+frame = pd.DataFrame(payload["data"], columns=payload["columns"])
+answer = model.predict(frame)
+import pipelines
+print(json.dumps({{
+    "probability": float(answer["probability"].iloc[0]),
+    "pipelines": pipelines.__file__,
+    "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("pipelines", "mlproject")),
+}}))
+"""
+
+
+def test_the_logged_model_runs_its_shipped_package_alone_with_its_temperature(
+    bundle_dir: Path, candles: pd.DataFrame, tmp_path: Path
+) -> None:
+    bundle = ModelBundle.load(bundle_dir)
+    calibrated = ModelBundle(
+        onnx_path=bundle.onnx_path,
+        scaler=bundle.scaler,
+        spec=bundle.spec,
+        metadata=bundle.metadata,
+        calibrator=Calibrator(method="temperature", temperature=2.5, rows=300),
+    ).save(tmp_path / "calibrated")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("alone", artifact_location=(tmp_path / "a").as_uri())
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_candle_model(calibrated, candles=candles)
+        model = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "m"))
+    finally:
+        mlflow.set_tracking_uri(previous)
+    frame = example_candles(candles, rows=exact_candles(bundle))
+    source = tmp_path / "candles.json"
+    source.write_text(json.dumps(frame.to_dict(orient="split", index=False)))
+    root = str(Path(__file__).resolve().parents[2])
+
+    result = subprocess.run(
+        [sys.executable, "-c", _ALONE.format(root=root, model=model, candles=str(source))],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["pipelines"].startswith(str(Path(model) / "code" / "pipelines"))
+    # What the model runs imports no settings, store, tracking or training module.
+    heavy = {"pipelines.settings", "pipelines.tracking", "pipelines.db", "pipelines.candles.store"}
+    assert not heavy & set(out["modules"])
+    assert not any(m.startswith("mlproject") for m in out["modules"])
+    assert "pipelines.lifecycle.scores" in out["modules"]
+    # The service's probability (the bundle's, calibrated) and not the raw ONNX output.
+    served = float(predict_newest(ModelBundle.load(calibrated), frame)["probability"].iloc[0])
+    raw = float(predict_newest(bundle, frame)["probability"].iloc[0])
+    assert out["probability"] == pytest.approx(served, abs=1e-12)
+    assert abs(served - raw) > 1e-3
 
 
 def test_the_loaded_model_reports_bad_input_as_mlflow_s_invalid_parameter(

@@ -20,6 +20,7 @@ from pipelines.settings import Settings
 from service.challenger import LiveComparison, compare
 from service.history.store import RealisedRows
 from service.predictor import PredictionRecord
+from tests.conftest import write_newer_candles
 from tests.service.conftest import (
     LiveServer,
     Trained,
@@ -99,7 +100,7 @@ def test_a_challenger_is_loaded_beside_production_and_scored_in_shadow_on_each_n
     assert status["challenger"]["modelInfo"]["runId"]
     comparison = status["challenger"]["comparison"]
     assert comparison["decision"] == "waiting"
-    assert comparison["needed"] == 168
+    assert comparison["needed"] == 120
     assert comparison["productionVersion"] == "1"
 
 
@@ -216,10 +217,18 @@ def test_the_policy_promotes_a_challenger_not_worse_on_enough_realised_candles(
     assert tags["tbml.challenger_outcome"] == "promoted"
     assert tags["tbml.promotion"] == "promoted"
     assert tags["tbml.live_rows"] == "72"
-    assert float(tags["tbml.live_delta_high"]) < 0  # it was better on every bootstrap
+    assert float(tags["tbml.live_delta_high"]) < 0  # significantly better
     assert "not worse than production on the 72 realised candles" in tags["tbml.challenger_reason"]
+    # Promoted by live evidence: validated through the last candle compared, so not born stale.
+    (comparison,) = acted
+    assert comparison.last_candle_ms is not None
+    assert tags["tbml.validated_through"] == str(comparison.last_candle_ms)
+    assert "tbml.validated_through" not in client.get_model_version(NAME, "1").tags
     server.state.models.refresh()
-    assert server.state.models.get("BTC", "lstm").version == version
+    served = server.state.models.get("BTC", "lstm")
+    assert served is not None
+    assert served.version == version
+    assert served.validated_through_ms == comparison.last_candle_ms
     assert server.state.models.challenger("BTC", "lstm") is None
 
 
@@ -239,18 +248,28 @@ def test_the_policy_retires_a_significantly_worse_challenger_and_production_stay
     assert tags["tbml.challenger_outcome"] == "retired"
     assert "significantly worse than production" in tags["tbml.challenger_reason"]
     assert float(tags["tbml.live_delta_low"]) > 0
+    # Production kept its place on live evidence: validated through the last candle compared,
+    # and the served model reads it when the challenger alias goes (no reload).
+    (comparison,) = acted
+    assert "tbml.validated_through" not in tags
+    production_tags = client.get_model_version(NAME, "1").tags
+    assert production_tags["tbml.validated_through"] == str(comparison.last_candle_ms)
+    loaded = server.state.models.get("BTC", "lstm")
+    assert loaded is not None
     server.state.models.refresh()
-    assert server.state.models.get("BTC", "lstm").version == "1"
+    served = server.state.models.get("BTC", "lstm")
+    assert served is not None
+    assert served.version == "1"
+    assert served.bundle is loaded.bundle  # the same loaded model, its tag read again
+    assert served.validated_through_ms == comparison.last_candle_ms
     assert server.state.models.challenger("BTC", "lstm") is None
 
 
 def test_a_challenger_too_few_outcomes_waits_and_after_the_max_hours_is_retired(
     serve: Callable[..., LiveServer], tmp_path: Path, trained: Trained
 ) -> None:
-    two_hours_ago = int(time.time() * 1000) - 2 * HOUR_MS
-    server, version = _with_challenger(
-        serve, tmp_path, trained, since_ms=two_hours_ago, challenger_max_hours=3.0
-    )
+    two_hundred_hours_ago = int(time.time() * 1000) - 200 * HOUR_MS
+    server, version = _with_challenger(serve, tmp_path, trained, since_ms=two_hundred_hours_ago)
     policy = server.state.challengers
     assert policy is not None
     times, proba = _realised(server.state.settings, rows=10, challenger=lambda up: up * 0 + 0.5)
@@ -261,15 +280,18 @@ def test_a_challenger_too_few_outcomes_waits_and_after_the_max_hours_is_retired(
     waiting = policy.comparisons()[("BTC", "lstm")]
     assert waiting.decision == "waiting"
     assert waiting.rows == 10
-    assert "10 of the 168 realised outcomes" in waiting.reason
+    assert "10 of the 120 realised outcomes" in waiting.reason
 
-    policy.settings = policy.settings.model_copy(update={"challenger_max_hours": 1.0})
+    policy.settings = policy.settings.model_copy(update={"challenger_max_hours": 150.0})
     acted = policy.check()
 
     assert [c.decision for c in acted] == ["retire"]
-    tags = registry(server.state.settings).get_model_version(NAME, version).tags
+    client = registry(server.state.settings)
+    tags = client.get_model_version(NAME, version).tags
     assert tags["tbml.challenger_outcome"] == "retired"
-    assert "more than ML_CHALLENGER_MAX_HOURS = 1" in tags["tbml.challenger_reason"]
+    assert "more than ML_CHALLENGER_MAX_HOURS = 150" in tags["tbml.challenger_reason"]
+    # Not decided on live rows: nothing is validated.
+    assert "tbml.validated_through" not in client.get_model_version(NAME, "1").tags
 
 
 @pytest.mark.parametrize(("old_horizon", "new_horizon", "rows"), [(1, 1, 30), (1, 2, 0)])
@@ -310,3 +332,40 @@ def test_only_candles_both_versions_predicted_for_the_same_horizon_are_compared(
 
     assert found.rows == rows
     assert found.decision == ("promote" if rows else "waiting")
+
+
+def test_the_api_process_does_not_retrain_a_slot_whose_challenger_is_being_decided(
+    serve: Callable[..., LiveServer], tmp_path: Path, trained: Trained
+) -> None:
+    """The retraining policy the API runs reads the model cache: production's facts (the same
+    the registry gives a separate worker) and the loaded challenger, which holds the slot."""
+    from pipelines.candles.store import CandleStore
+    from pipelines.db import migrate
+    from pipelines.queue.api import TrainingQueue
+    from pipelines.queue.policy import RetrainingPolicy, registry_data_end
+
+    server, version = _with_challenger(serve, tmp_path, trained)
+    state = server.state
+    settings = state.settings
+    write_newer_candles(settings.data_dir, pair="BTC", hours=200)  # production is stale
+    migrate(settings)
+    facts = state.production_data_end("BTC", "lstm")
+    assert facts is not None
+    assert facts.fit_end is not None
+    assert facts == registry_data_end(settings)("BTC", "lstm")
+    assert state.challenger_of("BTC", "lstm") == version
+    policy = RetrainingPolicy(
+        settings,
+        TrainingQueue(settings),
+        store=CandleStore.from_settings(settings),
+        production_data_end=state.production_data_end,
+        challenger_of=state.challenger_of,
+    )
+
+    decision = next(d for d in policy.evaluate() if (d.pair, d.model_type) == ("BTC", "lstm"))
+
+    assert decision.action == "skipped"
+    assert decision.reason.startswith(
+        f"BTC-lstm challenger version {version} is being decided on live candles"
+    )
+    assert "production version 1 is stale" in decision.reason

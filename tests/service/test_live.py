@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -14,10 +15,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from pipelines.candles.validate import read_candle_file
+from pipelines.lifecycle.registry import mark_validated
 from service.live import CLIENT_QUEUE, Subscriber
 from service.predictor import PredictionRecord
 from tests.conftest import BUNDLED, write_newer_candles
-from tests.service.conftest import LiveServer, wait_until
+from tests.service.conftest import LiveServer, Trained, make_settings, registry, wait_until
 
 NEWEST_BUNDLED = read_candle_file(BUNDLED / "BTC-USDT_1h.csv.gz").index[-1]
 
@@ -138,14 +140,31 @@ def test_a_slow_client_loses_its_oldest_messages_and_never_grows_without_bound()
     assert subscriber.queue.get_nowait() == b"10"  # the oldest ten went
 
 
+def _crossed(serve: Callable[..., LiveServer]) -> tuple[dict[str, float], float]:
+    """Thresholds that the tiny BTC model's probability for the store's newest candle crosses
+    (and that probability), so its answer is BUY or SELL and only a stale override can make it
+    HOLD."""
+    p = float(serve().client.get("/api/predictions/BTC").json()["prediction"]["prediction"])
+    assert p != 0.5
+    if p > 0.5:
+        return {"buy_threshold": max(0.5000001, (0.5 + p) / 2), "sell_threshold": 0.4999999}, p
+    return {"buy_threshold": 0.5000001, "sell_threshold": min(0.4999999, (0.5 + p) / 2)}, p
+
+
 def test_a_prediction_from_an_old_candle_is_stale_and_holds_its_signal(
     serve: Callable[..., LiveServer],
 ) -> None:
-    server = serve(stale_after=2, serve_unproven=True)
+    crossed, p = _crossed(serve)
+    fresh = serve(serve_unproven=True, **crossed).client.get("/api/predictions/BTC").json()
+    assert fresh["stale"] is False
+    assert fresh["prediction"]["signal"] in {"BUY", "SELL"}
+
+    server = serve(stale_after=2, serve_unproven=True, **crossed)
     body = server.client.get("/api/predictions/BTC").json()
     closed = _ms(NEWEST_BUNDLED) + 3_600_000
     assert body["stale"] is True
     assert body["candleAgeMs"] >= int(time.time() * 1000) - closed - 5_000
+    assert body["prediction"]["prediction"] == p
     assert body["prediction"]["signal"] == "HOLD"
     assert "ML_STALE_AFTER" in body["reason"]
     # The model's data ends where the bundled candles end: not a stale model.
@@ -158,25 +177,23 @@ def test_a_prediction_from_an_old_candle_is_stale_and_holds_its_signal(
 
 
 def test_serve_stale_keeps_the_models_signal(serve: Callable[..., LiveServer]) -> None:
-    server = serve(
-        stale_after=2,
-        serve_stale=True,
-        serve_unproven=True,
-        buy_threshold=0.5001,
-        sell_threshold=0.4999,
-    )
+    crossed, _ = _crossed(serve)
+    server = serve(stale_after=2, serve_stale=True, serve_unproven=True, **crossed)
     body = server.client.get("/api/predictions/BTC").json()
     assert body["stale"] is True
     assert body["prediction"]["signal"] in {"BUY", "SELL"}
     assert "ML_STALE_AFTER" in body["reason"]
 
 
-def test_a_model_whose_data_ends_long_before_the_newest_candle_is_stale(
-    serve: Callable[..., LiveServer],
+def test_a_model_older_than_the_max_age_is_stale_and_holds_a_signal_it_would_give(
+    serve: Callable[..., LiveServer], tmp_path: Path, trained: Trained
 ) -> None:
-    server = serve(model_max_age_hours=1, serve_unproven=True)
-    write_newer_candles(server.state.settings.data_dir, pair="BTC", hours=5)
+    write_newer_candles(tmp_path / "data", pair="BTC", hours=5)
+    crossed, p = _crossed(serve)  # the model's age (5 h) is within the default bound here
+    # Offline promotion: no live verdict keeps a version fresh, so any bound is allowed.
+    server = serve(model_max_age_hours=1, promotion_mode="offline", serve_unproven=True, **crossed)
     body = server.client.get("/api/predictions/BTC").json()
+    assert body["prediction"]["prediction"] == p
     assert body["modelStale"] is True
     assert body["modelAgeHours"] >= 5
     assert body["prediction"]["signal"] == "HOLD"
@@ -185,6 +202,41 @@ def test_a_model_whose_data_ends_long_before_the_newest_candle_is_stale(
     stale = {(m["pair"], m["modelType"]) for m in health["stale"]["models"]}
     assert ("BTC", "lstm") in stale
     assert health["status"] == "degraded"
+
+
+def test_a_model_validated_by_live_candles_counts_its_age_from_that_candle(
+    serve: Callable[..., LiveServer], tmp_path: Path, trained: Trained
+) -> None:
+    """Its data ends 5 h before the newest candle, more than the bound, but a live comparison
+    kept it through the newest candle: not stale, and it serves its signal."""
+    newest = pd.Timestamp(write_newer_candles(tmp_path / "data", pair="BTC", hours=5))
+    crossed, p = _crossed(serve)
+    settings = make_settings(
+        tmp_path,
+        trained,
+        model_max_age_hours=1,
+        promotion_mode="offline",
+        serve_unproven=True,
+        **crossed,
+    )
+    mark_validated(registry(settings), name="BTC-lstm", version="1", through_ms=_ms(newest))
+    server = serve(settings)
+    # It starts from the local copy the first server left, then reads the registry's tags.
+    wait_until(
+        lambda: (
+            (model := server.state.models.get("BTC", "lstm")) is not None
+            and model.validated_through_ms == _ms(newest)
+        )
+    )
+
+    body = server.client.get("/api/predictions/BTC").json()
+    assert body["candleTime"] == _ms(newest)
+    assert body["prediction"]["prediction"] == p
+    assert body["modelStale"] is False
+    assert body["modelAgeHours"] == 0
+    assert body["prediction"]["signal"] in {"BUY", "SELL"}
+    health = server.client.get("/api/health").json()
+    assert health["stale"]["models"] == []
 
 
 def test_the_history_keeps_one_row_per_version_and_candle(
@@ -208,46 +260,32 @@ def test_the_history_keeps_one_row_per_version_and_candle(
     assert server.state.history.count(pair="RVN") == 1
 
 
-def test_a_version_worse_than_the_naive_baselines_is_degraded_and_retrained_for_drift(
+def test_each_recorded_candle_carries_the_shipped_logistic_scored_in_shadow(
     serve: Callable[..., LiveServer],
 ) -> None:
-    server = serve(drift_window=168)
+    from pipelines.features.compute import latest_features
+
+    server = _fast(serve)
     state = server.state
-    version = state.models.get("BTC", "lstm")
-    assert version is not None
-    candles = read_candle_file(BUNDLED / "BTC-USDT_1h.csv.gz").iloc[-200:]
-    closes = candles["close"].to_numpy()
-    records = []
-    for i, stamp in enumerate(candles.index[:-1]):
-        up = closes[i + 1] > closes[i]
-        p = 0.1 if up else 0.9  # confidently wrong, every time
-        records.append(
-            PredictionRecord(
-                pair="BTC",
-                model_type="lstm",
-                model_version=version.version,
-                candle_time=stamp,
-                horizon=1,
-                probability=p,
-                direction="up" if p >= 0.5 else "down",
-                signal="HOLD",
-                unproven=False,
-                created_at=int(time.time() * 1000),
-            )
-        )
-    state.history.record(records)
-    state.history.fill_outcomes(store=state.store, timeframe="1h")
+    served = state.models.get("BTC", "lstm")
+    assert served is not None
+    assert served.bundle.baseline is not None  # a training ships its logistic baseline
+    write_newer_candles(state.settings.data_dir, pair="BTC", hours=3)
+    newest = NEWEST_BUNDLED + pd.Timedelta(hours=3)
 
-    state.check_drift()
+    def realised() -> Any:
+        state.history_writer.flush()
+        state.history.fill_outcomes(store=state.store, timeframe="1h")
+        rows = state.history.realised_rows(pair="BTC")
+        return rows if rows and rows[0].candle_time.size >= 2 else None
 
-    health = server.client.get("/api/health").json()
-    drift = {(d["pair"], d["modelType"]): d for d in health["drift"]}
-    assert drift[("BTC", "lstm")]["drifting"] is True
-    assert drift[("BTC", "lstm")]["interval"][0] > 0
-    assert health["status"] == "degraded"
-    queued = server.client.get("/api/training/queue").json()["queue"]["queued"]["jobs"]
-    assert [(j["pair"], j["requestedBy"]) for j in queued] == [("BTC", "drift")]
-    assert "drifts" in queued[0]["reason"]
-    state.check_drift()  # still drifting: the queue holds one job for the slot, not two
-    queued = server.client.get("/api/training/queue").json()["queue"]["queued"]["jobs"]
-    assert len(queued) == 1
+    (rows,) = wait_until(realised)
+    assert rows.candle_time[-1] == _ms(newest - pd.Timedelta(hours=1))
+    candles = state.store.load("BTC", "1h")
+    bundle = served.bundle
+    for stamp, shadow in zip(rows.candle_time, rows.logistic(), strict=True):
+        prefix = candles.loc[: pd.Timestamp(int(stamp), unit="ms", tz="UTC")]
+        window = latest_features(prefix, rows=bundle.sequence_length, spec=bundle.spec)
+        expected = bundle.baseline_proba(window.to_numpy(dtype=float)[None, :, :])
+        assert expected is not None
+        assert shadow == pytest.approx(float(expected[0]), abs=1e-12)

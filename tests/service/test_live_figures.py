@@ -1,4 +1,5 @@
-"""Live figures on a real, migrated SQLite history and the real bundled candles."""
+"""Live figures through the real path: a migrated SQLite history, its outcome filler (ties
+included) and the real bundled candles, scored by `pipelines.lifecycle.live`."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from sqlalchemy import update
 
 from pipelines.candles.store import CandleStore
 from pipelines.db import migrate, write_session
+from pipelines.lifecycle.baselines import NAIVE_BASELINES, naive_probabilities
+from pipelines.lifecycle.intervals import paired_interval
+from pipelines.lifecycle.live import LiveFigures, live_figures
+from pipelines.lifecycle.scores import log_losses, wilson_interval
 from pipelines.settings import Settings
-from pipelines.verdicts import log_losses
-from service.drift import NAIVE_BASELINES, naive_probabilities
 from service.history.store import PredictionHistory
 from service.history.tables import PredictionRow
-from service.live_figures import BaselineScore, LiveFigures, live_figures, wilson_interval
 from service.predictor import PredictionRecord, epoch_ms
 
 
@@ -48,6 +50,8 @@ def _predict(
     probability: Callable[[int], float],
     *,
     version: str = "1",
+    pair: str = "BTC",
+    baseline: Callable[[int], float | None] = lambda position: None,
 ) -> None:
     """One horizon-1 prediction per candle position, its probability chosen per position."""
     records = []
@@ -55,7 +59,7 @@ def _predict(
         p = probability(position)
         records.append(
             PredictionRecord(
-                pair="BTC",
+                pair=pair,
                 model_type="lstm",
                 model_version=version,
                 candle_time=candles.index[position],
@@ -65,56 +69,23 @@ def _predict(
                 signal="HOLD",
                 unproven=False,
                 created_at=1_000 + position,
+                baseline_probability=baseline(position),
             )
         )
     history.record(records)
 
 
-def _figures(history: PredictionHistory, store: CandleStore) -> dict[str, LiveFigures]:
+def _figures(
+    history: PredictionHistory, store: CandleStore, pair: str = "BTC"
+) -> dict[str, LiveFigures]:
     history.fill_outcomes(store=store, timeframe="1h")
-    realised = history.realised_rows(pair="BTC")
-    return {f.model_version: f for f in live_figures(realised, store, pair="BTC", timeframe="1h")}
+    realised = history.realised_rows(pair=pair)
+    return {f.model_version: f for f in live_figures(realised, store, pair=pair, timeframe="1h")}
 
 
 def _wobbly(position: int) -> float:
     """A forecaster that knows nothing, deterministically: p in [0.3, 0.7]."""
     return 0.5 + 0.2 * float(np.sin(position * 1.7))
-
-
-@pytest.mark.parametrize(
-    ("successes", "trials", "low", "high"),
-    [
-        (50, 100, 0.4038, 0.5962),
-        (0, 10, 0.0, 0.2775),  # upper bound z^2 / (n + z^2)
-        (10, 10, 0.7225, 1.0),
-    ],
-)
-def test_wilson_interval_matches_known_values(
-    successes: int, trials: int, low: float, high: float
-) -> None:
-    assert wilson_interval(successes, trials) == pytest.approx((low, high), abs=1e-4)
-
-
-@pytest.mark.parametrize(("successes", "trials"), [(81, 263), (3, 7), (999, 1000)])
-def test_wilson_bounds_are_where_the_score_test_reaches_z(successes: int, trials: int) -> None:
-    # The interval's definition: the proportions p whose score statistic
-    # |k/n - p| / sqrt(p (1 - p) / n) is at most z, here 1.959964 (95 %).
-    share = successes / trials
-    for bound in wilson_interval(successes, trials):
-        statistic = abs(share - bound) / np.sqrt(bound * (1 - bound) / trials)
-        assert statistic == pytest.approx(1.959964, abs=1e-5)
-
-
-def test_wilson_interval_widens_with_the_level_and_refuses_bad_counts() -> None:
-    narrow = wilson_interval(50, 100, level=0.5)
-    wide = wilson_interval(50, 100, level=0.99)
-    assert wide[0] < narrow[0] < 0.5 < narrow[1] < wide[1]
-    with pytest.raises(ValueError, match=r"successes must lie in \[0, trials=10\], got 11"):
-        wilson_interval(11, 10)
-    with pytest.raises(ValueError, match="trials must be at least 1, got 0"):
-        wilson_interval(0, 0)
-    with pytest.raises(ValueError, match=r"level must lie strictly between 0 and 1, got 1\.0"):
-        wilson_interval(5, 10, level=1.0)
 
 
 def test_accuracy_and_its_interval_count_the_stated_directions(
@@ -152,7 +123,7 @@ def test_log_loss_interval_contains_the_mean_and_narrows_with_more_rows(
         ).mean()
         assert loss.value == pytest.approx(expected)
         assert loss.low < loss.value < loss.high
-        assert figures[version].block == 24
+        assert loss.lag >= 1
         widths[version] = loss.high - loss.low
     assert widths["many"] < widths["few"] / 2
 
@@ -202,20 +173,20 @@ def test_baselines_are_scored_on_exactly_the_candles_of_the_version(
         times = pd.DatetimeIndex(btc.index[positions]).as_unit("ms").asi8
         outcome = np.array([int(_went_up(btc, i)) for i in positions])
         naive = naive_probabilities(btc, times, horizon=1)
-        expected = {
-            name: BaselineScore(
-                accuracy=float(np.mean((naive[name] >= 0.5) == (outcome == 1))),
-                log_loss=float(log_losses(naive[name], outcome).mean()),
-            )
-            for name in NAIVE_BASELINES
-        }
+        model = log_losses(np.array([_wobbly(i) for i in positions]), outcome)
         got = figures[version]
         assert got.candle_times == tuple(times.tolist())
         assert got.predictions == len(positions)
-        assert got.baselines == expected
-        assert got.best_baseline == min(expected, key=lambda name: expected[name].log_loss)
+        for name in NAIVE_BASELINES:
+            theirs = log_losses(naive[name], outcome)
+            score = got.baselines[name]
+            assert score.accuracy == float(np.mean((naive[name] >= 0.5) == (outcome == 1)))
+            assert score.log_loss == pytest.approx(float(theirs.mean()))
+            assert score.versus == paired_interval(model - theirs)
+        assert got.best_baseline == min(
+            NAIVE_BASELINES, key=lambda name: got.baselines[name].log_loss
+        )
         assert got.versus_baseline.rows == len(positions)
-        model = log_losses(np.array([_wobbly(i) for i in positions]), outcome)
         assert got.versus_baseline.mean == pytest.approx(
             float(np.mean(model - log_losses(naive[got.best_baseline], outcome)))
         )
@@ -249,3 +220,46 @@ def test_a_pair_without_realised_outcomes_has_no_figures(
     _predict(history, btc, [len(btc) - 1], _wobbly)  # the newest candle: not settled
 
     assert _figures(history, store) == {}
+
+
+def test_a_tie_is_recorded_as_such_and_left_out_of_every_figure(
+    history: PredictionHistory, store: CandleStore, settings: Settings
+) -> None:
+    xmr = store.load("XMR")
+    close = xmr["close"].to_numpy()
+    end = len(xmr) - 1
+    positions = list(range(end - 300, end))
+    ties = [i for i in positions if close[i + 1] == close[i]]
+    assert len(ties) >= 5  # real unchanged closes of the bundled candles
+    # Confident "up" on every tie: were a tie scored as down, accuracy and log loss would move.
+    _predict(
+        history,
+        xmr,
+        positions,
+        lambda i: 0.95 if i in ties else _wobbly(i),
+        pair="XMR",
+        baseline=lambda i: 0.45 if i % 3 else None,  # the shipped logistic, on some rows
+    )
+
+    figures = _figures(history, store, pair="XMR")["1"]
+
+    decided = [i for i in positions if i not in ties]
+    outcome = np.array([int(close[i + 1] > close[i]) for i in decided])
+    p = np.array([_wobbly(i) for i in decided])
+    assert figures.ties == len(ties)
+    assert figures.predictions == len(decided)
+    assert figures.correct == int(((p >= 0.5) == (outcome == 1)).sum())
+    assert figures.log_loss.value == pytest.approx(float(log_losses(p, outcome).mean()))
+    # The logistic shadow probabilities: scored where recorded, on decided candles only.
+    shadow = [k for k, i in enumerate(decided) if i % 3]
+    logistic = figures.baselines["logistic"]
+    assert logistic.rows == len(shadow)
+    assert logistic.log_loss == pytest.approx(
+        float(log_losses(np.full(len(shadow), 0.45), outcome[shadow]).mean())
+    )
+    assert figures.to_json()["ties"] == len(ties)
+    # The history answer says tie, neither up nor down.
+    rows = {r["candleTime"]: r for r in history.recent(pair="XMR", limit=400)}
+    tied = rows[epoch_ms(xmr.index[ties[0]])]
+    assert (tied["outcome"], tied["tie"], tied["correct"]) == (None, True, None)
+    assert history.fill_outcomes(store=store, timeframe="1h") == 0  # a tie is settled for good

@@ -41,11 +41,12 @@ def test_a_matrix_that_is_not_2d_is_refused() -> None:
         make_windows(np.zeros((10, 3, 2)), sequence_length=2)
 
 
-def test_targets_say_whether_the_close_h_candles_later_is_higher() -> None:
+def test_targets_say_up_down_or_tie_for_the_close_h_candles_later() -> None:
     index = pd.date_range("2024-01-01", periods=6, freq="h", tz="UTC")
     candles = pd.DataFrame({"close": [10.0, 11.0, 11.0, 9.0, 12.0, 12.5]}, index=index)
     one = make_targets(candles, horizon=1)
-    np.testing.assert_array_equal(one.to_numpy(), [1.0, 0.0, 0.0, 1.0, 1.0, np.nan])
+    # 11 -> 11 is a tie: neither up nor down, no label (it was "down" before ties were dropped).
+    np.testing.assert_array_equal(one.to_numpy(), [1.0, np.nan, 0.0, 1.0, 1.0, np.nan])
     two = make_targets(candles, horizon=2)
     np.testing.assert_array_equal(two.to_numpy(), [1.0, 0.0, 1.0, 1.0, np.nan, np.nan])
     assert one.index.equals(index)
@@ -53,11 +54,26 @@ def test_targets_say_whether_the_close_h_candles_later_is_higher() -> None:
 
 def test_targets_of_real_candles_match_their_closes(candles: Candles) -> None:
     series = candles("ETH")
-    targets = make_targets(series, horizon=3)
+    targets = make_targets(series, horizon=3).to_numpy()
     close = series["close"].to_numpy()
-    assert np.isnan(targets.to_numpy()[-3:]).all()
-    for t in (0, 1000, len(series) - 4):
-        assert targets.iloc[t] == float(close[t + 3] > close[t])
+    assert np.isnan(targets[-3:]).all()
+    later, now = close[3:], close[:-3]
+    np.testing.assert_array_equal(targets[:-3][later > now], 1.0)
+    np.testing.assert_array_equal(targets[:-3][later < now], 0.0)
+    assert np.isnan(targets[:-3][later == now]).all()
+
+
+def test_an_unchanged_xmr_close_is_a_tie_not_a_down(candles: Candles) -> None:
+    series = candles("XMR")
+    targets = make_targets(series, horizon=1).to_numpy()[:-1]
+    close = series["close"].to_numpy()
+    unchanged = close[1:] == close[:-1]
+
+    # Real hourly candles hold thousands of unchanged closes (about 4 % of XMR's hours).
+    assert 0.02 < unchanged.mean() < 0.08
+    assert np.isnan(targets[unchanged]).all()
+    assert np.isfinite(targets[~unchanged]).all()
+    assert set(np.unique(targets[~unchanged])) == {0.0, 1.0}
 
 
 @pytest.mark.parametrize("horizon", [0, -1])

@@ -1,11 +1,14 @@
 """The retraining policy for real: a SQLite service database, a candle store in tmp, MLflow.
 
-The production registry is a stand-in function (it says which version is production and where
-its data ends), except in the tests of `registry_data_end`, which read a real MLflow store.
+The production registry is a stand-in function (it says which version is production, where its
+data ends and what it learnt), except in the tests of `registry_data_end`, which read a real
+MLflow store. The rule itself is `pipelines.lifecycle.retraining.trigger` (its own table test);
+here, the chore gathers the facts and queues what the rule asks for.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -17,14 +20,13 @@ from pipelines import tracking
 from pipelines.candles.store import CandleStore
 from pipelines.candles.validate import read_candle_file
 from pipelines.db import migrate
-from pipelines.lifecycle.registry import set_challenger
+from pipelines.lifecycle.registry import mark_validated, set_challenger
+from pipelines.lifecycle.retraining import PRIORITY_URGENT, Production
 from pipelines.queue import lease, transitions
 from pipelines.queue.api import REQUESTERS, TrainingQueue
 from pipelines.queue.clock import now_ms
 from pipelines.queue.params import PRIORITY_LOWEST
 from pipelines.queue.policy import (
-    NO_PRODUCTION,
-    PRIORITY_STALE,
     Decision,
     RetrainingPolicy,
     registry_challenger,
@@ -39,15 +41,17 @@ from tests.pipelines.queue.conftest import make_settings
 
 BTC_FILE = "BTC-USDT_1h.csv.gz"
 BUNDLED_END = read_candle_file(BUNDLED / BTC_FILE).index[-1]
+NO_PRODUCTION = "no production version: bootstrap or train it first"
+HOUR = pd.Timedelta(hours=1)
 
 
 class Registry:
-    """Stand-in for the registry: the production version and data end of each slot."""
+    """Stand-in for the registry: the production facts of each slot."""
 
     def __init__(self) -> None:
-        self.production: dict[tuple[str, str], tuple[str, pd.Timestamp]] = {}
+        self.production: dict[tuple[str, str], Production] = {}
 
-    def __call__(self, pair: str, model_type: str) -> tuple[str, pd.Timestamp] | None:
+    def __call__(self, pair: str, model_type: str) -> Production | None:
         return self.production.get((pair, model_type))
 
 
@@ -66,7 +70,7 @@ def policy_settings(tmp_path: Path) -> Settings:
 def registry() -> Registry:
     """BTC-lstm version 3 is production, trained on every bundled candle."""
     found = Registry()
-    found.production["BTC", "lstm"] = ("3", BUNDLED_END)
+    found.production["BTC", "lstm"] = Production("3", BUNDLED_END)
     return found
 
 
@@ -109,7 +113,7 @@ def _end_job(settings: Settings, job_id: str, *, data_end: pd.Timestamp) -> None
 def test_a_stale_production_version_is_retrained_once_with_a_reason_naming_the_hours(
     policy_settings: Settings, registry: Registry
 ) -> None:
-    registry.production["BTC", "lstm"] = ("3", BUNDLED_END - pd.Timedelta(hours=200))
+    registry.production["BTC", "lstm"] = Production("3", BUNDLED_END - 200 * HOUR)
     policy = _policy(policy_settings, registry)
 
     decision = _btc(policy.evaluate())
@@ -120,7 +124,7 @@ def test_a_stale_production_version_is_retrained_once_with_a_reason_naming_the_h
         f"{(BUNDLED_END - pd.Timedelta(hours=200)).strftime('%Y-%m-%dT%H:%MZ')}, 200 h before "
         "the newest candle (ML_MODEL_MAX_AGE_HOURS=168)"
     )
-    assert _queued(policy_settings) == [(decision.job_id, "BTC", "stale", PRIORITY_STALE)]
+    assert _queued(policy_settings) == [(decision.job_id, "BTC", "stale", PRIORITY_URGENT)]
     job = TrainingQueue(policy_settings).get_job(job_id=decision.job_id or "")
     assert job.reason == decision.reason
     # The next look finds it queued: skipped, still one job.
@@ -183,6 +187,52 @@ def test_after_a_training_ended_the_next_waits_for_24_more_hours_of_candles(
     assert [job[0] for job in _queued(policy_settings)] == [second.job_id]
 
 
+@pytest.mark.parametrize("hours", [24, 48, 72, 96, 100])
+def test_no_training_is_queued_while_the_gate_would_have_too_few_unseen_rows(
+    policy_settings: Settings, registry: Registry, hours: int
+) -> None:
+    """A refit production version learnt every candle through its data end: the trainings
+    due at +24 h .. +96 h of new candles would be compared on fewer than ML_GATE_MIN_ROWS (100)
+    rows it never learnt, and rejected after a full fit."""
+    end = BUNDLED_END - hours * HOUR
+    registry.production["BTC", "lstm"] = Production("3", data_end=end, fit_end=end)
+
+    decision = _btc(_policy(policy_settings, registry).evaluate())
+
+    assert decision.action == "skipped"
+    assert f"only {hours - 1} candles with a known outcome after production version 3's" in (
+        decision.reason
+    )
+    assert "fewer than the 100 the gate compares on (ML_GATE_MIN_ROWS)" in decision.reason
+    assert _queued(policy_settings) == []
+
+
+@pytest.mark.parametrize("hours", [101, 150])
+def test_a_training_is_queued_once_the_gate_has_its_unseen_rows(
+    policy_settings: Settings, registry: Registry, hours: int
+) -> None:
+    end = BUNDLED_END - hours * HOUR
+    registry.production["BTC", "lstm"] = Production("3", data_end=end, fit_end=end)
+
+    decision = _btc(_policy(policy_settings, registry).evaluate())
+
+    assert (decision.action, decision.requested_by) == ("enqueued", "schedule")
+    assert len(_queued(policy_settings)) == 1
+
+
+def test_a_version_validated_by_live_candles_is_not_stale(
+    policy_settings: Settings, registry: Registry
+) -> None:
+    """Its data ends 200 h back, but a live comparison kept it 10 h ago: due by schedule."""
+    registry.production["BTC", "lstm"] = Production(
+        "3", BUNDLED_END - 200 * HOUR, validated_through=BUNDLED_END - 10 * HOUR
+    )
+
+    decision = _btc(_policy(policy_settings, registry).evaluate())
+
+    assert (decision.action, decision.requested_by) == ("enqueued", "schedule")
+
+
 def test_a_slot_with_a_job_already_active_is_skipped_with_that_reason(
     policy_settings: Settings, registry: Registry
 ) -> None:
@@ -216,10 +266,8 @@ def test_no_production_version_and_no_candles_are_skipped_with_their_reasons(
     decisions = {(d.pair, d.model_type): d for d in _policy(policy_settings, Registry()).evaluate()}
 
     assert set(decisions) == {("BTC", "lstm"), ("ETH", "lstm")}
-    assert (decisions["BTC", "lstm"].action, decisions["BTC", "lstm"].reason) == (
-        "skipped",
-        NO_PRODUCTION,
-    )
+    assert decisions["BTC", "lstm"].action == "skipped"
+    assert decisions["BTC", "lstm"].reason == f"BTC-lstm: {NO_PRODUCTION}"
     assert decisions["ETH", "lstm"].action == "skipped"
     assert decisions["ETH", "lstm"].reason.startswith("no candles for ETH at 1h")
     assert _queued(policy_settings) == []
@@ -271,7 +319,7 @@ def test_with_the_policy_off_nothing_is_queued(
     policy_settings: Settings, registry: Registry
 ) -> None:
     settings = policy_settings.model_copy(update={"retrain_policy": False})
-    registry.production["BTC", "lstm"] = ("3", BUNDLED_END - pd.Timedelta(hours=500))
+    registry.production["BTC", "lstm"] = Production("3", BUNDLED_END - 500 * HOUR)
     write_newer_candles(settings.data_dir, hours=48)
 
     decisions = _policy(settings, registry).evaluate()
@@ -311,6 +359,62 @@ def _register_production(settings: Settings, *, pair: str, data_range: str | Non
     return str(version.version)
 
 
+def _register_bundled(
+    settings: Settings, tmp_path: Path, *, data_end: pd.Timestamp, fit_end: pd.Timestamp
+) -> str:
+    """A version whose source is a logged model holding a bundle's metadata (as a training
+    logs it), production."""
+    client = tracking.client_for(settings)
+    experiment_id = tracking.ensure_training_experiment(client, settings)
+    data_range = f"2020-01-01T00:00:00+00:00 .. {data_end.isoformat()}"
+    run = client.create_run(experiment_id, tags={tracking.TAG_DATA_RANGE: data_range})
+    model = client.create_logged_model(experiment_id, source_run_id=run.info.run_id)
+    files = tmp_path / "bundle" / "artifacts"
+    files.mkdir(parents=True)
+    (files / "metadata.json").write_text(json.dumps({"fit_end": fit_end.isoformat()}))
+    client.log_model_artifacts(model.model_id, str(files.parent))
+    client.set_terminated(run.info.run_id)
+    name = tracking.registered_model_name("BTC", "lstm")
+    client.create_registered_model(name)
+    version = client.create_model_version(name, f"models:/{model.model_id}", run_id=run.info.run_id)
+    client.set_registered_model_alias(name, tracking.PRODUCTION_ALIAS, version.version)
+    return str(version.version)
+
+
+def test_registry_data_end_reads_fit_end_and_validated_through(
+    tracked_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's facts are the API's: the bundle's `fit_end`, the version's
+    `tbml.validated_through` tag; through the policy, too few unseen rows queue nothing."""
+    # MLflow's registry resolves `models:/m-...` sources through the process's tracking URI.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked_settings.tracking_uri)
+    end = BUNDLED_END - 50 * HOUR
+    version = _register_bundled(tracked_settings, tmp_path, data_end=end, fit_end=end)
+    production_data_end = registry_data_end(tracked_settings)
+
+    assert production_data_end("BTC", "lstm") == Production(version, end, fit_end=end)
+    through = BUNDLED_END - 5 * HOUR
+    client = tracking.client_for(tracked_settings)
+    mark_validated(client, name="BTC-lstm", version=version, through_ms=_ms(through))
+    mark_validated(client, name="BTC-lstm", version=version, through_ms=_ms(end))  # no step back
+    assert production_data_end("BTC", "lstm") == Production(
+        version, end, fit_end=end, validated_through=through
+    )
+    policy = RetrainingPolicy(
+        tracked_settings,
+        TrainingQueue(tracked_settings),
+        store=CandleStore.from_settings(tracked_settings),
+        production_data_end=production_data_end,
+    )
+    decision = _btc(policy.evaluate())
+    assert decision.action == "skipped"
+    assert "only 49 candles with a known outcome" in decision.reason
+
+
+def _ms(stamp: pd.Timestamp) -> int:
+    return int(stamp.timestamp() * 1000)
+
+
 def test_registry_data_end_reads_the_production_version_s_data_range(
     tracked_settings: Settings,
 ) -> None:
@@ -321,7 +425,7 @@ def test_registry_data_end_reads_the_production_version_s_data_range(
     _register_production(tracked_settings, pair="XMR", data_range=None)
     production_data_end = registry_data_end(tracked_settings)
 
-    assert production_data_end("BTC", "lstm") == (version, end)
+    assert production_data_end("BTC", "lstm") == Production(version, end)
     assert production_data_end("ETH", "lstm") is None
     with pytest.raises(
         ValueError, match=r"XMR-lstm version 1: its run \w+ has no 'data_range' tag"
@@ -338,7 +442,7 @@ def test_registry_data_end_reads_the_production_version_s_data_range(
     decisions = {d.pair: d for d in policy.evaluate() if d.model_type == "lstm"}
     assert (decisions["BTC"].action, decisions["BTC"].requested_by) == ("enqueued", "stale")
     assert "200 h before the newest candle" in decisions["BTC"].reason
-    assert decisions["ETH"].reason == NO_PRODUCTION
+    assert decisions["ETH"].reason == f"ETH-lstm: {NO_PRODUCTION}"
     assert decisions["XMR"].reason.startswith("could not read the production version of XMR-lstm")
 
 
@@ -368,7 +472,9 @@ def test_a_slot_whose_challenger_is_being_decided_is_not_retrained(
     )
     client = tracking.client_for(tracked_settings)
     first = client.get_model_version("BTC-lstm", "1")
-    second = str(client.create_model_version("BTC-lstm", first.source, run_id=first.run_id).version)
+    second = str(
+        client.create_model_version("BTC-lstm", str(first.source), run_id=first.run_id).version
+    )
     # The second version is the challenger (the alias the gate sets), the first production.
     set_challenger(client, name="BTC-lstm", version=second, now_ms=now_ms())
     policy = RetrainingPolicy(

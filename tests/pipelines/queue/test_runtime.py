@@ -17,6 +17,7 @@ from sqlalchemy import select, text
 
 from pipelines import tracking
 from pipelines.db import get_engine, read_session
+from pipelines.lifecycle.retraining import Production
 from pipelines.queue import lease, transitions
 from pipelines.queue.api import TrainingQueue
 from pipelines.queue.clock import now_ms
@@ -203,7 +204,7 @@ def test_the_retraining_policy_chore_queues_a_scheduled_retraining_while_holding
 ) -> None:
     settings = tracked_settings.model_copy(update={"policy_interval_ms": 200})
     newest = pd.Timestamp(write_newer_candles(settings.data_dir, pair="ETH", hours=24))
-    production = {("ETH", "lstm"): ("2", newest - pd.Timedelta(hours=24))}
+    production = {("ETH", "lstm"): Production("2", newest - pd.Timedelta(hours=24))}
     TrainingQueue(settings).emergency_stop()  # nothing starts: we look at the queue only
     scheduler = TrainingScheduler(
         settings, production_data_end=lambda pair, kind: production.get((pair, kind))

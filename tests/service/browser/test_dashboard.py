@@ -87,7 +87,7 @@ def test_the_page_loads_without_console_errors_and_shows_the_four_pairs(
     )
     challenger.wait_for()
     assert "waiting" in challenger.inner_text()
-    assert "/168 rows" in challenger.inner_text()
+    assert "/120 rows" in challenger.inner_text()
     version = challenger.locator("a").first.get_attribute("href")
     assert version.endswith("/#/models/ETH-lstm/versions/2")
     browser_page.wait_for_selector("#feed-table tr[data-pair=RVN]")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipelines.features.spec import default_spec
-from service.drift import NAIVE_BASELINES
-from service.live_figures import live_figures
+from pipelines.lifecycle.baselines import NAIVE_BASELINES
+from pipelines.lifecycle.live import live_figures
 from service.predictor import PredictionRecord
 from service.schemas import ModelStatus
 from tests.service.conftest import (
