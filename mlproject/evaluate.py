@@ -758,7 +758,8 @@ def summary_table(summaries: list[SeedSummary], *, metric: str) -> str:
     return "\n".join(lines)
 
 
-def _state(verdict: dict[str, Any], margin: float) -> str:
+def verdict_state(verdict: dict[str, Any], margin: float) -> str:
+    """better (interval wholly below -margin), worse (wholly above +margin) or undecided."""
     if float(verdict["high"]) < -margin:
         return "better"
     if float(verdict["low"]) > margin:
@@ -779,7 +780,7 @@ def verdict_table(summaries: list[SeedSummary]) -> str:
             lines.append(
                 f"| {s.pair} | {s.fold} | {name} | {figure(s, name, 'log_loss', interval=False)} | "
                 f"{figure(s, MODEL, 'log_loss', interval=False)} | {difference(verdict)} | "
-                f"{verdict['lag']} | {_state(verdict, s.margin)} | "
+                f"{verdict['lag']} | {verdict_state(verdict, s.margin)} | "
                 f"{counts['better']}/{s.n} | {counts['worse']}/{s.n} |"
             )
     return "\n".join(lines)

@@ -35,6 +35,7 @@ from mlproject.evaluate import (
     seed_table,
     summaries_of,
     summary_table,
+    verdict_state,
     verdict_table,
 )
 
@@ -157,16 +158,18 @@ def choose(architectures: list[ArchitectureReport], pair: str) -> Choice:
     strongest = min(baselines, key=baseline_loss)
     nearest, pooled, _ = min(entries, key=loss)
     against = pooled.verdicts[pooled.strongest_baseline]
-    state = (
-        "significantly worse"
-        if float(against["low"]) > pooled.margin
-        else "not significantly better"
-    )
+    state = {"better": "better", "worse": "significantly worse", "undecided": "undecided"}[
+        verdict_state(against, pooled.margin)
+    ]
+    unbeaten = [
+        name for name, v in pooled.verdicts.items() if verdict_state(v, pooled.margin) != "better"
+    ]
     reason = (
         f"none beats {strongest} (log loss {baseline_loss(strongest):.4f} {where}): serve "
         f"nothing, HOLD. Nearest: {nearest.model_type}, its {pooled.n}-seed ensemble against "
-        f"{pooled.strongest_baseline} pooled {difference(against)}, {state}; seeds alone "
-        f"beating every baseline {pooled.beats_seeds}/{pooled.n}"
+        f"{pooled.strongest_baseline} pooled {difference(against)}, {state}; not shown better "
+        f"than {', '.join(unbeaten)}; seeds alone beating every baseline "
+        f"{pooled.beats_seeds}/{pooled.n}"
     )
     return Choice(pair=pair, serve=None, reason=reason)
 

@@ -42,12 +42,12 @@ DEMO_ENV = {
     "ML_BOOTSTRAP_MAX_ROWS": "3000",
     "ML_EPOCHS": "2",
     "ML_MAX_ROWS": "3000",
-    # Each version is refit through its newest candle (ML_REFIT), so the gate compares a
-    # retrained one with production on the candles that arrived since: about 11 per retraining
-    # here, against 100 by default (ML_GATE_MIN_ROWS), so that the gate decides within minutes.
+    # Each version is refit on all but its newest ML_GATE_MIN_ROWS candles (ML_REFIT), and the
+    # gate compares it with production on those held rows that production never learnt: 6 here
+    # against 100 by default, so that a retraining is due and decided within minutes.
     "ML_GATE_MIN_ROWS": "6",
     # A passed version is the challenger, scored in shadow, until this many realised candles
-    # decide (168, a week, by default).
+    # decide (120, five days, by default).
     "ML_CHALLENGER_MIN_OUTCOMES": "12",
     "ML_CHALLENGER_INTERVAL": "2000",
 }

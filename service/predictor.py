@@ -441,7 +441,7 @@ class Predictor:
         for model, window in zip(served, windows, strict=True):
             p = float(model.predict_proba(window)[0])
             probabilities.append(p)
-            baseline = model.bundle.baseline_proba(window[:, ::-1, :]) if record else None
+            baseline = model.bundle.baseline_proba(window) if record else None
             described = describe_probability(
                 p,
                 model_type=model.model_type,

@@ -400,7 +400,7 @@ class LiveComparison(Schema):
     challenger_log_loss: float | None
     production_log_loss: float | None
     delta_mean: float | None = Field(description="Mean per-row log loss, challenger - production.")
-    low: float | None = Field(description="95 % paired moving-block bootstrap interval.")
+    low: float | None = Field(description="95 % paired Newey-West t-interval.")
     high: float | None
     verdict: Literal["better", "worse", "undecided", "waiting"]
     decision: Literal["waiting", "promote", "retire"] = Field(

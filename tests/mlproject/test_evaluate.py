@@ -337,6 +337,7 @@ def test_combined_page_serves_the_lowest_loss_architecture_whose_ensemble_beats(
     )
     assert choices["XMR"].serve is None
     assert choices["XMR"].reason.startswith("none beats ")
+    assert "; not shown better than majority, logistic; " in choices["XMR"].reason
 
     page = tmp_path / "docs" / "evaluation.md"
     section = tmp_path / "how_sure.md"

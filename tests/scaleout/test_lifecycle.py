@@ -64,8 +64,8 @@ def _environment(root: Path, *, exchange_url: str, port: int) -> dict[str, str]:
         "ML_LSTM_UNITS": "8",
         "ML_LSTM_LAYERS": "1",
         # Promote whatever the gate scores (the point is the swap, not the model's skill). Each
-        # version is refit through its newest candle (ML_REFIT, the default), so the gate
-        # compares on the candles since production's: about RETRAIN_HOURS of them.
+        # version is refit on all but its newest ML_GATE_MIN_ROWS candles (ML_REFIT, the
+        # default), which the gate compares it on where production never learnt them.
         "ML_PROMOTION_MARGIN": "-1",
         "ML_GATE_MIN_ROWS": "4",
         # A passed version is the challenger (ML_PROMOTION=shadow, the default), scored in

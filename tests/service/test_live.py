@@ -273,14 +273,19 @@ def test_each_recorded_candle_carries_the_shipped_logistic_scored_in_shadow(
     write_newer_candles(state.settings.data_dir, pair="BTC", hours=3)
     newest = NEWEST_BUNDLED + pd.Timedelta(hours=3)
 
+    last = _ms(newest - pd.Timedelta(hours=1))  # the newest candle with a known outcome
+
     def realised() -> Any:
+        # The watcher records the three new candles one after another: wait for all of them.
         state.history_writer.flush()
         state.history.fill_outcomes(store=state.store, timeframe="1h")
         rows = state.history.realised_rows(pair="BTC")
-        return rows if rows and rows[0].candle_time.size >= 2 else None
+        return (
+            rows if rows and rows[0].candle_time.size and rows[0].candle_time[-1] == last else None
+        )
 
     (rows,) = wait_until(realised)
-    assert rows.candle_time[-1] == _ms(newest - pd.Timedelta(hours=1))
+    assert rows.candle_time.size >= 2
     candles = state.store.load("BTC", "1h")
     bundle = served.bundle
     for stamp, shadow in zip(rows.candle_time, rows.logistic(), strict=True):

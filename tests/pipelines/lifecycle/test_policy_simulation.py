@@ -1,13 +1,15 @@
 """The lifecycle's policy with the default settings, on a simulated clock of hourly candles.
 
 Only the decisions run, as the service and the worker call them: the retraining trigger, the
-challenger policy and staleness; the offline gate is a stand-in that admits every training.
+challenger policy, staleness and drift; the offline gate is a stand-in that admits every training.
 Every hour a candle arrives, the served versions predict it (the challenger in shadow), the
 challenger policy looks, a finished training becomes the challenger, and the trigger may start
 the next training. A training takes `TRAINING_HOURS`; its version's data ends at its start and,
 as a refit that holds the newest `ML_GATE_MIN_ROWS` rows out, it learnt outcomes through
 `data_end - (gate_min_rows + horizon)` candles. Both versions' probabilities are drawn alike, so
-their losses have equal means and the live verdicts are what noise makes of them.
+their losses have equal means and the live verdicts are what noise makes of them. Drift compares
+production with a baseline drawn alike too (the null: no alarm is due), unless a run makes every
+version wrong after some hour (then it is).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import pandas as pd
 
 from pipelines.candles.timeframes import timeframe_delta
 from pipelines.lifecycle import challenger as policy
+from pipelines.lifecycle.drift import drift_state
 from pipelines.lifecycle.proof import PROVEN
-from pipelines.lifecycle.retraining import Facts, Production, Rules, trigger, unseen_rows
+from pipelines.lifecycle.retraining import DRIFT, Facts, Production, Rules, trigger, unseen_rows
+from pipelines.lifecycle.scores import log_losses
 from pipelines.lifecycle.staleness import model_age_hours, model_stale
 from pipelines.settings import Settings
 
@@ -39,6 +43,7 @@ class Version:
     validated_through: int | None = None
     candles: list[int] = field(default_factory=list)
     probabilities: list[float] = field(default_factory=list)
+    baseline: list[float] = field(default_factory=list)  # the drift baseline on its candles
 
     def realised(self, up: np.ndarray, newest: int, horizon: int) -> Realised:
         """Its predictions whose outcome is known at candle `newest`."""
@@ -66,10 +71,11 @@ class Realised:
 class Log:
     """What the run saw, for the assertions."""
 
-    # hour, unseen rows after production's fit_end, the challenger then (if any)
-    trainings: list[tuple[int, int, str | None]] = field(default_factory=list)
+    # hour, unseen rows after production's fit_end, the challenger then (if any), requester
+    trainings: list[tuple[int, int, str | None, str | None]] = field(default_factory=list)
     decisions: list[tuple[int, str, float]] = field(default_factory=list)  # hour, action, age
     ages: list[tuple[int, float]] = field(default_factory=list)  # hour, production's age
+    alarms: list[tuple[int, str]] = field(default_factory=list)  # hour, version drifting
 
 
 def _at(hour: int) -> pd.Timestamp:
@@ -86,13 +92,23 @@ def _production(version: Version) -> Production:
     )
 
 
-def drift_of(hour: int, production: Version) -> str | None:
-    """The drift input of the trigger: why production drifts at `hour`, or None. The drift
-    decision plugs in here (on the realised rows of `production`); until then, no alarm."""
-    return None
+def drift_of(version: Version, up: np.ndarray, *, newest: int, horizon: int) -> str | None:
+    """Why `version` drifts at candle `newest` (its realised rows against its baseline's), or
+    None: the drift decision the service's chore asks."""
+    times = np.asarray(version.candles, dtype=np.int64)
+    known = times <= newest - horizon
+    if not known.any():
+        return None
+    y = up[times[known]]
+    differences = log_losses(np.asarray(version.probabilities)[known], y) - log_losses(
+        np.asarray(version.baseline)[known], y
+    )
+    state = drift_state(differences)
+    return f"version {version.name} drifts" if state.drifting else None
 
 
-def simulate(settings: Settings, *, seed: int = 0) -> Log:
+def simulate(settings: Settings, *, seed: int = 0, wrong_from: int | None = None) -> Log:
+    """The run; from hour `wrong_from` on (if given) every version's forecasts are wrong."""
     rng = np.random.default_rng(seed)
     horizon = settings.horizon
     assert timeframe_delta(settings.timeframe) == pd.Timedelta(hours=1)
@@ -122,7 +138,11 @@ def simulate(settings: Settings, *, seed: int = 0) -> Log:
         for version in (production, challenger):
             if version is not None:
                 version.candles.append(hour)
-                version.probabilities.append(float(np.clip(rng.normal(0.5, 0.05), 0.01, 0.99)))
+                p = float(np.clip(rng.normal(0.5, 0.05), 0.01, 0.99))
+                if wrong_from is not None and hour >= wrong_from:
+                    p = 0.35 if up[hour] else 0.65  # sure of the wrong direction
+                version.probabilities.append(p)
+                version.baseline.append(float(np.clip(rng.normal(0.5, 0.05), 0.01, 0.99)))
         # The challenger policy looks.
         if challenger is not None:
             found = policy.decide(
@@ -153,6 +173,9 @@ def simulate(settings: Settings, *, seed: int = 0) -> Log:
             last_training_end = start
             training = None
         # The retraining trigger (a slot with a training queued or running is skipped).
+        drift = drift_of(production, up, newest=hour, horizon=horizon)
+        if drift is not None and (not log.alarms or log.alarms[-1][1] != production.name):
+            log.alarms.append((hour, production.name))
         if training is None:
             want = trigger(
                 Facts(
@@ -161,7 +184,7 @@ def simulate(settings: Settings, *, seed: int = 0) -> Log:
                     production=_production(production),
                     last_training_end=None if last_training_end is None else _at(last_training_end),
                     challenger=None if challenger is None else challenger.name,
-                    drift=drift_of(hour, production),
+                    drift=drift,
                 ),
                 rules,
             )
@@ -172,6 +195,7 @@ def simulate(settings: Settings, *, seed: int = 0) -> Log:
                         hour,
                         -1 if unseen is None else unseen,
                         None if challenger is None else challenger.name,
+                        want.requested_by,
                     )
                 )
                 training = (hour, hour + TRAINING_HOURS)
@@ -206,6 +230,23 @@ def test_with_the_default_settings_production_stays_fresh_and_no_training_is_was
     assert not model_stale(worst, max_age_hours=max_age), worst
     # No training starts that the gate must reject for too few unseen rows, nor while a
     # challenger is being decided.
-    for hour, unseen, challenger in log.trainings:
+    for hour, unseen, challenger, _ in log.trainings:
         assert unseen >= settings.gate_min_rows, (hour, unseen)
         assert challenger is None, hour
+    # Null data: versions as good as the drift baseline never raise a drift alarm.
+    assert log.alarms == []
+    assert all(by != DRIFT for *_, by in log.trainings)
+
+
+def test_drift_retrains_a_version_gone_wrong_but_never_supersedes_a_challenger() -> None:
+    # Retraining on a month's cadence leaves hours with no challenger, where drift is the cause.
+    settings = Settings(_env_file=None, ML_RETRAIN_INTERVAL_HOURS="720")
+    log = simulate(settings, wrong_from=1_500)
+
+    assert log.alarms, "a version sure of the wrong direction must raise a drift alarm"
+    assert all(hour >= 1_500 for hour, _ in log.alarms)
+    drift_trainings = [t for t in log.trainings if t[3] == DRIFT]
+    assert drift_trainings
+    for hour, unseen, challenger, _ in log.trainings:
+        assert challenger is None, hour  # drift too waits while a challenger is decided
+        assert unseen >= settings.gate_min_rows, (hour, unseen)
