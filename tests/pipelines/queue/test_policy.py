@@ -13,6 +13,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 
@@ -376,18 +377,25 @@ def _register_bundled(
     client.set_terminated(run.info.run_id)
     name = tracking.registered_model_name("BTC", "lstm")
     client.create_registered_model(name)
-    version = client.create_model_version(name, f"models:/{model.model_id}", run_id=run.info.run_id)
+    # MLflow resolves a `models:/m-...` source through the process's tracking URI, which an
+    # earlier test may have set: point it at this store for the call, then put it back.
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    try:
+        version = client.create_model_version(
+            name, f"models:/{model.model_id}", run_id=run.info.run_id
+        )
+    finally:
+        mlflow.set_tracking_uri(previous)
     client.set_registered_model_alias(name, tracking.PRODUCTION_ALIAS, version.version)
     return str(version.version)
 
 
 def test_registry_data_end_reads_fit_end_and_validated_through(
-    tracked_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tracked_settings: Settings, tmp_path: Path
 ) -> None:
     """The worker's facts are the API's: the bundle's `fit_end`, the version's
     `tbml.validated_through` tag; through the policy, too few unseen rows queue nothing."""
-    # MLflow's registry resolves `models:/m-...` sources through the process's tracking URI.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked_settings.tracking_uri)
     end = BUNDLED_END - 50 * HOUR
     version = _register_bundled(tracked_settings, tmp_path, data_end=end, fit_end=end)
     production_data_end = registry_data_end(tracked_settings)
