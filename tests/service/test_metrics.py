@@ -34,11 +34,13 @@ def test_metrics_expose_latency_cache_counters_queue_length_and_versions(
     assert samples[("tbml_http_request_duration_seconds_count", route)] == 3
     bucket = (("le", "+Inf"), *route)
     assert samples[("tbml_http_request_duration_seconds_bucket", bucket)] == 3
-    # The first request computes (a miss) and caches; the next two hit. The candle watcher may
-    # have computed the newest candle's prediction first, making the first request a hit too.
+    # The three requests are one miss and two hits at least; the candle watcher computes the
+    # newest candle's prediction through the same cache, adding its own hit or miss. The
+    # exported counters are the cache's own.
     hits = samples[("tbml_cache_hits_total", (("cache", "predictions"),))]
     misses = samples[("tbml_cache_misses_total", (("cache", "predictions"),))]
-    assert (hits, misses) in {(2, 1), (3, 1)}
+    assert hits >= 2
+    assert misses >= 1
     assert (hits, misses) == (
         server.state.prediction_cache.hits,
         server.state.prediction_cache.misses,
