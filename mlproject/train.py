@@ -184,7 +184,7 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
         if parts is not None:
             refit = _refit(dataset, config=config, held_out=result.fit, parts=parts)
         _log_refit(dataset, refit, held_out=result.fit)
-        metadata["calibration"] = _calibration_metadata(result, refit=refit is not None)
+        metadata["calibration"] = _calibration_metadata(result)
         if refit is not None:  # its own windows, fit_end and (no) calibrator
             metadata |= _refit_metadata(dataset, refit, held_out=metadata)
         model_uri, model_id = _log_artifacts(result, dataset, split, metadata, config, refit)
@@ -395,17 +395,17 @@ def _log_calibration(result: FoldResult, *, settings: Settings) -> None:
     logger.info("calibration: %s (%s)", report.method, report.reason)
 
 
-def _calibration_metadata(result: FoldResult, *, refit: bool) -> dict[str, Any]:
-    """What the bundle says of its calibrator (`calibration.json`) and how it was chosen."""
+def _calibration_metadata(result: FoldResult) -> dict[str, Any]:
+    """What the bundle says of the held-out model's calibrator (`calibration.json`) and how it
+    was chosen; a refit's metadata replaces it with its own (none) and keeps this under
+    `held_out`."""
     report = result.calibration
     return {
         "method": report.method,
         "mode": report.mode,
         "kept": report.kept,
         "reason": report.reason,
-        # A refit learnt every row, so none is left to calibrate it on: it carries the
-        # calibrator chosen for the held-out model's outputs.
-        "fitted_on": "held-out model's validation rows" if refit else "validation rows",
+        "fitted_on": "validation rows",
         "rows": report.rows,
         "held": None if report.held is None else report.held.to_dict(),
         "held_log_loss": dict(report.held_log_loss),
