@@ -8,15 +8,14 @@
   continue, continuation. No floor at 0.5 (hourly crypto moves reverse slightly more often than
   they repeat, so a floor would leave it at ln 2 and make it a straw man).
 - `logistic`: a logistic regression on the last step's (scaled) features of each window.
-- `lightgbm`: gradient-boosted trees (`LIGHTGBM_PARAMS`) on the scaled features of the last
-  `LAGS` steps of each window (the last step and the two before it, so also the last three
-  one-candle returns).
+- `lightgbm`: the regularised, early-stopped LightGBM of the `lightgbm` model type
+  (`mlproject.tabular.fit_booster`) on the last step's scaled features: a network must beat
+  it to be preferred over it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -25,25 +24,6 @@ BASELINES: tuple[str, ...] = ("majority", "last_move", "logistic", "lightgbm")
 # Probabilities of the fitted rules stay this far from 0 and 1, so a rule learnt from training
 # rows that all went one way is not infinitely sure of it.
 PROBA_CLIP = 1e-6
-
-# Steps of each window the gradient-boosted baseline sees: t, t-1, t-2.
-LAGS = 3
-# Small, fixed and deterministic (not tuned: a baseline, not a contender): a training on the
-# bundled candles (~16,000 training rows of 207 columns) pays about a second for it on two
-# cores; max_bin 63 and half the columns per tree are what keep it that quick.
-LIGHTGBM_PARAMS: dict[str, Any] = {
-    "n_estimators": 200,
-    "learning_rate": 0.05,
-    "num_leaves": 15,
-    "min_child_samples": 50,
-    "max_bin": 63,
-    "colsample_bytree": 0.5,
-    "reg_lambda": 1.0,
-    "deterministic": True,
-    "force_row_wise": True,
-    "n_jobs": 2,
-    "verbose": -1,
-}
 
 
 @dataclass(frozen=True)
@@ -117,28 +97,38 @@ def logistic(*, x_train: np.ndarray, y_train: np.ndarray, x: np.ndarray, seed: i
     return _from_proba(0.5 * (1.0 + np.tanh(0.5 * logit)))
 
 
-def lightgbm(*, x_train: np.ndarray, y_train: np.ndarray, x: np.ndarray, seed: int) -> Prediction:
-    """A LightGBM classifier with `LIGHTGBM_PARAMS` on 2-D feature rows."""
-    import lightgbm as lgb
+def lightgbm(
+    *,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x: np.ndarray,
+    seed: int,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+) -> Prediction:
+    """The regularised LightGBM (`mlproject.tabular.fit_booster`) on 2-D feature rows,
+    early-stopped on (x_val, y_val) when given."""
+    from mlproject.tabular import MAX_ROUNDS, fit_booster
 
     y = np.asarray(y_train).astype(np.int8)
     if np.unique(y).size < 2:
         return majority(y_train=y, rows=len(x))
-    model = lgb.LGBMClassifier(**LIGHTGBM_PARAMS, random_state=seed)
-    model.fit(np.asarray(x_train, dtype=np.float64), y)
-    proba = np.asarray(model.predict_proba(np.asarray(x, dtype=np.float64)))[:, 1]
+    early = x_val is not None and y_val is not None and np.unique(y_val).size == 2
+    booster, _ = fit_booster(
+        x_train,
+        y,
+        seed=seed,
+        x_val=x_val if early else None,
+        y_val=y_val if early else None,
+        rounds=None if early else MAX_ROUNDS // 4,
+    )
+    proba = np.asarray(booster.predict(np.asarray(x, dtype=np.float64)), dtype=np.float64)
     return _from_proba(np.clip(proba, PROBA_CLIP, 1.0 - PROBA_CLIP))
 
 
-def lagged(scaled: np.ndarray, rows: np.ndarray, *, lags: int = LAGS) -> np.ndarray:
-    """Rows [x[t], x[t-1], ..., x[t-lags+1]] side by side for each t in `rows` (positions in
-    `scaled`), so a model of single rows sees the last `lags` steps."""
-    rows = np.asarray(rows)
-    if lags < 1:
-        raise ValueError(f"lags must be at least 1, got {lags}")
-    if rows.size and rows.min() < lags - 1:
-        raise ValueError(f"rows must start at or after position {lags - 1} to see {lags} steps")
-    return np.concatenate([scaled[rows - k] for k in range(lags)], axis=1)
+def boosted(proba: np.ndarray) -> Prediction:
+    """The LightGBM baseline's prediction from its probabilities (clipped as `lightgbm` does)."""
+    return _from_proba(np.clip(np.asarray(proba, dtype=np.float64), PROBA_CLIP, 1.0 - PROBA_CLIP))
 
 
 def last_move_up(close: np.ndarray, rows: np.ndarray, *, horizon: int) -> np.ndarray:

@@ -83,7 +83,12 @@ def train(
     ctx: typer.Context,
     pair: Annotated[str, typer.Option(help="Base symbol of the pair, e.g. BTC.")],
     model_type: Annotated[
-        str, typer.Option("--model-type", "--model_type", help="lstm, gru, cnn or transformer.")
+        str,
+        typer.Option(
+            "--model-type",
+            "--model_type",
+            help="lstm, gru, cnn, transformer, lightgbm, logistic, blend or pooled.",
+        ),
     ] = "lstm",
     data_dir: Annotated[
         str,
@@ -93,6 +98,14 @@ def train(
     ] = "",
     register: Annotated[str, typer.Option(help="Register the model (true/false).")] = "true",
     promote: Annotated[str, typer.Option(help="Apply the promotion gate (true/false).")] = "true",
+    feature_set: Annotated[
+        str,
+        typer.Option(
+            "--feature-set",
+            "--feature_set",
+            help="default, extended or raw (default ML_FEATURE_SET).",
+        ),
+    ] = "",
 ) -> None:
     """Train one model, evaluate it against baselines, register it and apply the gate."""
     from mlproject.config import TrainConfig
@@ -108,6 +121,7 @@ def train(
             data_dir=Path(data_dir) if data_dir.strip() else None,
             register=_flag("--register", register),
             promote=_flag("--promote", promote),
+            feature_set=feature_set.strip() or None,
             **overrides,
         )
     except (InvalidNameError, ValueError) as exc:
@@ -141,16 +155,42 @@ def evaluate(
         ),
     ] = None,
     all_pairs: Annotated[bool, typer.Option("--all", help="Every configured pair.")] = False,
-    model_type: Annotated[str, typer.Option(help="lstm, gru, cnn or transformer.")] = "lstm",
-    folds: Annotated[int | None, typer.Option(help="Expanding folds per pair.")] = None,
-    test_size: Annotated[int | None, typer.Option(help="Test samples per fold.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Most epochs per fold.")] = None,
+    model_type: Annotated[
+        str, typer.Option(help="lstm, gru, cnn, transformer, lightgbm, logistic, blend or pooled.")
+    ] = "lstm",
+    folds: Annotated[
+        int | None, typer.Option(help="Expanding folds per pair (default 6; 0 = the default).")
+    ] = None,
+    test_size: Annotated[
+        int | None,
+        typer.Option(help="Test samples per fold (default ML_WALK_FORWARD_TEST_SIZE, 2000)."),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Most epochs per fold (default: the training's ML_EPOCHS and early-stopping "
+            "patience, the model as deployed)."
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="One seed (default 42).")] = None,
     seeds: Annotated[
         str | None,
         typer.Option(help="Several seeds, e.g. 42,43,44: every metric as mean ± sd over them."),
     ] = None,
     max_rows: Annotated[int, typer.Option(help="Newest candles used (0 = all).")] = 0,
+    budget_minutes: Annotated[
+        float,
+        typer.Option(
+            help="No fold starts after this many minutes (0 = no limit); the report says which "
+            "folds each pair got, and the same command again resumes it."
+        ),
+    ] = 90.0,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh", help="Start over: ignore (and overwrite) a report in --output-dir."
+        ),
+    ] = False,
     output_dir: Annotated[Path, typer.Option(help="Where the report is written.")] = (
         DEFAULT_REPORT_DIR
     ),
@@ -158,8 +198,9 @@ def evaluate(
         bool,
         typer.Option(
             "--combine",
-            help="Combine the JSON reports given as arguments (one per architecture) into one "
-            "page with a verdict per pair; nothing is trained.",
+            help="Combine the JSON reports given as arguments (one per model type) into one "
+            "page: what each pair serves, chosen on the earlier folds and confirmed on the "
+            "newest, and the test pooled over pairs; nothing is trained.",
         ),
     ] = False,
     output: Annotated[
@@ -175,10 +216,31 @@ def evaluate(
             "verdicts (e.g. the output of `python -m bench.verdict_coverage`)."
         ),
     ] = None,
+    served: Annotated[
+        str | None,
+        typer.Option(
+            help="With --combine: the model type every pair serves on the page (default: each "
+            "pair's type chosen on the earlier folds and confirmed on the newest)."
+        ),
+    ] = None,
+    confirm_folds: Annotated[
+        int,
+        typer.Option(
+            help="With --combine: the newest folds kept to confirm the choice the earlier "
+            "folds make."
+        ),
+    ] = 2,
 ) -> None:
     """Walk-forward evaluation: the model against every baseline, fold by fold, seed by seed."""
     if combine:
-        _combine(targets or [], output=output, notes=note or [], sections=append or [])
+        _combine(
+            targets or [],
+            output=output,
+            notes=note or [],
+            sections=append or [],
+            served=served,
+            confirm_folds=confirm_folds,
+        )
         return
     from pipelines.pairs import InvalidNameError, check_model_type
 
@@ -193,7 +255,7 @@ def evaluate(
     else:
         raise typer.BadParameter("name a PAIR or pass --all")
     from mlproject.data import NotEnoughDataError
-    from mlproject.evaluate import EvaluationPlan, parse_seeds
+    from mlproject.evaluate import EvaluationPlan, ResumeError, parse_seeds
     from mlproject.evaluate import evaluate as run_evaluation
 
     if seed is not None and seeds is not None:
@@ -213,15 +275,27 @@ def evaluate(
             epochs=epochs or None,
             seeds=chosen,
             max_rows=max_rows,
+            budget_minutes=budget_minutes,
         )
-        _, path = run_evaluation(plan, settings=settings, output_dir=output_dir)
-    except (InvalidNameError, NotEnoughDataError) as exc:
+    except (InvalidNameError, ValueError) as exc:
+        _fail(exc)
+    try:
+        _, path = run_evaluation(plan, settings=settings, output_dir=output_dir, fresh=fresh)
+    except (InvalidNameError, NotEnoughDataError, ResumeError) as exc:
         _fail(exc)
     typer.echo(path.read_text())
     typer.echo(f"report written to {path}")
 
 
-def _combine(paths: list[str], *, output: Path, notes: list[str], sections: list[Path]) -> None:
+def _combine(
+    paths: list[str],
+    *,
+    output: Path,
+    notes: list[str],
+    sections: list[Path],
+    served: str | None,
+    confirm_folds: int,
+) -> None:
     from mlproject.evaluation_page import ReportError, combine_reports
 
     if not paths:
@@ -231,7 +305,13 @@ def _combine(paths: list[str], *, output: Path, notes: list[str], sections: list
     except OSError as exc:
         _fail(ValueError(f"cannot read the section to append: {exc}"))
     try:
-        page = combine_reports([Path(p) for p in paths], notes=notes, sections=texts)
+        page = combine_reports(
+            [Path(p) for p in paths],
+            notes=notes,
+            sections=texts,
+            served=served,
+            confirm_folds=confirm_folds,
+        )
     except ReportError as exc:
         _fail(exc)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pipelines.features.params import FEATURE_SETS
 from pipelines.pairs import check_model_type, normalize_symbol
 from pipelines.settings import Settings
 from pipelines.training_params import PARAMS, TrainingParamError, resolve
@@ -34,12 +35,19 @@ class TrainConfig:
     max_rows: int = 0
     # Data root of ingested candles; None = the settings' (ML_DATA_DIR).
     data_dir: Path | None = None
+    # pipelines.features.spec.FEATURE_SETS; None = the settings' (ML_FEATURE_SET).
+    feature_set: str | None = None
     register: bool = True
     promote: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pair", normalize_symbol(self.pair))
         object.__setattr__(self, "model_type", check_model_type(self.model_type))
+        if self.feature_set is not None and self.feature_set not in FEATURE_SETS:
+            raise ValueError(
+                f"unknown feature set {self.feature_set!r}: allowed feature sets are "
+                f"{', '.join(FEATURE_SETS)}"
+            )
         for name, param in PARAMS.items():
             try:
                 object.__setattr__(self, name, param.check(getattr(self, name)))
@@ -68,4 +76,5 @@ class TrainConfig:
         """What MLflow logs as the run's parameters."""
         values = asdict(self)
         values["data_dir"] = str(self.data_dir) if self.data_dir is not None else ""
+        values["feature_set"] = self.feature_set or ""
         return values

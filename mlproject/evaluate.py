@@ -2,7 +2,8 @@
 
 Fold i trains on everything before its test window (less the purge gaps and the validation part)
 and tests on the next `test_size` samples; the last fold's window ends at the newest candle.
-Each fold goes through the same `fit_and_score` as a training run, once per seed of the plan
+Each fold goes through the same `fit_and_score` as a training run (the training's epochs and
+early stopping by default: what is evaluated is what is deployed), once per seed of the plan
 (the model's initialisation, dropout and shuffling; the fitted baselines take the same seed, which
 only LightGBM's column sampling uses). Intervals are the lifecycle's (`mlproject.metrics`):
 Wilson for accuracy, a Newey-West t-interval of the mean per-row loss for log loss; ROC AUC is a
@@ -14,6 +15,10 @@ Over several seeds, `summarise` ensembles them: per pair and fold, each predicto
 of "up" is averaged over the seeds row by row, and the ensemble is scored and judged once (one
 paired interval against each baseline). The seeds' spread (mean and standard deviation of each
 seed's own metrics, and how many seeds alone beat every baseline) is reported beside it.
+
+The JSON report keeps every fold's rows (candle time, outcome, each predictor's probability) per
+pair, fold and seed, and is rewritten after every fold: a run stopped by its time budget or killed
+resumes where it was, fitting only the (pair, fold, seed) the report lacks.
 """
 
 from __future__ import annotations
@@ -22,58 +27,99 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 
 from mlproject.baselines import BASELINES, Prediction
 from mlproject.config import TrainConfig
-from mlproject.data import walk_forward_splits
+from mlproject.data import Dataset, Split, decided_rows, walk_forward_splits
 from mlproject.metrics import classification_metrics, metric_intervals
-from mlproject.scoring import MODEL, Scores, VerdictRule, judge, score
+from mlproject.scoring import MODEL, Scores, VerdictRule, judge, required_baselines, score
 from mlproject.tracking import active_run
 from pipelines.lifecycle.scores import log_loss
 from pipelines.pairs import check_pair
-from pipelines.settings import Settings
+from pipelines.settings import NETWORK_TYPES, Settings
 
 logger = logging.getLogger(__name__)
 
 PREDICTORS: tuple[str, ...] = (MODEL, *BASELINES)
 
+# At least this many folds by default: 6 x 2,000 test hours per pair, four pairs pooled, is what
+# it takes for the paired interval to see an edge of about 0.001 nats per hour.
+DEFAULT_FOLDS = 6
+DEFAULT_BUDGET_MINUTES = 90.0
+# What a (pair, fold, seed) in a report depends on besides the pair and the seed: a report is
+# resumed only by a plan that agrees on all of these.
+RESUME_FIELDS: tuple[str, ...] = (
+    "model_type",
+    "folds",
+    "test_size",
+    "epochs",
+    "patience",
+    "max_rows",
+)
+# Probabilities are kept in the JSON report with this many significant digits (a log-loss change
+# below 1e-6 nats per row), so that a resumed report and an uninterrupted one agree exactly.
+DIGITS = 7
+
+Key = tuple[str, str, int]  # (pair, fold, seed)
+
+
+class ResumeError(ValueError):
+    """A report in the output folder that this evaluation cannot resume."""
+
 
 @dataclass(frozen=True)
 class EvaluationPlan:
-    """What to evaluate and how long it may take."""
+    """What to evaluate and how long it may take (`budget_minutes`, 0 for no limit)."""
 
     pairs: tuple[str, ...]
     model_type: str = "lstm"
-    folds: int = 3
+    folds: int = DEFAULT_FOLDS
     test_size: int = 2000
-    epochs: int = 8
-    patience: int = 3
+    epochs: int = 100
+    patience: int = 5
     seeds: tuple[int, ...] = (42,)
     max_rows: int = 0
+    budget_minutes: float = DEFAULT_BUDGET_MINUTES
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ValueError("an evaluation needs at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must differ, got {','.join(map(str, self.seeds))}")
+        if not self.budget_minutes >= 0:
+            raise ValueError(
+                f"budget_minutes must be >= 0 (0: no limit), got {self.budget_minutes!r}"
+            )
 
     @property
     def seed(self) -> int:
         """The first seed (the only one of a one-seed plan)."""
         return self.seeds[0]
 
+    def schedule(self) -> Iterator[Key]:
+        """Every (pair, fold, seed) in the order they are fitted: seeds outermost, then folds
+        newest first, then pairs, so a run its budget stops leaves every pair the same newest
+        folds under the first seeds."""
+        for seed in self.seeds:
+            for number in range(self.folds, 0, -1):
+                for pair in self.pairs:
+                    yield pair, str(number), seed
+
     @classmethod
     def from_settings(
         cls, settings: Settings, *, pairs: list[str], **overrides: Any
     ) -> EvaluationPlan:
-        """A plan with the settings' walk-forward defaults; `seed=` is a one-seed `seeds=`."""
+        """A plan with the defaults: at least `DEFAULT_FOLDS` folds (ML_WALK_FORWARD_FOLDS when
+        larger) of ML_WALK_FORWARD_TEST_SIZE samples, the training's epochs and early-stopping
+        patience (ML_EPOCHS, ML_EARLY_STOPPING_PATIENCE); `seed=` is a one-seed `seeds=`."""
         given = {k: v for k, v in overrides.items() if v is not None}
         if "seed" in given:
             if "seeds" in given:
@@ -83,10 +129,10 @@ class EvaluationPlan:
             given["seeds"] = tuple(int(s) for s in given["seeds"])
         return cls(
             pairs=tuple(check_pair(p, settings.pairs) for p in pairs),
-            folds=given.pop("folds", settings.walk_forward_folds),
+            folds=given.pop("folds", max(settings.walk_forward_folds, DEFAULT_FOLDS)),
             test_size=given.pop("test_size", settings.walk_forward_test_size),
-            epochs=given.pop("epochs", settings.walk_forward_epochs),
-            patience=given.pop("patience", settings.walk_forward_patience),
+            epochs=given.pop("epochs", settings.epochs),
+            patience=given.pop("patience", settings.early_stopping_patience),
             **given,
         )
 
@@ -127,21 +173,62 @@ class FoldReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _no_times() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class FoldRows:
-    """One test window's rows under one seed, in time order: the outcomes and every predictor's
-    probability of "up"."""
+    """One test window's rows under one seed, in time order: the outcomes, every predictor's
+    probability of "up" and each row's candle time (Unix seconds; empty where unknown)."""
 
     y: np.ndarray
     probas: dict[str, np.ndarray]
+    times: np.ndarray = field(default_factory=_no_times)
 
 
-@dataclass(frozen=True)
-class WalkForward:
-    """One pair under one seed: a report per fold and fold `all`, and the rows of each."""
+def rows_record(key: Key, rows: FoldRows) -> dict[str, Any]:
+    """One fold's rows as the JSON report keeps them: compact strings, one line each."""
+    pair, fold, seed = key
+    return {
+        "pair": pair,
+        "fold": fold,
+        "seed": seed,
+        "times": " ".join(map(str, np.asarray(rows.times, dtype=np.int64).tolist())),
+        "y": "".join("1" if v else "0" for v in np.asarray(rows.y).tolist()),
+        "proba": {
+            name: " ".join(f"{v:.{DIGITS}g}" for v in np.asarray(p, dtype=np.float64).tolist())
+            for name, p in rows.probas.items()
+        },
+    }
 
-    reports: list[FoldReport]
-    rows: dict[str, FoldRows]  # fold -> its rows
+
+def record_rows(record: dict[str, Any]) -> tuple[Key, FoldRows]:
+    """The key and rows of a `rows_record`."""
+    key = (str(record["pair"]), str(record["fold"]), int(record["seed"]))
+    rows = FoldRows(
+        y=np.array([c == "1" for c in record["y"]], dtype=np.int8),
+        probas={
+            name: np.array(text.split(), dtype=np.float64) for name, text in record["proba"].items()
+        },
+        times=np.array(record["times"].split(), dtype=np.int64),
+    )
+    return key, rows
+
+
+def kept(key: Key, rows: FoldRows) -> FoldRows:
+    """`rows` as the report keeps them (probabilities to `DIGITS` significant digits)."""
+    return record_rows(rows_record(key, rows))[1]
+
+
+def concatenated(parts: list[FoldRows]) -> FoldRows:
+    """Several windows' rows, one after another."""
+    names = list(parts[0].probas)
+    return FoldRows(
+        y=np.concatenate([p.y for p in parts]),
+        probas={name: np.concatenate([p.probas[name] for p in parts]) for name in names},
+        times=np.concatenate([np.asarray(p.times, dtype=np.int64) for p in parts]),
+    )
 
 
 def fold_report(
@@ -168,25 +255,24 @@ def fold_report(
     )
 
 
-def walk_forward(
-    pair: str,
-    *,
-    plan: EvaluationPlan,
-    settings: Settings,
-    seed: int | None = None,
-    on_fold: Callable[[FoldReport], None] | None = None,
-) -> WalkForward:
-    """Every fold of `pair` for one seed (the plan's first by default), then the folds pooled
-    (fold "all")."""
-    # TensorFlow comes in with the fold, here and not on import: `--combine` never needs it.
-    from mlproject.fold import fit_and_score
+@dataclass(frozen=True)
+class PairData:
+    """A pair's dataset and its walk-forward splits (the same under every seed)."""
+
+    dataset: Dataset
+    splits: list[Split]
+
+    def window(self, number: int) -> tuple[str, str]:
+        """Fold `number`'s (1-based) first and last test candle, ISO 8601."""
+        split, index = self.splits[number - 1], self.dataset.candles.index
+        return index[split.test.start].isoformat(), index[split.test.stop - 1].isoformat()
+
+
+def pair_data(pair: str, *, plan: EvaluationPlan, settings: Settings) -> PairData:
+    """Load `pair`'s candles and features and cut the plan's folds."""
     from mlproject.train import load_dataset
 
-    seed = plan.seed if seed is None else seed
-    config = TrainConfig.from_settings(
-        settings, pair=pair, model_type=plan.model_type, epochs=plan.epochs, seed=seed
-    )
-    fold_settings = settings.model_copy(update={"early_stopping_patience": plan.patience})
+    config = TrainConfig.from_settings(settings, pair=pair, model_type=plan.model_type)
     dataset = load_dataset(config, settings=settings, max_rows=plan.max_rows)
     splits = walk_forward_splits(
         dataset,
@@ -194,55 +280,55 @@ def walk_forward(
         test_size=plan.test_size,
         val_fraction=settings.validation_fraction,
     )
-    index = dataset.candles.index
-    reports: list[FoldReport] = []
-    rows: dict[str, FoldRows] = {}
-    pooled: dict[str, list[np.ndarray]] = {}
-    for number, split in enumerate(splits, start=1):
-        result = fit_and_score(dataset, split, config=config, settings=fold_settings)
-        report = fold_report(
-            pair,
-            str(number),
-            result.scores,
-            start=index[split.test.start].isoformat(),
-            end=index[split.test.stop - 1].isoformat(),
-            seed=seed,
-        )
-        report = replace(
-            report,
-            epochs_run=result.fit.epochs_run,
-            best_epoch=result.fit.best_epoch,
-            fit_seconds=result.fit.fit_seconds,
-            extra=_calibration(result, y=result.scores.y),
-        )
-        reports.append(report)
-        rows[report.fold] = FoldRows(
-            y=result.scores.y,
-            probas={name: p.proba for name, p in result.scores.predictions.items()},
-        )
-        pooled.setdefault("y", []).append(result.scores.y)
-        for name, prediction in result.scores.predictions.items():
-            pooled.setdefault(f"{name}.proba", []).append(prediction.proba)
-            pooled.setdefault(f"{name}.pred", []).append(prediction.pred)
-        logger.info(
-            "%s fold %d seed %d: model accuracy %.4f, log loss %.4f (%s: %.4f), %.0f s",
-            pair,
-            number,
-            seed,
-            report.metrics[MODEL]["accuracy"],
-            report.metrics[MODEL]["log_loss"],
-            report.strongest_baseline,
-            report.metrics[report.strongest_baseline]["log_loss"],
-            report.fit_seconds,
-        )
-        if on_fold is not None:
-            on_fold(report)
-    reports.append(_pooled(pair, reports, pooled, settings=settings, seed=seed))
-    rows["all"] = FoldRows(
-        y=np.concatenate(pooled["y"]),
-        probas={name: np.concatenate(pooled[f"{name}.proba"]) for name in PREDICTORS},
+    return PairData(dataset=dataset, splits=splits)
+
+
+def run_fold(
+    key: Key, data: PairData, *, plan: EvaluationPlan, settings: Settings
+) -> tuple[FoldReport, FoldRows]:
+    """Fit and score one (pair, fold, seed): its report and its rows as the report keeps them."""
+    # TensorFlow comes in with the fold, here and not on import: `--combine` never needs it.
+    from mlproject.fold import fit_and_score
+
+    pair, fold, seed = key
+    config = TrainConfig.from_settings(
+        settings, pair=pair, model_type=plan.model_type, epochs=plan.epochs, seed=seed
     )
-    return WalkForward(reports=reports, rows=rows)
+    fold_settings = settings.model_copy(update={"early_stopping_patience": plan.patience})
+    split = data.splits[int(fold) - 1]
+    result = fit_and_score(data.dataset, split, config=config, settings=fold_settings)
+    y = result.scores.y
+    tested = decided_rows(data.dataset, split.test)
+    if tested.size != y.size:
+        raise ValueError(
+            f"{pair} fold {fold}: {y.size} scored rows, but the test window has {tested.size} "
+            "up-or-down rows: the rows' candle times cannot be told"
+        )
+    start, end = data.window(int(fold))
+    report = replace(
+        fold_report(pair, fold, result.scores, start=start, end=end, seed=seed),
+        epochs_run=result.fit.epochs_run,
+        best_epoch=result.fit.best_epoch,
+        fit_seconds=result.fit.fit_seconds,
+        extra=_calibration(result, y=y),
+    )
+    stamps = pd.DatetimeIndex(data.dataset.candles.index[tested])
+    times = np.asarray(stamps.as_unit("s").asi8, dtype=np.int64)
+    rows = FoldRows(
+        y=y, probas={name: p.proba for name, p in result.scores.predictions.items()}, times=times
+    )
+    logger.info(
+        "%s fold %s seed %d: model accuracy %.4f, log loss %.4f (%s: %.4f), %.0f s",
+        pair,
+        fold,
+        seed,
+        report.metrics[MODEL]["accuracy"],
+        report.metrics[MODEL]["log_loss"],
+        report.strongest_baseline,
+        report.metrics[report.strongest_baseline]["log_loss"],
+        report.fit_seconds,
+    )
+    return report, kept(key, rows)
 
 
 def _calibration(result: object, *, y: np.ndarray) -> dict[str, Any]:
@@ -274,28 +360,29 @@ def calibration_line(reports: list[FoldReport]) -> str:
     )
 
 
-def _pooled(
+def pooled_report(
     pair: str,
+    seed: int,
     folds: list[FoldReport],
-    pooled: dict[str, list[np.ndarray]],
+    rows: list[FoldRows],
     *,
     settings: Settings,
-    seed: int,
+    required: tuple[str, ...] | None = None,
 ) -> FoldReport:
-    y = np.concatenate(pooled["y"])
+    """Fold `all` of one pair and seed: its folds' rows (in time order) scored as one window
+    (`required`: the baselines it must beat, default all)."""
+    together = concatenated(rows)
     predictions = {
-        name: Prediction(
-            proba=np.concatenate(pooled[f"{name}.proba"]),
-            pred=np.concatenate(pooled[f"{name}.pred"]),
-        )
-        for name in PREDICTORS
+        name: Prediction(proba=proba, pred=(proba >= 0.5).astype(np.int8))
+        for name, proba in together.probas.items()
     }
     scores = score(
-        y=y,
+        y=together.y,
         model_proba=predictions[MODEL].proba,
         baseline_predictions={k: v for k, v in predictions.items() if k != MODEL},
-        returns=np.zeros(y.size),
+        returns=np.zeros(together.y.size),
         settings=settings,
+        required=required,
     )
     return fold_report(
         pair, "all", scores, start=folds[0].test_start, end=folds[-1].test_end, seed=seed
@@ -366,19 +453,55 @@ def ensemble(rows: list[FoldRows]) -> FoldRows:
             raise ValueError(
                 f"the seeds' predictors differ: {sorted(other.probas)} and {sorted(first.probas)}"
             )
+        if other.times.size and first.times.size and not np.array_equal(other.times, first.times):
+            raise ValueError(
+                "the seeds' candle times differ: an ensemble averages one window's rows"
+            )
     probas = {}
     for name in first.probas:
         each = [np.asarray(r.probas[name], dtype=np.float64) for r in rows]
         same = all(np.array_equal(p, each[0]) for p in each[1:])
         probas[name] = each[0] if same else np.mean(np.stack(each), axis=0)
-    return FoldRows(y=first.y, probas=probas)
+    return FoldRows(y=first.y, probas=probas, times=first.times)
+
+
+def _seed_group_rows(
+    pair: str, fold: str, group: list[FoldReport], rows: dict[Key, FoldRows]
+) -> FoldRows:
+    """The seed ensemble of one pair and fold, after checking its seeds saw the same rows."""
+    first = group[0]
+    seeds = tuple(r.seed for r in group)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{pair} fold {fold}: seed reported twice in {seeds}")
+    for other in group[1:]:
+        if (other.test_start, other.test_end, other.rows) != (
+            first.test_start,
+            first.test_end,
+            first.rows,
+        ):
+            raise ValueError(
+                f"{pair} fold {fold}: seed {other.seed} tested {other.test_start} .. "
+                f"{other.test_end} ({other.rows} rows), seed {first.seed} "
+                f"{first.test_start} .. {first.test_end} ({first.rows} rows)"
+            )
+    missing = [seed for seed in seeds if (pair, fold, seed) not in rows]
+    if missing:
+        raise ValueError(f"{pair} fold {fold}: no rows of seeds {missing}")
+    return ensemble([rows[(pair, fold, seed)] for seed in seeds])
 
 
 def summarise(
-    reports: list[FoldReport], rows: dict[tuple[str, str, int], FoldRows]
+    reports: list[FoldReport],
+    rows: dict[Key, FoldRows],
+    *,
+    required: tuple[str, ...] | None = None,
 ) -> list[SeedSummary]:
     """Group per-seed fold reports by (pair, fold), in their order; judge each group's seed
-    ensemble (from `rows`, keyed by pair, fold and seed) and give the seeds' spread.
+    ensemble (from `rows`, keyed by pair, fold and seed; against the `required` baselines,
+    default all) and give the seeds' spread.
+
+    Fold `all` is each fold's seed ensemble, the folds one after another: a fold that fewer
+    seeds reached (a run its budget stopped) counts with the seeds it has.
 
     Raises:
         ValueError: when one pair and fold was tested on different rows under different seeds,
@@ -387,29 +510,30 @@ def summarise(
     groups: dict[tuple[str, str], list[FoldReport]] = {}
     for report in reports:
         groups.setdefault((report.pair, report.fold), []).append(report)
+    ensembles = {
+        (pair, fold): _seed_group_rows(pair, fold, group, rows)
+        for (pair, fold), group in groups.items()
+        if fold != "all"
+    }
     summaries = []
     for (pair, fold), group in groups.items():
         first = group[0]
         seeds = tuple(r.seed for r in group)
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"{pair} fold {fold}: seed reported twice in {seeds}")
-        for other in group[1:]:
-            if (other.test_start, other.test_end, other.rows) != (
-                first.test_start,
-                first.test_end,
-                first.rows,
-            ):
-                raise ValueError(
-                    f"{pair} fold {fold}: seed {other.seed} tested {other.test_start} .. "
-                    f"{other.test_end} ({other.rows} rows), seed {first.seed} "
-                    f"{first.test_start} .. {first.test_end} ({first.rows} rows)"
-                )
-        missing = [seed for seed in seeds if (pair, fold, seed) not in rows]
-        if missing:
-            raise ValueError(f"{pair} fold {fold}: no rows of seeds {missing}")
-        together = ensemble([rows[(pair, fold, seed)] for seed in seeds])
+        folds = sorted(
+            (groups[key][0].test_start, groups[key][0].test_end, key)
+            for key in ensembles
+            if key[0] == pair
+        )
+        if fold != "all":
+            together, start, end = ensembles[(pair, fold)], first.test_start, first.test_end
+        elif folds:
+            together = concatenated([ensembles[key] for _, _, key in folds])
+            start, end = folds[0][0], folds[-1][1]
+        else:
+            together = _seed_group_rows(pair, fold, group, rows)
+            start, end = first.test_start, first.test_end
         rule = VerdictRule.from_dict(first.rule) if first.rule else VerdictRule(margin=0.0)
-        judgement = judge(together.y, together.probas, rule=rule)
+        judgement = judge(together.y, together.probas, rule=rule, required=required)
         seed_mean: dict[str, dict[str, float]] = {}
         seed_sd: dict[str, dict[str, float]] = {}
         for name, metrics in first.metrics.items():
@@ -429,9 +553,9 @@ def summarise(
             SeedSummary(
                 pair=pair,
                 fold=fold,
-                test_start=first.test_start,
-                test_end=first.test_end,
-                rows=first.rows,
+                test_start=start,
+                test_end=end,
+                rows=int(together.y.size),
                 seeds=seeds,
                 metrics={
                     name: classification_metrics(y_true=together.y, proba=proba)
@@ -454,18 +578,151 @@ def summarise(
     return summaries
 
 
-def evaluate(
-    plan: EvaluationPlan, *, settings: Settings, output_dir: Path
-) -> tuple[list[FoldReport], Path]:
-    """Walk forward over every pair and seed of `plan`; write and log the report; return the
-    per-seed fold reports and the report's path.
+@dataclass
+class Progress:
+    """What an evaluation has finished: per (pair, fold, seed) its report and rows, and the time
+    spent on it in earlier runs."""
 
-    The report (markdown and JSON) is rewritten after each pair and seed, marked incomplete
-    until the last, so an interrupted evaluation leaves what it finished: its summaries ensemble
-    the seeds finished so far.
+    reports: dict[Key, FoldReport] = field(default_factory=dict)
+    rows: dict[Key, FoldRows] = field(default_factory=dict)
+    elapsed: float = 0.0
+    pairs: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
+
+    def add(self, key: Key, report: FoldReport, rows: FoldRows) -> None:
+        self.reports[key], self.rows[key] = report, rows
+
+    def ordered(self, plan: EvaluationPlan, *, settings: Settings) -> list[FoldReport]:
+        """Every finished fold report, seeds outermost, then pairs, folds oldest first, each
+        pair and seed closed by its fold `all` (the folds it has, pooled)."""
+        out: list[FoldReport] = []
+        for seed in plan.seeds:
+            for pair in plan.pairs:
+                keys = [
+                    (pair, str(n), seed)
+                    for n in range(1, plan.folds + 1)
+                    if (pair, str(n), seed) in self.reports
+                ]
+                if not keys:
+                    continue
+                folds = [self.reports[key] for key in keys]
+                out += folds
+                parts = [self.rows[key] for key in keys]
+                out.append(
+                    pooled_report(
+                        pair,
+                        seed,
+                        folds,
+                        parts,
+                        settings=settings,
+                        required=required_baselines(plan.model_type),
+                    )
+                )
+        return out
+
+    def got(self, plan: EvaluationPlan) -> dict[str, dict[str, list[int]]]:
+        """Per pair, per fold it has, the seeds that reached it."""
+        return {
+            pair: {
+                str(n): [s for s in plan.seeds if (pair, str(n), s) in self.reports]
+                for n in range(1, plan.folds + 1)
+                if any((pair, str(n), s) in self.reports for s in plan.seeds)
+            }
+            for pair in plan.pairs
+        }
+
+
+def load_progress(path: Path, *, plan: EvaluationPlan, settings: Settings) -> Progress:
+    """What the JSON report at `path` has finished, when `plan` may resume it (nothing when there
+    is no report).
+
+    Raises:
+        ResumeError: a report of another plan or model shape, or one without its rows.
+    """
+    if not path.exists():
+        return Progress()
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ResumeError(f"cannot resume from {path}: {exc}; pass --fresh to start over") from None
+    fresh = "pass --fresh to start over, or write elsewhere with --output-dir"
+    if "rows" not in document:
+        raise ResumeError(
+            f"{path} was written before reports kept their rows and cannot be resumed: {fresh}"
+        )
+    before = document["plan"]
+    differ = [
+        f"{name} {before.get(name)!r} (now {getattr(plan, name)!r})"
+        for name in RESUME_FIELDS
+        if before.get(name) != getattr(plan, name)
+    ]
+    shape = _model_shape(settings)
+    differ += [
+        f"model {name} {document['model'].get(name)!r} (now {value!r})"
+        for name, value in shape.items()
+        if document["model"].get(name) != value
+    ]
+    if differ:
+        raise ResumeError(f"{path} is a report of another evaluation: {'; '.join(differ)}; {fresh}")
+    reports = {(r.pair, r.fold, r.seed): r for r in fold_reports(document) if r.fold != "all"}
+    rows = dict(record_rows(record) for record in document["rows"])
+    progress = Progress(
+        elapsed=float(document.get("elapsed_seconds") or 0.0),
+        pairs=tuple(before["pairs"]),
+        seeds=tuple(int(s) for s in before["seeds"]),
+    )
+    for key, report in reports.items():
+        if key not in rows:
+            raise ResumeError(f"{path}: {key[0]} fold {key[1]} seed {key[2]} has no rows; {fresh}")
+        progress.add(key, report, rows[key])
+    return progress
+
+
+def _check_windows(pair: str, data: PairData, progress: Progress) -> None:
+    """The report's folds of `pair` tested the windows the candles give now."""
+    for (each, fold, seed), report in progress.reports.items():
+        if each != pair or int(fold) > len(data.splits):
+            continue
+        now = data.window(int(fold))
+        if (report.test_start, report.test_end) != now:
+            raise ResumeError(
+                f"{pair} fold {fold} seed {seed} of the report tested {report.test_start} .. "
+                f"{report.test_end}, the candles now give {now[0]} .. {now[1]} (newer candles?): "
+                "pass --fresh to start over, or write elsewhere with --output-dir"
+            )
+
+
+def _union(first: tuple[Any, ...], second: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys((*first, *second)))
+
+
+def evaluate(
+    plan: EvaluationPlan,
+    *,
+    settings: Settings,
+    output_dir: Path,
+    fresh: bool = False,
+    on_fold: Callable[[FoldReport], None] | None = None,
+) -> tuple[list[FoldReport], Path]:
+    """Walk forward over every pair, fold and seed of `plan` (in `EvaluationPlan.schedule`
+    order); write and log the report; return the per-seed fold reports and the report's path.
+
+    The report (markdown and JSON) is rewritten after each fold, marked incomplete until the
+    last. An existing report of the same evaluation in `output_dir` is resumed (unless `fresh`):
+    its folds are kept, not fitted again, and its pairs and seeds join the plan's. Once
+    `plan.budget_minutes` have passed no further fold starts; the report says which folds each
+    pair got.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / f"walk_forward_{plan.model_type}.md"
+    progress = (
+        Progress()
+        if fresh
+        else load_progress(path.with_suffix(".json"), plan=plan, settings=settings)
+    )
+    plan = replace(
+        plan, pairs=_union(progress.pairs, plan.pairs), seeds=_union(progress.seeds, plan.seeds)
+    )
     with active_run(
         settings,
         experiment=settings.evaluation_experiment_name,
@@ -482,36 +739,48 @@ def evaluate(
                     "patience": plan.patience,
                     "seed": plan.seed,
                     "max_rows": plan.max_rows,
+                    "budget_minutes": plan.budget_minutes,
                 }
             )
         mlflow.log_param("seeds", ",".join(map(str, plan.seeds)))
         started = time.perf_counter()
-        reports: list[FoldReport] = []
-        rows: dict[tuple[str, str, int], FoldRows] = {}
-        # Seeds outermost: an interrupted evaluation has every pair at its first seeds.
-        for seed in plan.seeds:
-            for pair in plan.pairs:
-                done = walk_forward(pair, plan=plan, settings=settings, seed=seed)
-                prefix = "" if len(plan.seeds) == 1 else f"seed{seed}/"
-                for report in done.reports:
-                    _log_fold(report, prefix=prefix)
-                reports.extend(done.reports)
-                rows.update({(pair, fold, seed): each for fold, each in done.rows.items()})
-                _write(
-                    path,
-                    reports,
-                    rows,
-                    plan=plan,
-                    settings=settings,
-                    elapsed=time.perf_counter() - started,
-                    complete=False,
-                )
-        elapsed = time.perf_counter() - started
-        summaries = summarise(reports, rows)
+        budget = plan.budget_minutes * 60.0
+        data: dict[str, PairData] = {}
+        stopped = False
+        for key in plan.schedule():
+            if key in progress.reports:
+                continue
+            if budget and time.perf_counter() - started >= budget:
+                stopped = True
+                logger.info("budget of %g min spent: stopping before %s", plan.budget_minutes, key)
+                break
+            pair = key[0]
+            if pair not in data:
+                data[pair] = pair_data(pair, plan=plan, settings=settings)
+                _check_windows(pair, data[pair], progress)
+            report, rows = run_fold(key, data[pair], plan=plan, settings=settings)
+            progress.add(key, report, rows)
+            _log_fold(report, prefix="" if len(plan.seeds) == 1 else f"seed{key[2]}/")
+            if on_fold is not None:
+                on_fold(report)
+            _write(
+                path,
+                progress,
+                plan=plan,
+                settings=settings,
+                elapsed=progress.elapsed + time.perf_counter() - started,
+                stopped=False,
+            )
+        elapsed = progress.elapsed + time.perf_counter() - started
+        reports = progress.ordered(plan, settings=settings)
+        for report in reports:
+            if report.fold == "all":
+                _log_fold(report, prefix="" if len(plan.seeds) == 1 else f"seed{report.seed}/")
+        summaries = summarise(reports, progress.rows, required=required_baselines(plan.model_type))
         for summary in summaries:
             _log_summary(summary)
         mlflow.log_metric("elapsed_seconds", elapsed)
-        _write(path, reports, rows, plan=plan, settings=settings, elapsed=elapsed, complete=True)
+        _write(path, progress, plan=plan, settings=settings, elapsed=elapsed, stopped=stopped)
         mlflow.log_artifact(str(path))
         mlflow.log_artifact(str(path.with_suffix(".json")))
     return reports, path
@@ -519,49 +788,82 @@ def evaluate(
 
 def _write(
     path: Path,
-    reports: list[FoldReport],
-    rows: dict[tuple[str, str, int], FoldRows],
+    progress: Progress,
     *,
     plan: EvaluationPlan,
     settings: Settings,
     elapsed: float,
-    complete: bool,
+    stopped: bool,
 ) -> None:
-    document = report_document(
-        reports, rows, plan=plan, settings=settings, elapsed=elapsed, complete=complete
+    document = progress_document(
+        progress, plan=plan, settings=settings, elapsed=elapsed, stopped=stopped
     )
     path.write_text(render_markdown(document))
-    path.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+    # Written aside and moved into place: a run killed while writing keeps its last whole report.
+    target = path.with_suffix(".json")
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(json.dumps(document, indent=2) + "\n")
+    partial.replace(target)
+
+
+def progress_document(
+    progress: Progress, *, plan: EvaluationPlan, settings: Settings, elapsed: float, stopped: bool
+) -> dict[str, Any]:
+    """The JSON report of what `progress` holds (`report_document`), with whether the budget
+    stopped the run and the folds each pair got."""
+    document = report_document(
+        progress.ordered(plan, settings=settings),
+        progress.rows,
+        plan=plan,
+        settings=settings,
+        elapsed=elapsed,
+        complete=all(key in progress.reports for key in plan.schedule()),
+    )
+    document["stopped"] = "budget" if stopped else None
+    document["folds_got"] = progress.got(plan)
+    return document
+
+
+def _model_shape(settings: Settings) -> dict[str, Any]:
+    return {
+        "layers": settings.lstm_layers,
+        "units": settings.lstm_units,
+        "dropout": settings.dropout,
+        "sequence_length": settings.sequence_length,
+        "horizon": settings.horizon,
+        "batch_size": settings.batch_size,
+        "validation_fraction": settings.validation_fraction,
+        "metric": settings.promotion_metric,
+    }
 
 
 def report_document(
     reports: list[FoldReport],
-    rows: dict[tuple[str, str, int], FoldRows],
+    rows: dict[Key, FoldRows],
     *,
     plan: EvaluationPlan,
     settings: Settings,
     elapsed: float,
     complete: bool,
 ) -> dict[str, Any]:
-    """The JSON report: the plan, the model's shape, every seed's folds, and per pair and fold
-    the seed ensemble and the seeds' spread (`summarise` of `reports` and their `rows`)."""
+    """The JSON report: the plan, the model's shape, every seed's folds and their rows, and per
+    pair and fold the seed ensemble and the seeds' spread (`summarise` of `reports` and their
+    `rows`)."""
+    folds = [(r.pair, r.fold, r.seed) for r in reports if r.fold != "all"]
     return _jsonable(
         {
             "plan": asdict(plan),
-            "model": {
-                "layers": settings.lstm_layers,
-                "units": settings.lstm_units,
-                "dropout": settings.dropout,
-                "sequence_length": settings.sequence_length,
-                "horizon": settings.horizon,
-                "batch_size": settings.batch_size,
-                "validation_fraction": settings.validation_fraction,
-                "metric": settings.promotion_metric,
-            },
+            "model": _model_shape(settings),
             "elapsed_seconds": elapsed,
             "complete": complete,
+            "stopped": None,
+            "folds_got": {},
             "folds": [asdict(r) for r in reports],
-            "summary": [asdict(s) for s in summarise(reports, rows)],
+            "summary": [
+                asdict(s)
+                for s in summarise(reports, rows, required=required_baselines(plan.model_type))
+            ],
+            "rows": [rows_record(key, rows[key]) for key in folds if key in rows],
         }
     )
 
@@ -786,6 +1088,48 @@ def verdict_table(summaries: list[SeedSummary]) -> str:
     return "\n".join(lines)
 
 
+def span(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] -> "1-3, 5"."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def folds_got_text(document: dict[str, Any]) -> str:
+    """Per pair, the folds each seed reached: "BTC folds 3-6 (seed 42), 6 (seed 43)"."""
+    plan = document["plan"]
+    got: dict[str, dict[str, list[int]]] = document.get("folds_got") or {}
+    parts = []
+    for pair in plan["pairs"]:
+        folds = got.get(pair, {})
+        each = [
+            f"{span([int(f) for f, seeds in folds.items() if seed in seeds])} (seed {seed})"
+            for seed in plan["seeds"]
+            if any(seed in seeds for seeds in folds.values())
+        ]
+        parts.append(f"{pair} folds {', '.join(each)}" if each else f"{pair} no fold")
+    return "; ".join(parts)
+
+
+def incomplete_line(document: dict[str, Any]) -> str:
+    """Why a report is incomplete, and the folds of `folds * seeds` it got per pair."""
+    plan = document["plan"]
+    why = (
+        f"stopped when its budget of {plan['budget_minutes']:g} min was spent"
+        if document.get("stopped") == "budget"
+        else "interrupted or still running"
+    )
+    return (
+        f"**Incomplete** ({why}; running the same command again resumes it): of "
+        f"{plan['folds']} folds x {len(plan['seeds'])} seeds per pair it got "
+        f"{folds_got_text(document)}."
+    )
+
+
 def render_markdown(document: dict[str, Any]) -> str:
     """The report of a JSON document (`report_document`): how it was made, a summary row per
     pair and fold, the paired verdicts against every baseline, every predictor, every seed."""
@@ -798,20 +1142,23 @@ def render_markdown(document: dict[str, Any]) -> str:
     lines = [
         f"# Walk-forward evaluation: {plan['model_type']}",
         "",
-        *(
-            []
-            if document["complete"]
-            else ["**Incomplete**: the evaluation was interrupted or is still running.", ""]
-        ),
+        *([] if document["complete"] else [incomplete_line(document), ""]),
         f"- Pairs: {', '.join(plan['pairs'])}; {plan['folds']} expanding folds of "
         f"{plan['test_size']} hourly test samples each, the last ending at the newest candle"
         + (f" (newest {plan['max_rows']} candles only)" if plan["max_rows"] else "")
         + ".",
-        f"- Model: {plan['model_type']}, {model['layers']} layers x {model['units']} units, "
-        f"dropout {model['dropout']}, sequence length {model['sequence_length']}, horizon "
-        f"{model['horizon']}, batch {model['batch_size']}; at most {plan['epochs']} epochs, early "
-        f"stopping on validation loss (patience {plan['patience']}), best weights restored; "
-        f"seeds {_seeds_text(seeds)}.",
+        (
+            f"- Model: {plan['model_type']}, {model['layers']} layers x {model['units']} units, "
+            f"dropout {model['dropout']}, sequence length {model['sequence_length']}, horizon "
+            f"{model['horizon']}, batch {model['batch_size']}; at most {plan['epochs']} epochs, "
+            f"early stopping on validation loss (patience {plan['patience']}), best weights "
+            f"restored; seeds {_seeds_text(seeds)}."
+            if plan["model_type"] in NETWORK_TYPES
+            else f"- Model: {plan['model_type']} (mlproject/tabular.py) on the last step of "
+            f"windows of {model['sequence_length']} candles, horizon {model['horizon']}; "
+            "LightGBM early-stopped on the validation rows; seeds "
+            f"{_seeds_text(seeds)}."
+        ),
         "- Each fold: purge gap of sequence_length + horizon between train, validation "
         f"({model['validation_fraction']:.0%} of the pre-test samples) and test; scaler fitted "
         "on the training rows only; baselines fitted on the same training rows.",

@@ -1,4 +1,5 @@
-"""ONNX export of a Keras model, checked against Keras before anything is logged, and the
+"""The bundle of a training: a Keras model exported to ONNX (checked against Keras) or a tabular
+model's head (checked against the fitted model), both before anything is logged, and the
 logistic baseline that ships beside it."""
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import numpy as np
 
 from mlproject import baselines
 from mlproject.data import Dataset, decided_rows, labels
+from mlproject.tabular import TabularModel
 from pipelines.calibration import Calibrator
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import FeatureSpec
+from pipelines.heads import HEAD_FILE
 from pipelines.modelbundle import MODEL_FILE, LogisticBaseline, ModelBundle
 
 logger = logging.getLogger(__name__)
@@ -84,4 +87,45 @@ def export_bundle(
             f"(tolerance {ONNX_TOLERANCE:.0e}); not registering it"
         )
     logger.info("ONNX export matches Keras within %.1e", diff)
+    return bundle, diff
+
+
+def export_head_bundle(
+    model: TabularModel,
+    *,
+    directory: Path,
+    scaler: FeatureScaler,
+    spec: FeatureSpec,
+    metadata: dict[str, object],
+    check_windows: np.ndarray,
+    calibrator: Calibrator | None = None,
+    baseline: LogisticBaseline | None = None,
+) -> tuple[ModelBundle, float]:
+    """Save a tabular model's bundle (`head.json` and its files) to `directory`, reload it and
+    compare: the reloaded head must give the fitted model's outputs on `check_windows` (scaled,
+    at least the head's steps long) within `ONNX_TOLERANCE`.
+
+    Returns:
+        The reloaded bundle and the largest absolute difference on `check_windows`.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    ModelBundle(
+        onnx_path=directory / HEAD_FILE,
+        head=model.head,
+        scaler=scaler,
+        spec=spec,
+        metadata=dict(metadata),
+        calibrator=calibrator if calibrator is not None else Calibrator(),
+        baseline=baseline,
+    ).save(directory)
+    bundle = ModelBundle.load(directory)
+    assert bundle.head is not None  # head.json was just written
+    fitted = model.predict(check_windows)
+    reloaded = np.asarray(bundle.head.proba(check_windows), dtype=np.float64)
+    diff = float(np.max(np.abs(fitted - reloaded))) if fitted.size else 0.0
+    if not diff <= ONNX_TOLERANCE:
+        raise ExportMismatchError(
+            f"the saved {model.head.kind} model differs from the fitted one by {diff:.2e} "
+            f"(tolerance {ONNX_TOLERANCE:.0e}); not registering it"
+        )
     return bundle, diff

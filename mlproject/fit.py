@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from mlproject.fit_result import FitResult
+
 EpochSink = Callable[[int, dict[str, float]], None]
 EPOCH_METRICS: tuple[str, ...] = ("loss", "val_loss", "accuracy", "val_accuracy")
-
-
-@dataclass(frozen=True)
-class FitResult:
-    """Per-epoch history, the epoch whose weights were kept, and the time fit() took."""
-
-    history: dict[str, list[float]]
-    best_epoch: int
-    epochs_run: int
-    fit_seconds: float
 
 
 def make_deterministic(seed: int) -> None:

@@ -37,7 +37,7 @@ from pipelines.features.windows import make_targets
 from pipelines.lifecycle.intervals import LEVEL, METHOD, PairedVerdict, paired_interval
 from pipelines.lifecycle.scores import decided, log_losses
 from pipelines.modelbundle import ModelBundle
-from pipelines.settings import Settings
+from pipelines.settings import NETWORK_TYPES, Settings
 
 MODEL = "model"
 VERDICT_METRIC = "log_loss"  # the per-row loss every "beats" is made of
@@ -93,11 +93,30 @@ class Judgement:
         return self.verdicts[self.strongest_baseline]
 
 
-def judge(y: np.ndarray, probas: dict[str, np.ndarray], *, rule: VerdictRule) -> Judgement:
+def required_baselines(model_type: str) -> tuple[str, ...]:
+    """The baselines a model of `model_type` must beat to be proven.
+
+    Every model must beat majority, the last move and logistic regression; a network must also
+    beat LightGBM, the cheaper model it would be preferred over. The LightGBM model types are
+    scored beside the LightGBM baseline but not judged against it (it is what they are).
+    """
+    if model_type in NETWORK_TYPES:
+        return baselines.BASELINES
+    return tuple(b for b in baselines.BASELINES if b != "lightgbm")
+
+
+def judge(
+    y: np.ndarray,
+    probas: dict[str, np.ndarray],
+    *,
+    rule: VerdictRule,
+    required: tuple[str, ...] | None = None,
+) -> Judgement:
     """The model (`probas[MODEL]`) against every other forecaster of `probas` on labels `y`.
 
-    The strongest baseline is the one of lowest mean log loss (the model's largest mean
-    difference); "beats" needs every interval wholly below `-rule.margin`.
+    Every baseline gets its verdict; "beats" needs the interval against each `required` one
+    (default: all) wholly below `-rule.margin`. The strongest baseline is the required one of
+    lowest mean log loss (the model's largest mean difference).
     """
     if MODEL not in probas or len(probas) < 2:
         raise ValueError(f"judging needs {MODEL!r} and at least one baseline, got {sorted(probas)}")
@@ -106,8 +125,9 @@ def judge(y: np.ndarray, probas: dict[str, np.ndarray], *, rule: VerdictRule) ->
         for name, proba in probas.items()
         if name != MODEL
     }
-    strongest = max(verdicts, key=lambda name: verdicts[name].mean)
-    beats = all(v.better(rule.margin) for v in verdicts.values())
+    judged = [n for n in verdicts if required is None or n in required] or list(verdicts)
+    strongest = max(judged, key=lambda name: verdicts[name].mean)
+    beats = all(verdicts[n].better(rule.margin) for n in judged)
     return Judgement(verdicts=verdicts, strongest_baseline=strongest, beats_baseline=beats)
 
 
@@ -137,9 +157,19 @@ class Scores:
 
 
 def fit_baselines(
-    dataset: Dataset, split: Split, scaler: FeatureScaler, *, seed: int
+    dataset: Dataset,
+    split: Split,
+    scaler: FeatureScaler,
+    *,
+    seed: int,
+    lightgbm: np.ndarray | None = None,
 ) -> dict[str, baselines.Prediction]:
-    """The baselines fitted on the training rows, predicting the test rows."""
+    """The baselines fitted on the training rows, predicting the test rows.
+
+    `lightgbm`: the LightGBM baseline's test probabilities when the caller has fitted that very
+    booster already (the `lightgbm` model type and the blend's member are it), so it is not
+    fitted twice.
+    """
     y_train = labels(dataset, split.train)
     close = dataset.close
     # The rows `labels` gives, ties left out (`decided_rows`), so every forecaster scores them.
@@ -147,11 +177,11 @@ def fit_baselines(
     test_rows = decided_rows(dataset, split.test)
     # A last move needs close[t - horizon]; the first training rows may lack it.
     seen = train_rows >= dataset.horizon
-    # Scaled feature rows from the oldest step a training window reaches to the last test row.
-    lags = min(baselines.LAGS, dataset.sequence_length)
-    first = split.train.start - lags + 1
+    val_rows = decided_rows(dataset, split.val)
+    # Scaled last-step feature rows from the first training row to the last test row.
+    first = split.train.start
     scaled = scaler.transform(dataset.features[first : split.test.stop])
-    train_at, test_at = train_rows - first, test_rows - first
+    train_at, val_at, test_at = train_rows - first, val_rows - first, test_rows - first
     return {
         "majority": baselines.majority(y_train=y_train, rows=len(test_rows)),
         "last_move": baselines.last_move(
@@ -162,11 +192,17 @@ def fit_baselines(
         "logistic": baselines.logistic(
             x_train=scaled[train_at], y_train=y_train, x=scaled[test_at], seed=seed
         ),
-        "lightgbm": baselines.lightgbm(
-            x_train=baselines.lagged(scaled, train_at, lags=lags),
-            y_train=y_train,
-            x=baselines.lagged(scaled, test_at, lags=lags),
-            seed=seed,
+        "lightgbm": (
+            baselines.lightgbm(
+                x_train=scaled[train_at],
+                y_train=y_train,
+                x=scaled[test_at],
+                seed=seed,
+                x_val=scaled[val_at],
+                y_val=labels(dataset, split.val),
+            )
+            if lightgbm is None
+            else baselines.boosted(lightgbm)
         ),
     }
 
@@ -178,9 +214,11 @@ def score(
     baseline_predictions: dict[str, baselines.Prediction],
     returns: np.ndarray,
     settings: Settings,
+    required: tuple[str, ...] | None = None,
 ) -> Scores:
     """Score the model and the baselines on the same labels, judge the model against them
-    (paired), and backtest the model's signals."""
+    (paired; `required`: the baselines it must beat, default all), and backtest the model's
+    signals."""
     predictions = {
         MODEL: baselines.Prediction(
             proba=np.asarray(model_proba, dtype=np.float64),
@@ -193,7 +231,9 @@ def score(
         for name, p in predictions.items()
     }
     rule = VerdictRule.from_settings(settings)
-    judgement = judge(y, {name: p.proba for name, p in predictions.items()}, rule=rule)
+    judgement = judge(
+        y, {name: p.proba for name, p in predictions.items()}, rule=rule, required=required
+    )
     return Scores(
         y=np.asarray(y),
         predictions=predictions,

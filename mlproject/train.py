@@ -18,6 +18,7 @@ refit has no calibrator (the identity): it never borrows the held-out model's.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import tempfile
@@ -35,26 +36,36 @@ from mlflow.data.pandas_dataset import from_pandas
 
 from mlproject import plots
 from mlproject import verdict as verdicts
+from mlproject.architectures import average_models
 from mlproject.config import TrainConfig
 from mlproject.data import (
     MIN_PART_ROWS,
     Dataset,
     NotEnoughDataError,
     Split,
-    build_dataset,
     decided_rows,
     fit_scaler_on,
     labels,
     sample_times,
-    time_split,
     windows,
 )
-from mlproject.export import export_bundle, logistic_baseline
+from mlproject.export import export_bundle, export_head_bundle, logistic_baseline
 from mlproject.fit import FitResult, fit_epochs, make_deterministic
-from mlproject.fold import FoldResult, configured_model, fit_and_score
+from mlproject.fold import (
+    FoldResult,
+    Model,
+    configured_model,
+    fit_and_score_folds,
+    fit_tabular,
+    predict,
+    verdict_splits,
+)
 from mlproject.gate import GateDecision, apply_gate
+from mlproject.importance import log_importance, permutation_importance
+from mlproject.loading import candle_store, load_dataset, load_pool
 from mlproject.scoring import MODEL, Scores
 from mlproject.summary import run_summary
+from mlproject.tabular import Pool, TabularModel, short_windows
 from mlproject.tracking import (
     active_run,
     client_for,
@@ -68,12 +79,10 @@ from pipelines.calibration import (
     expected_calibration_error,
     reliability_curve,
 )
-from pipelines.candles.store import CandleStore
 from pipelines.features.scaler import FeatureScaler
-from pipelines.features.spec import default_spec
 from pipelines.pairs import check_pair
 from pipelines.pyfunc_model import log_candle_model
-from pipelines.settings import Settings
+from pipelines.settings import TABULAR_TYPES, Settings
 from pipelines.tracking import (
     TAG_BEATS_BASELINE,
     TAG_PROMOTION,
@@ -93,13 +102,14 @@ RELIABILITY_ARTIFACT = "calibration/reliability.json"  # curves and ECE before/a
 
 @dataclass(frozen=True)
 class Refit:
-    """The held-out run's model fitted again on `rows` for `fit.epochs_run` epochs.
+    """The held-out run's model fitted again on `rows` for `fit.epochs_run` epochs (a tabular
+    model: the rounds and blend weights the held-out fit chose).
 
     `held` are the newest samples, which it never learnt: its test window, where the gate
     scores it. It has no calibrator of its own (`calibrator` is the identity).
     """
 
-    model: keras.Model
+    model: Model
     scaler: FeatureScaler
     rows: range
     held: range
@@ -120,41 +130,22 @@ class TrainingOutcome:
     decision: GateDecision | None
 
 
-def load_candles(config: TrainConfig, *, settings: Settings) -> pd.DataFrame:
-    """The pair's candles: bundled files plus those ingested under `data_dir`."""
-    return _candle_store(config, settings=settings).load(config.pair, settings.timeframe)
-
-
-def _candle_store(config: TrainConfig, *, settings: Settings) -> CandleStore:
-    return CandleStore(
-        bundled_dir=settings.bundled_data_dir,
-        data_dir=config.data_dir if config.data_dir is not None else settings.data_dir,
-        quote=settings.quote_currency,
-        exchange=settings.exchange,
-    )
-
-
-def load_dataset(config: TrainConfig, *, settings: Settings, max_rows: int = 0) -> Dataset:
-    """The pair's candles with the features `config` trains on (`max_rows`: see build_dataset)."""
-    return build_dataset(
-        load_candles(config, settings=settings),
-        spec=default_spec(),
-        sequence_length=config.sequence_length,
-        horizon=config.horizon,
-        max_rows=max_rows,
-    )
-
-
 def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
     """Run one training end to end and return its outcome (also left as tags on the run)."""
     check_pair(config.pair, settings.pairs)
     dataset = load_dataset(config, settings=settings, max_rows=config.max_rows)
     candles = dataset.candles
-    split = time_split(
-        dataset, val_fraction=settings.validation_fraction, test_fraction=settings.test_fraction
+    # The verdict's rows: one test window, or a tabular model's walk-forward folds (their test
+    # windows together are the run's test window; the newest fold's model is the one kept).
+    splits = verdict_splits(dataset, config=config, settings=settings)
+    split = Split(
+        train=splits[-1].train,
+        val=splits[-1].val,
+        test=range(splits[0].test.start, splits[-1].test.stop),
     )
     # Checked before any fit: a refit needs its held rows and enough samples before them.
     parts = _refit_rows(dataset, hold=settings.gate_min_rows) if settings.refit else None
+    pool = load_pool(config, settings=settings) if config.model_type == "pooled" else None
     name = registered_model_name(config.pair, config.model_type)
     with active_run(settings, experiment=settings.experiment_name, run_name=name) as run:
         run_id = run.info.run_id
@@ -162,16 +153,14 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
         _log_params(client, run_id, config, settings=settings)
         mlflow.set_tags(_tags(config, dataset, split))
         _log_dataset(config, dataset, split, settings=settings)
-        result = fit_and_score(
-            dataset,
-            split,
-            config=config,
-            settings=settings,
-            on_epoch=_log_epoch,
+        result = fit_and_score_folds(
+            dataset, splits, config=config, settings=settings, on_epoch=_log_epoch, pool=pool
         )
         scores = result.scores
+        mlflow.log_params({"verdict_folds": len(splits)})
         mlflow.log_metrics({**_flat_metrics(result, split), **verdicts.verdict_metrics(scores)})
         _log_calibration(result, settings=settings)
+        _log_importance(result, dataset, split, config=config, settings=settings)
         mlflow.set_tags(
             {
                 "beats_baseline": str(scores.beats_baseline).lower(),
@@ -182,7 +171,7 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
         metadata = _metadata(config, dataset, split, result, settings, run_id, name)
         refit = None
         if parts is not None:
-            refit = _refit(dataset, config=config, held_out=result.fit, parts=parts)
+            refit = _refit(dataset, config=config, held_out=result, parts=parts, pool=pool)
         _log_refit(dataset, refit, held_out=result.fit)
         metadata["calibration"] = _calibration_metadata(result)
         if refit is not None:  # its own windows, fit_end and (no) calibrator
@@ -199,6 +188,7 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
             scores=scores,
             candles=candles,
             refit=refit is not None,
+            feature_set_version=dataset.spec.version,
         )
         mlflow.set_tags(
             {
@@ -214,6 +204,42 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
         )
     logger.info("run %s: %s (%s)", run_id, outcome.promotion, outcome.reason)
     return outcome
+
+
+def _log_importance(
+    result: FoldResult,
+    dataset: Dataset,
+    split: Split,
+    *,
+    config: TrainConfig,
+    settings: Settings,
+) -> None:
+    """Permutation importance of each feature on the newest validation rows, logged as a table
+    and a plot (`importance/`). A network reads whole windows and is slower to ask, so it gets
+    one permutation a feature where a tabular model gets three."""
+    if settings.importance_rows == 0:
+        return
+    rows = range(max(split.val.start, split.val.stop - settings.importance_rows), split.val.stop)
+    tabular = config.model_type in TABULAR_TYPES
+    x = (
+        short_windows(dataset, result.scaler, rows)
+        if tabular
+        else windows(dataset, result.scaler, rows)
+    )
+    y = labels(dataset, rows)
+    if len(y) < MIN_PART_ROWS:
+        return
+    model = result.model
+    table = permutation_importance(
+        lambda batch: predict(model, batch),
+        x,
+        y,
+        names=list(dataset.spec.names),
+        repeats=3 if tabular else 1,
+        seed=config.seed,
+        max_rows=settings.importance_rows,
+    )
+    log_importance(table)
 
 
 def _log_epoch(epoch: int, values: dict[str, float]) -> None:
@@ -264,7 +290,12 @@ def _refit_rows(dataset: Dataset, *, hold: int) -> tuple[range, range]:
 
 
 def _refit(
-    dataset: Dataset, *, config: TrainConfig, held_out: FitResult, parts: tuple[range, range]
+    dataset: Dataset,
+    *,
+    config: TrainConfig,
+    held_out: FoldResult,
+    parts: tuple[range, range],
+    pool: Pool | None = None,
 ) -> Refit:
     """`config`'s model, seeded afresh, fitted on the learnt rows of `parts` for the chosen
     epochs (`_refit_rows`: every sample but the newest, held for the gate).
@@ -274,17 +305,39 @@ def _refit(
     the gate alone scores the refit there.
     """
     rows, held = parts
-    make_deterministic(config.seed)
     scaler = fit_scaler_on(dataset, rows)
-    model = configured_model(config, dataset)
-    fit = fit_epochs(
-        model,
-        x=windows(dataset, scaler, rows),
-        y=labels(dataset, rows),
-        epochs=refit_epochs(held_out),
-        batch_size=config.batch_size,
-        on_epoch=_log_refit_epoch,
-    )
+    if isinstance(held_out.model, TabularModel):
+        tabular_model, fit = fit_tabular(
+            dataset,
+            config=config,
+            scaler=scaler,
+            train=rows,
+            val=None,
+            pool=pool,
+            rounds=max(1, held_out.model.rounds),
+            weights=held_out.model.weights,
+        )
+        return Refit(model=tabular_model, scaler=scaler, rows=rows, held=held, fit=fit)
+    make_deterministic(config.seed)
+    x, y = windows(dataset, scaler, rows), labels(dataset, rows)
+    members, fits = [], []
+    for k, epochs in enumerate(held_out.member_epochs or (refit_epochs(held_out.fit),)):
+        if k:
+            keras.utils.set_random_seed(config.seed + k)
+        member = configured_model(config, dataset)
+        fits.append(
+            fit_epochs(
+                member,
+                x=x,
+                y=y,
+                epochs=epochs,
+                batch_size=config.batch_size,
+                on_epoch=_log_refit_epoch if k == 0 else None,
+            )
+        )
+        members.append(member)
+    model = members[0] if len(members) == 1 else average_models(members)
+    fit = dataclasses.replace(fits[0], fit_seconds=sum(f.fit_seconds for f in fits))
     return Refit(model=model, scaler=scaler, rows=rows, held=held, fit=fit)
 
 
@@ -419,7 +472,11 @@ def _log_params(
     # MLflow refuses to change a logged parameter, so only the missing ones are added: the
     # settings' values of those left out, and the data directory actually read.
     present = client.get_run(run_id).data.params
-    values = {**config.params(), "data_dir": str(config.data_dir or settings.data_dir)}
+    values = {
+        **config.params(),
+        "data_dir": str(config.data_dir or settings.data_dir),
+        "feature_set": config.feature_set or settings.feature_set,
+    }
     params = {
         key: (str(value).lower() if isinstance(value, bool) else value)
         for key, value in values.items()
@@ -524,7 +581,14 @@ def _metadata(
         "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
+        "lightgbm_version": _lightgbm_version(),
     }
+
+
+def _lightgbm_version() -> str:
+    import lightgbm
+
+    return str(lightgbm.__version__)
 
 
 def _log_artifacts(
@@ -543,6 +607,9 @@ def _log_artifacts(
     scores = result.scores
     if refit is None:
         model, scaler, check = result.model, result.scaler, result.x_test
+    elif isinstance(refit.model, TabularModel):
+        model, scaler = refit.model, refit.scaler
+        check = short_windows(dataset, refit.scaler, split.test)
     else:
         model, scaler = refit.model, refit.scaler
         check = windows(dataset, refit.scaler, split.test)
@@ -582,22 +649,36 @@ def _log_artifacts(
         )
         mlflow.log_artifacts(str(root / "plots"), "plots")
         verdicts.log_artifacts(test_index, scores)
-        bundle, diff = export_bundle(
-            model,
-            directory=root / "bundle",
-            scaler=scaler,
-            spec=dataset.spec,
-            metadata=metadata,
-            check_windows=check,
-            calibrator=result.calibrator if refit is None else refit.calibrator,
-            baseline=baseline,
-        )
-        mlflow.log_metric("onnx_max_abs_diff", diff)
-        # The Keras model, for fine-tuning; the registered model is the pyfunc below.
-        model.save(root / KERAS_MODEL_FILE)
-        mlflow.log_artifact(str(root / KERAS_MODEL_FILE), KERAS_ARTIFACT_PATH)
+        calibrator = result.calibrator if refit is None else refit.calibrator
+        if isinstance(model, TabularModel):
+            bundle, diff = export_head_bundle(
+                model,
+                directory=root / "bundle",
+                scaler=scaler,
+                spec=dataset.spec,
+                metadata=metadata,
+                check_windows=check,
+                calibrator=calibrator,
+                baseline=baseline,
+            )
+            mlflow.log_metric("export_max_abs_diff", diff)
+        else:
+            bundle, diff = export_bundle(
+                model,
+                directory=root / "bundle",
+                scaler=scaler,
+                spec=dataset.spec,
+                metadata=metadata,
+                check_windows=check,
+                calibrator=calibrator,
+                baseline=baseline,
+            )
+            mlflow.log_metric("onnx_max_abs_diff", diff)
+            # The Keras model, for fine-tuning; the registered model is the pyfunc below.
+            model.save(root / KERAS_MODEL_FILE)
+            mlflow.log_artifact(str(root / KERAS_MODEL_FILE), KERAS_ARTIFACT_PATH)
         # Its input example is the newest candles, as the service would read them.
-        info = log_candle_model(bundle.onnx_path.parent, candles=dataset.candles)
+        info = log_candle_model(bundle.directory, candles=dataset.candles)
     title = f"{config.pair} {config.model_type}"
     facts = {
         "feature set": f"{dataset.spec.version} ({len(dataset.spec.names)} features)",
@@ -606,7 +687,11 @@ def _log_artifacts(
         f"({len(split.test)} rows)",
         "split": f"train {len(split.train)}, validation {len(split.val)}, test {len(split.test)} "
         f"samples; purge gap {dataset.gap} candles between parts",
-        "epochs": f"{result.fit.epochs_run} run, weights of epoch {result.fit.best_epoch + 1} kept",
+        "epochs": (
+            f"{result.fit.epochs_run} run, weights of epoch {result.fit.best_epoch + 1} kept"
+            if config.model_type not in TABULAR_TYPES
+            else f"{result.fit.epochs_run} boosting rounds run, {result.fit.best_epoch + 1} kept"
+        ),
         "calibration": f"{result.calibration.method} ({result.calibration.reason})",
     }
     if refit is not None:
@@ -631,7 +716,7 @@ def _log_dataset(
     """
     start, end = _data_range(dataset, split)
     candles = dataset.candles.loc[start:end]
-    store = _candle_store(config, settings=settings)
+    store = candle_store(config, settings=settings)
     paths = [
         path.resolve()
         for path in (
@@ -683,6 +768,7 @@ def _register_and_promote(
     scores: Scores,
     candles: pd.DataFrame,
     refit: bool,
+    feature_set_version: str,
 ) -> TrainingOutcome:
     if not config.register:
         return TrainingOutcome(
@@ -704,7 +790,7 @@ def _register_and_promote(
             "model_type": config.model_type,
             TAG_BEATS_BASELINE: str(scores.beats_baseline).lower(),
             **verdicts.verdict_tags(scores),
-            "feature_set_version": default_spec().version,
+            "feature_set_version": feature_set_version,
             TAG_REFIT: str(refit).lower(),
         },
         description=(

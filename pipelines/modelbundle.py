@@ -6,7 +6,9 @@ in the logged model's `artifacts/` folder, so `download_bundle(client, name=...,
 fetches them for the service (and for the promotion gate, which scores the production version
 through its bundle). Layout:
 
-    model.onnx          the Keras model exported to ONNX (same outputs within 1e-5, tested)
+    model.onnx          a network: the Keras model exported to ONNX (same outputs within 1e-5)
+    head.json           the other model types (`pipelines.heads`): the head and the files it
+                        reads (`lightgbm.txt`, ...); a bundle holds model.onnx or head.json
     scaler.json         the FeatureScaler fitted on the training rows
     feature_spec.json   the FeatureSpec the model was trained on
     metadata.json       pair, model type, sequence_length, horizon, data range, test window,
@@ -40,6 +42,7 @@ from pipelines.calibration import CalibrationError, Calibrator
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import FeatureSpec
 from pipelines.features.windows import make_windows
+from pipelines.heads import HEAD_DATA_FILES, HEAD_FILE, Head, HeadError, load_head, save_head
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -52,9 +55,11 @@ SPEC_FILE = "feature_spec.json"
 METADATA_FILE = "metadata.json"
 CALIBRATION_FILE = "calibration.json"
 BASELINE_FILE = "baseline.json"
-# Every file a bundle may hold; all but the optional ones must be there.
-REQUIRED_FILES = (MODEL_FILE, SCALER_FILE, SPEC_FILE, METADATA_FILE)
-OPTIONAL_FILES = (CALIBRATION_FILE, BASELINE_FILE)
+# Every file a bundle may hold; all but the optional ones must be there, and one of the model
+# files (MODEL_FILE for a network, HEAD_FILE for the other types).
+REQUIRED_FILES = (SCALER_FILE, SPEC_FILE, METADATA_FILE)
+MODEL_FILES = (MODEL_FILE, HEAD_FILE)
+OPTIONAL_FILES = (MODEL_FILE, HEAD_FILE, *HEAD_DATA_FILES, CALIBRATION_FILE, BASELINE_FILE)
 BUNDLE_FILES = (*REQUIRED_FILES, *OPTIONAL_FILES)
 
 
@@ -110,7 +115,11 @@ class LogisticBaseline:
 
 @dataclass
 class ModelBundle:
-    """An ONNX model with the scaler, feature spec, metadata and calibrator it was trained with."""
+    """A model with the scaler, feature spec, metadata and calibrator it was trained with.
+
+    A network's model is the ONNX file at `onnx_path`; another type's is its `head`
+    (`pipelines.heads`), and `onnx_path` is then the bundle's `head.json`.
+    """
 
     onnx_path: Path
     scaler: FeatureScaler
@@ -118,6 +127,7 @@ class ModelBundle:
     metadata: dict[str, Any]
     calibrator: Calibrator = field(default_factory=Calibrator)
     baseline: LogisticBaseline | None = None
+    head: Head | None = None
     _session: Any = field(default=None, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -130,15 +140,23 @@ class ModelBundle:
         return int(self.metadata["horizon"])
 
     @property
+    def directory(self) -> Path:
+        """The folder of the bundle's files."""
+        return self.onnx_path.parent
+
+    @property
     def beats_baseline(self) -> bool:
         return bool(self.metadata.get("beats_baseline", False))
 
     def save(self, directory: Path) -> Path:
         """Write the bundle's files into `directory` (created if needed), calibration included."""
         directory.mkdir(parents=True, exist_ok=True)
-        target = directory / MODEL_FILE
-        if self.onnx_path.resolve() != target.resolve():
-            shutil.copyfile(self.onnx_path, target)
+        if self.head is not None:
+            save_head(self.head, directory)
+        else:
+            target = directory / MODEL_FILE
+            if self.onnx_path.resolve() != target.resolve():
+                shutil.copyfile(self.onnx_path, target)
         self.scaler.save(directory / SCALER_FILE)
         self.spec.save(directory / SPEC_FILE)
         text = json.dumps(
@@ -156,6 +174,8 @@ class ModelBundle:
     def load(cls, directory: Path) -> ModelBundle:
         """Read a bundle directory; the ONNX session is opened on the first prediction."""
         missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+        if not any((directory / name).is_file() for name in MODEL_FILES):
+            missing.append(f"a model ({' or '.join(MODEL_FILES)})")
         if missing:
             raise BundleError(f"bundle {directory} lacks {', '.join(missing)}")
         scaler = FeatureScaler.load(directory / SCALER_FILE)
@@ -166,8 +186,15 @@ class ModelBundle:
         for key in ("sequence_length", "horizon", "pair", "model_type"):
             if key not in metadata:
                 raise BundleError(f"bundle {directory}: metadata lacks {key!r}")
+        head = None
+        if (directory / HEAD_FILE).is_file():
+            try:
+                head = load_head(directory)
+            except HeadError as exc:
+                raise BundleError(f"bundle {directory}: {HEAD_FILE} is invalid: {exc}") from exc
         return cls(
-            onnx_path=directory / MODEL_FILE,
+            onnx_path=directory / (HEAD_FILE if head is not None else MODEL_FILE),
+            head=head,
             scaler=scaler,
             spec=spec,
             metadata=metadata,
@@ -212,6 +239,9 @@ class ModelBundle:
                 f"expected windows of shape (n, {expected[0]}, {expected[1]}), got {data.shape}"
             )
         inputs = data.astype(np.float32) if scaled else self.scaler.transform(data)
+        if self.head is not None:
+            raw = self.head.proba(inputs)
+            return self.calibrator.apply(raw) if calibrated else raw
         session = self._get_session()
         name = session.get_inputs()[0].name
         out = session.run(None, {name: np.ascontiguousarray(inputs, dtype=np.float32)})[0]

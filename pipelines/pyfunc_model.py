@@ -32,6 +32,7 @@ import pandas as pd
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
 from pipelines.features.compute import CANDLE_COLUMNS, latest_features
+from pipelines.heads import HEAD_DATA_FILES, HEAD_FILE
 from pipelines.modelbundle import (
     BASELINE_FILE,
     CALIBRATION_FILE,
@@ -57,6 +58,8 @@ ARTIFACT_KEYS = {
     "metadata": METADATA_FILE,
     "calibration": CALIBRATION_FILE,
     "baseline": BASELINE_FILE,
+    "head": HEAD_FILE,
+    **{f"head_{Path(file).stem.replace('-', '_')}": file for file in HEAD_DATA_FILES},
 }
 TIMESTAMP_COLUMN = "timestamp"
 INPUT_COLUMNS = (TIMESTAMP_COLUMN, *CANDLE_COLUMNS)
@@ -70,6 +73,7 @@ _REQUIREMENTS = (
     ("pandas", "pandas"),
     ("TA-Lib", "ta-lib"),
     ("cloudpickle", "cloudpickle"),
+    ("lightgbm", "lightgbm"),
 )
 
 
@@ -80,7 +84,7 @@ class CandleModel(PythonModel):
         self.bundle: ModelBundle | None = None
 
     def load_context(self, context: PythonModelContext) -> None:
-        self.bundle = ModelBundle.load(Path(context.artifacts["onnx_model"]).parent)
+        self.bundle = ModelBundle.load(Path(context.artifacts["metadata"]).parent)
 
     def predict(
         self,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pipelines.redact import redact
-from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.settings import PROJECT_ROOT, TABULAR_TYPES, Settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -94,19 +94,24 @@ def _client(settings: Settings) -> MlflowClient:
 
 
 def missing_production_models(settings: Settings, *, client: Any) -> list[tuple[str, str]]:
-    """The (pair, model type) slots the service would serve that have no production version."""
+    """The (pair, model type) slots the service would serve that have no production version:
+    the first enabled type's of every pair first (what a request without `?model=` serves)."""
     from pipelines.tracking import production_version, registered_model_name
 
     return [
         (pair, model_type)
-        for pair in settings.pairs
         for model_type in settings.enabled_models
+        for pair in settings.pairs
         if production_version(client, name=registered_model_name(pair, model_type)) is None
     ]
 
 
-def bootstrap_params(settings: Settings) -> dict[str, object]:
-    """The job's parameters: the bootstrap budget; every other one is the setting's value."""
+def bootstrap_params(settings: Settings, model_type: str = "lstm") -> dict[str, object]:
+    """The job's parameters: a network's bootstrap budget; every other one is the setting's
+    value. A tabular type is cheap enough to learn every candle, and needs them for a verdict
+    that can see its edge (its walk-forward folds)."""
+    if model_type in TABULAR_TYPES:
+        return {}
     return {"epochs": settings.bootstrap_epochs, "max_rows": settings.bootstrap_max_rows}
 
 
@@ -120,7 +125,7 @@ def enqueue_bootstrap(
         result = queue.enqueue(
             pair=pair,
             model_type=model_type,
-            params=bootstrap_params(settings),
+            params=bootstrap_params(settings, model_type),
             priority=BOOTSTRAP_PRIORITY,
             requested_by=REQUESTED_BY,
         )
@@ -325,7 +330,10 @@ def _budget(settings: Settings) -> str:
     rows = settings.bootstrap_max_rows
     candles = f"the newest {rows:,} candles" if rows else "all candles"
     epochs = settings.bootstrap_epochs
-    return f"{epochs} epoch{'s' if epochs != 1 else ''} at most on {candles}"
+    return (
+        f"networks: {epochs} epoch{'s' if epochs != 1 else ''} at most on {candles}; "
+        "other types: every candle"
+    )
 
 
 def _port_free(host: str, port: int) -> bool:

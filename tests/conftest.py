@@ -42,14 +42,15 @@ def settings(tmp_path: Path) -> Settings:
 def stores_under(root: Path, **overrides: Any) -> Settings:
     """Settings (no `.env`) whose data dir and MLflow store (a SQLite file, artifacts beside
     it) are fresh under `root`, reading the bundled candles; `overrides` on top."""
-    return Settings(
-        _env_file=None,
-        data_dir=root / "data",
-        bundled_data_dir=BUNDLED,
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        artifact_root=root / "mlruns",
+    values: dict[str, Any] = {
+        "data_dir": root / "data",
+        "bundled_data_dir": BUNDLED,
+        "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+        "artifact_root": root / "mlruns",
+        "enabled_models": ["lstm"],
         **overrides,
-    )
+    }
+    return Settings(_env_file=None, **values)
 
 
 def write_newer_candles(

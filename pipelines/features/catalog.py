@@ -21,6 +21,10 @@ Array = np.ndarray
 Described = list[tuple[str, int, str]]
 
 
+class InvalidCandlesError(ValueError):
+    """The candle frame cannot be turned into features; the message says why."""
+
+
 @dataclass(frozen=True)
 class FeatureDef:
     """One feature: its column name, its group, its warm-up and its definition."""

@@ -13,11 +13,15 @@ def features(
         str | None,
         typer.Option("--timeframe", "-t", help="Candle timeframe (default: ML_TIMEFRAME)."),
     ] = None,
+    feature_set: Annotated[
+        str,
+        typer.Option("--feature-set", "-s", help="Feature set: default, extended or raw."),
+    ] = "default",
 ) -> None:
     """Print the latest feature row of PAIR, the warm-up length and the spec version."""
     from pipelines.candles.store import CandlesNotFoundError, CandleStore
     from pipelines.features.compute import InvalidCandlesError, latest_features
-    from pipelines.features.spec import default_spec
+    from pipelines.features.spec import feature_spec
     from pipelines.pairs import InvalidNameError, check_pair
     from pipelines.settings import get_settings
 
@@ -25,7 +29,7 @@ def features(
     try:
         symbol = check_pair(pair, settings.pairs)
         candles = CandleStore.from_settings(settings).load(symbol, timeframe or settings.timeframe)
-        spec = default_spec()
+        spec = feature_spec(feature_set, timeframe=timeframe or settings.timeframe)
         row = latest_features(candles, rows=1, spec=spec)
     except (InvalidNameError, CandlesNotFoundError, InvalidCandlesError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -36,6 +40,7 @@ def features(
     typer.echo(f"timeframe: {timeframe or settings.timeframe}")
     typer.echo(f"latest candle: {row.index[0].isoformat()} (open time, UTC)")
     typer.echo(f"candles: {len(candles)}")
+    typer.echo(f"feature set: {feature_set}")
     typer.echo(f"features: {len(spec.names)}")
     typer.echo(f"warm-up: {spec.warmup} candles")
     typer.echo(f"lookback: {spec.lookback} candles")

@@ -12,16 +12,14 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from pipelines.features.catalog import Inputs, epoch_seconds
-from pipelines.features.groups import GROUPS
+from pipelines.features.catalog import Inputs, InvalidCandlesError, epoch_seconds
+from pipelines.features.groups import FEATURE_SET_GROUPS
 from pipelines.features.params import FeatureParams
 from pipelines.features.spec import FeatureSpec, resolve_spec
 
+__all__ = ["CANDLE_COLUMNS", "InvalidCandlesError", "compute_features", "latest_features"]
+
 CANDLE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
-
-
-class InvalidCandlesError(ValueError):
-    """The candle frame cannot be turned into features; the message says why."""
 
 
 def compute_features(candles: pd.DataFrame, *, spec: FeatureSpec | None = None) -> pd.DataFrame:
@@ -30,7 +28,11 @@ def compute_features(candles: pd.DataFrame, *, spec: FeatureSpec | None = None) 
     Args:
         candles: indexed by a `DatetimeIndex` (UTC), float columns open, high, low, close,
             volume, oldest first; rows are taken as consecutive candles (gaps are not filled).
-        spec: the feature set to compute; `default_spec()` when None.
+        spec: the feature set to compute (`feature_spec(name)`); `default_spec()` when None.
+
+    Raises:
+        InvalidCandlesError: the frame is malformed, or (for `extended`) its candles do not
+            open on whole multiples of the spec's base timeframe.
 
     Returns:
         Index = candles.index, columns = spec.names, float64. The first `spec.warmup` rows
@@ -44,7 +46,7 @@ def _compute(candles: pd.DataFrame, *, spec: FeatureSpec, params: FeatureParams)
     inputs = _inputs(candles)
     matrix = np.empty((len(candles), len(spec.names)), dtype=np.float64)
     column = 0
-    for group in GROUPS:
+    for group in FEATURE_SET_GROUPS[params.feature_set]:
         for values in group.compute(inputs, params):
             matrix[:, column] = values
             column += 1

@@ -28,6 +28,8 @@ def incremental_error(
 ) -> pd.Series:
     """Per feature, max |features of the newest lookback+rows candles - full-history features|.
 
+    A value that is NaN in the window but not in the full history counts as infinitely far.
+
     Evaluated at every `step`-th end row from the first one with a full `lookback + rows`
     history to the end of `candles`.
     """
@@ -37,6 +39,8 @@ def incremental_error(
     for end in range(len(candles), lookback + rows - 1, -step):
         part = compute_features(candles.iloc[end - lookback - rows : end], spec=resolved)
         diff = np.abs(part.to_numpy()[-rows:] - full[end - rows : end])
+        # A value missing on one side only (a window shorter than a warm-up) is no agreement.
+        diff[np.isnan(diff) & ~np.isnan(full[end - rows : end])] = np.inf
         worst = np.fmax(worst, diff.max(axis=0))
     return pd.Series(worst, index=list(resolved.names), name=f"lookback_{lookback}")
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import sys
 
-from pipelines.features.groups import GROUPS
-from pipelines.features.params import FeatureParams
+from pipelines.features.catalog import FeatureGroup
+from pipelines.features.groups import FEATURE_SET_GROUPS, GROUPS
+from pipelines.features.params import FEATURE_SETS, FeatureParams
 from pipelines.features.scaler import DEFAULT_CLIP
 from pipelines.features.spec import (
     INCREMENTAL_TOLERANCE,
     MEMORY_FACTOR,
     REVISION,
     default_spec,
+    feature_spec,
     memory_period,
 )
 from pipelines.settings import PROJECT_ROOT
@@ -161,8 +163,118 @@ other rows still read the tie candles as inputs.
 """
 
 
+_SETS = """
+## Feature sets
+
+`feature_spec(name, timeframe=...)` builds a named set; `FEATURE_SETS` lists the names. The
+name travels in the spec's parameters (`feature_set`; the default set has no such key, so its
+spec is the one models were trained on before there were sets), so `resolve_spec` and
+`compute_features(candles, spec=stored)` rebuild a stored spec of any set, and
+`ensure_compatible` compares a model's spec with this code's spec of the same set.
+
+| set | what | columns | warm-up | lookback | version |
+|---|---|---:|---:|---:|---|
+{rows}
+
+Warm-up and lookback are in candles of the timeframe; those of `extended` depend on it. `raw`
+has no smoothing with an infinite memory, so its lookback is its warm-up and the incremental
+path is exact.
+
+## Higher-timeframe features (extended)
+
+The `extended` set is the default set followed by {per} features for each higher timeframe
+longer than the candles' own ({higher}; a 4h base keeps only 1d, and a 1d base is refused).
+The candles' timeframe is a parameter of the spec (`base_timeframe`, from
+`feature_spec("extended", timeframe=...)`), not guessed from the spacing of the rows:
+candles that do not open on whole multiples of it (UTC) are refused, so 15m candles cannot be
+fed to a spec built for 1h ones.
+
+**Buckets.** Each base candle belongs to the UTC-aligned bucket of its open time (4h buckets
+start at 00:00, 04:00, ... UTC; 1d buckets at 00:00 UTC), found from the timestamp alone, so
+gaps do not shift the buckets. A bucket's candle has the highest high, the lowest low and the
+last close of the base candles present in it (H, L, C); a bucket without candles is no candle,
+and the bucket the series opens inside (it began before the first candle) is never used.
+
+**Closed candles only.** Row t is the candle opening at t and closing at t + base. It reads
+the higher-timeframe candles whose bucket ended by t + base, the newest of them called k.
+With 1h candles, the 1d features of the rows 00:00 to 22:00 read yesterday's candle, and the
+row 23:00 (closing at 24:00) is the first to read today's. Every base candle of a closed
+bucket opens before t + base, so no row reads a later candle.
+
+**Formulas**, with close the row's own close and n = {n}:
+
+- `ret_1 = ln(C[k] / C[k-1])`, k-1 being the previous candle present;
+- `range_pos = (close - L[k]) / (H[k] - L[k])`, 0.5 when H[k] = L[k];
+- `sma_dist_n = close / mean(C[k-n+1..k]) - 1`;
+- `rv_n` = population standard deviation of `ln(C[i] / C[i-1])` for the last n candles;
+- `rsi_n = 100 · Σ gains / (Σ gains + Σ losses)` of the last n close changes (Cutler's RSI: simple
+  sums, not Wilder's smoothing), 50 when the closes are flat.
+
+Every window counts closed higher-timeframe candles and none smooths forever, so the newest
+rows computed from the newest `lookback` candles equal the full-history rows. A feature needing
+c candles is defined from row `(c + 1) · r - 2` on at the latest, r being the base candles per
+higher-timeframe candle (the series may open one base candle into a bucket, which is skipped);
+the extended warm-up is the largest of these and of the default warm-up. Tested: no look-ahead
+(prefixes, changed future candles) on the bundled 1h candles, on 4h candles resampled from
+them and on 15m-like candles split from them; the incremental path against the full one;
+the values against a pandas resampling of the same candles.
+
+| # | name | warm-up (1h candles) | definition |
+|---:|---|---:|---|
+{extended_table}
+
+## Raw features
+
+The `raw` set is for networks that read the price and volume sequence rather than indicators:
+{raw_count} scale-free columns, warm-up {raw_warmup}.
+
+| # | name | warm-up | definition |
+|---:|---|---:|---|
+{raw_table}
+"""
+
+_SET_TEXT = {
+    "default": "the engineered features above",
+    "extended": "default + features of closed 4h and 1d candles",
+    "raw": "each candle's log prices against the previous close, and its relative volume",
+}
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
+
+
+def _short_table(groups: tuple[FeatureGroup, ...], params: FeatureParams) -> str:
+    features = [f for group in groups for f in group.features(params)]
+    return "\n".join(
+        f"| {i} | `{f.name}` | {f.warmup} | {_cell(f.definition)} |"
+        for i, f in enumerate(features, start=1)
+    )
+
+
+def _sets() -> str:
+    rows = []
+    for name in FEATURE_SETS:
+        for timeframe in ("15m", "1h", "4h") if name == "extended" else ("1h",):
+            spec = feature_spec(name, timeframe=timeframe)
+            label = f"`{name}` ({timeframe} candles)" if name == "extended" else f"`{name}`"
+            rows.append(
+                f"| {label} | {_SET_TEXT[name]} | {len(spec.names)} | {spec.warmup} | "
+                f"{spec.lookback} | `{spec.version}` |"
+            )
+    extended = FeatureParams.from_dict(feature_spec("extended").params)
+    raw = FeatureParams.from_dict(feature_spec("raw").params)
+    extra = FEATURE_SET_GROUPS["extended"][len(GROUPS) :]
+    return _SETS.format(
+        rows="\n".join(rows),
+        per=len(extra[0].features(extended)) // len(extended.higher_timeframes),
+        higher=" and ".join(extended.higher_timeframes),
+        n=extended.higher_period,
+        extended_table=_short_table(extra, extended),
+        raw_count=len(feature_spec("raw").names),
+        raw_warmup=feature_spec("raw").warmup,
+        raw_table=_short_table(FEATURE_SET_GROUPS["raw"], raw),
+    )
 
 
 def render() -> str:
@@ -202,7 +314,7 @@ def render() -> str:
                 f"| {number} | `{feature.name}` | {_cell(group.title)} | {feature.warmup} | "
                 f"{_cell(feature.definition)} |"
             )
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts) + "\n" + _sets()
 
 
 def main(argv: list[str] | None = None) -> int:

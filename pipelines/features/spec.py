@@ -1,7 +1,9 @@
 """The feature-set spec: names, parameters, warm-up, lookback and a version, carried by a model.
 
-A trained model stores its spec; `ensure_compatible` compares it with `default_spec()` (the
-running code's feature set) so that serving can refuse a model whose features differ.
+`feature_spec(name)` builds a named set (`FEATURE_SETS`); the name travels in the spec's
+parameters, so `resolve_spec` rebuilds any stored spec. A trained model stores its spec;
+`ensure_compatible` compares it with the running code's spec of the same set, so that serving
+can refuse a model whose features differ.
 
 The version is a short hash of the names, the parameters and `REVISION`. **Bump `REVISION`
 whenever a formula changes without changing a name or a parameter** (a different smoothing, a
@@ -21,8 +23,28 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.features.catalog import FeatureDef
-from pipelines.features.groups import GROUPS
-from pipelines.features.params import FeatureParams, InvalidFeatureParamsError
+from pipelines.features.groups import FEATURE_SET_GROUPS
+from pipelines.features.params import (
+    DEFAULT_SET,
+    FEATURE_SETS,
+    FeatureParams,
+    InvalidFeatureParamsError,
+    timeframe_seconds,
+)
+
+__all__ = [
+    "FEATURE_SETS",
+    "FeatureSpec",
+    "FeatureSpecMismatchError",
+    "build_spec",
+    "default_spec",
+    "ensure_compatible",
+    "feature_defs",
+    "feature_set_of",
+    "feature_spec",
+    "memory_period",
+    "resolve_spec",
+]
 
 # Bump when a formula changes (see the module docstring).
 REVISION = 1
@@ -88,12 +110,16 @@ class FeatureSpec:
 
 def feature_defs(params: FeatureParams) -> list[FeatureDef]:
     """Every feature of `params`, in column order."""
-    return [feature for group in GROUPS for feature in group.features(params)]
+    groups = FEATURE_SET_GROUPS[params.feature_set]
+    return [feature for group in groups for feature in group.features(params)]
 
 
 def memory_period(params: FeatureParams) -> int:
-    """The longest smoothing memory among the features, in candles."""
+    """The longest smoothing memory among the features, in candles (0: every window is finite)."""
+    if params.feature_set == "raw":
+        return 0
     # ADX smooths twice with Wilder's 1/n, MACD chains two EMAs; SAR's memory is a few trends.
+    # The higher-timeframe windows are finite: their warm-up covers them.
     return max(2 * max(params.periods), params.macd_slow + params.macd_signal)
 
 
@@ -121,12 +147,56 @@ def _build_spec(params_json: str) -> FeatureSpec:
 
 
 def default_spec() -> FeatureSpec:
-    """The running code's feature set."""
+    """The running code's default feature set (`feature_spec("default")`)."""
     return build_spec(FeatureParams())
 
 
+def feature_spec(name: str, *, timeframe: str = "1h") -> FeatureSpec:
+    """The spec of the named feature set, for candles of `timeframe`.
+
+    Args:
+        name: one of `FEATURE_SETS`: `default` (the engineered features), `extended` (default
+            plus features of closed 4h and 1d candles) or `raw` (each candle's log returns
+            against the previous close and its relative volume).
+        timeframe: the candles' timeframe, such as `1h` or `15m`. Only `extended` reads it:
+            it keeps the higher timeframes longer than this one (a `4h` base keeps only `1d`)
+            and refuses a timeframe that leaves none or that does not divide one.
+
+    Raises:
+        InvalidFeatureParamsError: an unknown name or an unusable timeframe; the message names
+            it and what is allowed.
+    """
+    if name not in FEATURE_SETS:
+        raise InvalidFeatureParamsError(
+            f"unknown feature set {name!r}: expected one of {', '.join(FEATURE_SETS)}"
+        )
+    if name == DEFAULT_SET:
+        return default_spec()
+    if name == "raw":
+        return build_spec(FeatureParams(feature_set="raw"))
+    base = timeframe_seconds(timeframe)
+    higher = tuple(h for h in FeatureParams.higher_timeframes if timeframe_seconds(h) > base)
+    if not higher:
+        raise InvalidFeatureParamsError(
+            f"the extended feature set needs candles shorter than its higher timeframes "
+            f"{', '.join(FeatureParams.higher_timeframes)}, got timeframe {timeframe}"
+        )
+    return build_spec(
+        FeatureParams(feature_set="extended", base_timeframe=timeframe, higher_timeframes=higher)
+    )
+
+
+def feature_set_of(spec: FeatureSpec) -> str:
+    """The name of the feature set a spec was built from (its params name it, or `default`)."""
+    return str(spec.params.get("feature_set", DEFAULT_SET))
+
+
 def resolve_spec(spec: FeatureSpec | None) -> tuple[FeatureSpec, FeatureParams]:
-    """Check that this code computes `spec` (default: `default_spec()`) and parse its params."""
+    """Check that this code computes `spec` (default: `default_spec()`) and parse its params.
+
+    Any stored spec of a known set whose parameters this code accepts is rebuilt from them; it
+    is refused when the rebuilt names or version differ (a formula changed since).
+    """
     if spec is None:
         spec = default_spec()
     ours, params = _resolve(json.dumps(spec.params, sort_keys=True))
@@ -151,8 +221,13 @@ def _resolve(params_json: str) -> tuple[FeatureSpec, FeatureParams]:
 
 
 def ensure_compatible(trained: FeatureSpec, running: FeatureSpec | None = None) -> None:
-    """Raise unless a model trained on `trained` can be fed the `running` features."""
-    running = running if running is not None else default_spec()
+    """Raise unless a model trained on `trained` can be fed the `running` features.
+
+    `running` defaults to this code's spec of the trained set (`feature_spec` of its name, for
+    the trained base timeframe where the set has one): a default-set model must match
+    `default_spec()`, an extended one today's extended set.
+    """
+    running = running if running is not None else _running_spec(trained)
     if trained.version == running.version and trained.names == running.names:
         return
     missing = [n for n in trained.names if n not in running.names]
@@ -162,3 +237,16 @@ def ensure_compatible(trained: FeatureSpec, running: FeatureSpec | None = None) 
         f"{running.version}: {len(missing)} missing ({', '.join(missing[:5]) or 'none'}), "
         f"{len(extra)} new ({', '.join(extra[:5]) or 'none'}); retrain the model"
     )
+
+
+def _running_spec(trained: FeatureSpec) -> FeatureSpec:
+    name = feature_set_of(trained)
+    try:
+        if name == "extended":
+            return feature_spec(name, timeframe=str(trained.params.get("base_timeframe")))
+        return feature_spec(name)
+    except InvalidFeatureParamsError as exc:
+        raise FeatureSpecMismatchError(
+            f"model features version {trained.version} cannot be computed by this code: {exc}; "
+            "retrain the model"
+        ) from exc

@@ -82,16 +82,6 @@ def test_logistic_regression_with_one_class_falls_back_to_majority() -> None:
     assert result.proba.tolist() == [1.0, 1.0]
 
 
-def test_lagged_puts_the_last_steps_side_by_side_newest_first() -> None:
-    scaled = np.arange(12.0).reshape(6, 2)  # row r holds [2r, 2r + 1]
-
-    x = baselines.lagged(scaled, np.array([2, 5]), lags=3)
-
-    assert x.tolist() == [[4, 5, 2, 3, 0, 1], [10, 11, 8, 9, 6, 7]]
-    with pytest.raises(ValueError, match="at or after position 2"):
-        baselines.lagged(scaled, np.array([1]), lags=3)
-
-
 def _learnable(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, 6))
@@ -141,15 +131,17 @@ def test_fitted_baselines_never_see_the_test_labels(btc_candles: pd.DataFrame) -
     )
     split = time_split(dataset, val_fraction=0.15, test_fraction=0.2)
     scaler = fit_scaler(dataset, split)
-    # Same features, but every close after the last training label is scrambled, so the test
-    # (and validation) labels change while the training rows and all features stay as they were.
+    # Same features, but every close after the last validation label is scrambled, so the test
+    # labels change while the training and validation rows (LightGBM stops early on the
+    # validation rows) and all features stay as they were.
     close = btc_candles["close"].to_numpy().copy()
-    after = split.train.stop + dataset.horizon
+    after = split.val.stop + dataset.horizon
     rng = np.random.default_rng(0)
     close[after:] = close[after:] * np.exp(rng.normal(scale=0.05, size=close.size - after))
     scrambled = replace(dataset, candles=btc_candles.assign(close=close))
     assert not np.array_equal(labels(dataset, split.test), labels(scrambled, split.test))
     np.testing.assert_array_equal(labels(dataset, split.train), labels(scrambled, split.train))
+    np.testing.assert_array_equal(labels(dataset, split.val), labels(scrambled, split.val))
 
     original = fit_baselines(dataset, split, scaler, seed=0)
     changed = fit_baselines(scrambled, split, scaler, seed=0)

@@ -1,7 +1,8 @@
-"""Walk-forward evaluation: folds, seed ensembles, intervals, report, MLflow run, the combined page.
+"""Walk-forward evaluation: folds, seed ensembles, intervals, the report, its resumption and
+budget, the MLflow run.
 
 The slow tests run it on a slice of real candles; the others judge hand-made forecasters whose
-answer is known.
+answer is known. The combined page has its own tests (test_evaluation_page.py).
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ from mlproject.evaluate import (
     EvaluationPlan,
     FoldReport,
     FoldRows,
+    ResumeError,
     ensemble,
     evaluate,
     fold_report,
+    kept,
+    record_rows,
     render_markdown,
     report_document,
+    rows_record,
     summaries_of,
     summarise,
 )
-from mlproject.evaluation_page import ReportError, choose, combine_reports, load_report
+from mlproject.evaluation_page import combine_reports
 from mlproject.scoring import score
 from pipelines.lifecycle.intervals import paired_interval
 from pipelines.lifecycle.scores import log_loss, log_losses
@@ -87,7 +92,7 @@ def test_walk_forward_reports_every_fold_and_predictor(settings: Settings, tmp_p
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.params["folds"] == "2"
     history = client.get_metric_history(run.info.run_id, "BTC/model/accuracy")
-    assert [m.step for m in history] == [1, 2]
+    assert sorted(m.step for m in history) == [1, 2]
     logged = client.get_metric_history(run.info.run_id, "BTC/beats_interval_low_pooled")
     assert [m.value for m in logged] == [pooled.verdicts[pooled.strongest_baseline]["low"]]
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
@@ -287,105 +292,6 @@ def test_the_json_report_gives_back_the_summaries_it_was_written_with(settings: 
     assert "| BTC | 1 | 2023-10-08 .. 2023-12-30 | 2000 | 3 | " in text
 
 
-def _write_report(path: Path, settings: Settings, model_type: str, evaluated: Evaluated) -> Path:
-    reports, rows = evaluated
-    plan = EvaluationPlan.from_settings(
-        settings, pairs=["BTC", "XMR"], model_type=model_type, folds=1, seeds=list(SEEDS)
-    )
-    document = report_document(
-        reports, rows, plan=plan, settings=settings, elapsed=60.0, complete=True
-    )
-    path.write_text(json.dumps(document))
-    return path
-
-
-def _both(noise: dict[str, float]) -> Evaluated:
-    """BTC (a world with a signal) and XMR (nearly none) with the model noise of each."""
-    reports, rows = [], {}
-    for pair, signal, world in (("BTC", 0.15, 0), ("XMR", 0.03, 1)):
-        truth, y = _world(signal, seed=world)
-        more_reports, more_rows = _evaluated(pair, truth, y, noise=noise[pair])
-        reports += more_reports
-        rows.update(more_rows)
-    return reports, rows
-
-
-def test_combined_page_serves_the_lowest_loss_architecture_whose_ensemble_beats(
-    settings: Settings, tmp_path: Path
-) -> None:
-    # BTC: lstm's and cnn's ensembles beat every baseline, lstm's at a lower log loss, though no
-    # seed alone does; gru's seeds are too noisy for its ensemble to. XMR: nothing to find.
-    noise = {"lstm": 0.12, "gru": 0.25, "cnn": 0.13}
-    paths = [
-        _write_report(tmp_path / f"{name}.json", settings, name, _both({"BTC": sd, "XMR": sd}))
-        for name, sd in noise.items()
-    ]
-    loaded = [load_report(p) for p in paths]
-    pooled = {a.model_type: a.pooled("BTC") for a in loaded}
-    btc = {name: summary for name, summary in pooled.items() if summary is not None}
-    # The premise: lstm's and cnn's ensembles beat, gru's does not, no lstm seed alone does.
-    assert [btc[name].beats_baseline for name in ("lstm", "cnn", "gru")] == [True, True, False]
-    assert btc["lstm"].beats_seeds == 0
-
-    choices = {pair: choose(loaded, pair) for pair in ("BTC", "XMR")}
-
-    assert choices["BTC"].serve == "lstm"
-    assert "its 3-seed ensemble beats every baseline (folds pooled)" in choices["BTC"].reason
-    assert "seeds alone beating every baseline 0/3" in choices["BTC"].reason
-    assert "also qualified, with a higher log loss on the newest window: cnn" in (
-        choices["BTC"].reason
-    )
-    assert choices["XMR"].serve is None
-    assert choices["XMR"].reason.startswith("none beats ")
-    assert "; not shown better than majority, logistic; " in choices["XMR"].reason
-
-    page = tmp_path / "docs" / "evaluation.md"
-    section = tmp_path / "how_sure.md"
-    section.write_text("## How sure is a verdict\n\nCoverage table.\n")
-    result = CliRunner().invoke(
-        app,
-        [
-            "evaluate",
-            "--combine",
-            *map(str, paths),
-            "--output",
-            str(page),
-            "--note",
-            "Raw.",
-            "--append",
-            str(section),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    text = page.read_text()
-    # The appended section follows the verdicts, before each pair's details.
-    assert text.index("## Which architecture") < text.index("## How sure is a verdict\n\n")
-    assert text.index("Coverage table.") < text.index("\n## BTC\n")
-    assert "| BTC | lstm | its 3-seed ensemble beats every baseline" in text
-    assert "| XMR | nothing (HOLD) | none beats " in text
-    assert "- Raw." in text
-    assert "`tbml evaluate --all --model-type gru --folds 1 --test-size 2000 --epochs 8 " in text
-    assert "--seeds 42,43,44`" in text
-    # Per architecture: the summary row, a verdict per baseline, a row per seed.
-    assert text.count("| BTC | all | ") == 3 * (1 + 2 + len(SEEDS))
-
-
-def test_combine_refuses_a_report_written_before_seeds_were_ensembled(
-    settings: Settings, tmp_path: Path
-) -> None:
-    truth, y = _world(0.15, seed=0)
-    path = _write_report(
-        tmp_path / "lstm.json", settings, "lstm", _evaluated("BTC", truth, y, noise=0.1)
-    )
-    document = json.loads(path.read_text())
-    for summary in document["summary"]:
-        del summary["seed_sd"]
-    path.write_text(json.dumps(document))
-
-    with pytest.raises(ReportError, match="written before seeds were ensembled"):
-        load_report(path)
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -394,6 +300,7 @@ def test_combine_refuses_a_report_written_before_seeds_were_ensembled(
         (["evaluate", "BTC", "--seed", "1", "--seeds", "1,2"], "pass --seed or --seeds"),
         (["evaluate", "BTC", "ETH"], "name one PAIR or 'all', got BTC ETH"),
         (["evaluate", "--combine"], "--combine needs the JSON reports"),
+        (["evaluate", "BTC", "--budget-minutes", "-1"], "budget_minutes must be >= 0"),
     ],
 )
 def test_evaluate_refuses_bad_options_with_the_allowed_values(
@@ -404,18 +311,76 @@ def test_evaluate_refuses_bad_options_with_the_allowed_values(
     assert message in " ".join(result.output.replace("│", " ").split())
 
 
-def test_combine_refuses_what_is_not_a_report_and_two_reports_of_one_model(
+def test_the_plan_defaults_to_six_folds_of_2000_hours_and_the_training_as_deployed(
+    settings: Settings,
+) -> None:
+    plan = EvaluationPlan.from_settings(settings, pairs=["BTC"])
+
+    assert (plan.folds, plan.test_size, plan.max_rows, plan.budget_minutes) == (6, 2000, 0, 90)
+    assert (plan.epochs, plan.patience) == (settings.epochs, settings.early_stopping_patience)
+    explicit = EvaluationPlan.from_settings(settings, pairs=["BTC"], folds=1, test_size=50)
+    assert (explicit.folds, explicit.test_size) == (1, 50)
+    # Seeds outermost, then the newest fold first, then pairs: a budget cut leaves every pair the
+    # same newest folds.
+    order = EvaluationPlan(pairs=("BTC", "ETH"), folds=2, seeds=(1, 2)).schedule()
+    assert list(order)[:4] == [("BTC", "2", 1), ("ETH", "2", 1), ("BTC", "1", 1), ("ETH", "1", 1)]
+
+
+def test_the_report_keeps_each_rows_time_outcome_and_probabilities() -> None:
+    rows = FoldRows(
+        y=np.array([1, 0, 1], dtype=np.int8),
+        probas={"model": np.array([0.123456789, 3e-9, 0.5]), "majority": np.full(3, 0.52)},
+        times=np.array([1_700_000_000, 1_700_003_600, 1_700_010_800], dtype=np.int64),
+    )
+
+    key, back = record_rows(json.loads(json.dumps(rows_record(("BTC", "3", 42), rows))))
+
+    assert key == ("BTC", "3", 42)
+    np.testing.assert_array_equal(back.times, rows.times)
+    np.testing.assert_array_equal(back.y, rows.y)
+    for name, proba in rows.probas.items():
+        np.testing.assert_allclose(back.probas[name], proba, rtol=1e-6)
+    # What the report keeps reads back as itself: a resumed report equals an uninterrupted one.
+    again = kept(key, back)
+    assert all(np.array_equal(again.probas[n], back.probas[n]) for n in rows.probas)
+
+
+@pytest.mark.slow
+def test_a_run_its_budget_stops_resumes_without_fitting_a_fold_again(
     settings: Settings, tmp_path: Path
 ) -> None:
-    old = tmp_path / "old.json"
-    old.write_text(json.dumps([{"pair": "BTC", "fold": "all"}]))
-    result = CliRunner().invoke(app, ["evaluate", "--combine", str(old)])
-    assert result.exit_code == 2
-    assert f"{old} is not a JSON report of `tbml evaluate`" in result.output
+    small = settings.model_copy(update={"sequence_length": 12, "lstm_units": 4, "lstm_layers": 1})
+    plan = EvaluationPlan.from_settings(
+        small, pairs=["btc"], folds=2, test_size=50, epochs=1, max_rows=600, budget_minutes=1e-4
+    )
+    out = tmp_path / "reports"
+    fitted: list[FoldReport] = []
 
-    truth, y = _world(0.15, seed=0)
-    evaluated = _evaluated("BTC", truth, y, noise=0.12)
-    first = _write_report(tmp_path / "a.json", settings, "lstm", evaluated)
-    second = _write_report(tmp_path / "b.json", settings, "lstm", evaluated)
-    with pytest.raises(ReportError, match="two reports of lstm"):
-        combine_reports([first, second])
+    _, path = evaluate(plan, settings=small, output_dir=out, on_fold=fitted.append)
+
+    # The budget (6 ms) is spent during the first fold, the newest: no other fold starts.
+    assert [r.fold for r in fitted] == ["2"]
+    document = json.loads(path.with_suffix(".json").read_text())
+    assert (document["complete"], document["stopped"]) == (False, "budget")
+    assert document["folds_got"] == {"BTC": {"2": [42]}}
+    assert "stopped when its budget of 0.0001 min was spent" in path.read_text()
+    page = combine_reports([path.with_suffix(".json")])
+    assert "stopped when its budget of 0.0001 min was spent; it got BTC folds 2 (seed 42)" in page
+    newest = next(f for f in document["folds"] if f["fold"] == "2")
+
+    reports, path = evaluate(
+        replace(plan, budget_minutes=0), settings=small, output_dir=out, on_fold=fitted.append
+    )
+
+    assert [r.fold for r in fitted] == ["2", "1"]  # fold 2 kept, not fitted again
+    assert [(r.fold, r.seed) for r in reports] == [("1", 42), ("2", 42), ("all", 42)]
+    document = json.loads(path.with_suffix(".json").read_text())
+    assert (document["complete"], document["stopped"]) == (True, None)
+    assert next(f for f in document["folds"] if f["fold"] == "2") == newest
+    assert [(r["fold"], len(r["y"])) for r in document["rows"]] == [
+        ("1", reports[0].rows),
+        ("2", reports[1].rows),
+    ]
+    assert reports[2].rows == reports[0].rows + reports[1].rows
+    with pytest.raises(ResumeError, match=r"test_size 50 \(now 60\); pass --fresh"):
+        evaluate(replace(plan, test_size=60), settings=small, output_dir=out)

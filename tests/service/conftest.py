@@ -99,6 +99,8 @@ def make_settings(tmp_path: Path, trained: Trained | None, **overrides: Any) -> 
         # unless a test asks about staleness.
         "feed_enabled": False,
         "stale_after": 10_000_000,
+        # The tests train the LSTM; the served default (blend first) is tested where it counts.
+        "enabled_models": ["lstm"],
         **overrides,
     }
     return Settings(_env_file=None, **values)

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from pipelines.queue.runtime import TrainingScheduler
 from pipelines.settings import PROJECT_ROOT, Settings
 from pipelines.tracking import PRODUCTION_ALIAS, production_version
-from service.bootstrap import Progress, missing_production_models, train_slot
+from service.bootstrap import Progress, bootstrap_params, missing_production_models, train_slot
 from tests.conftest import BUNDLED, Postgres, write_newer_candles
 
 TINY = {
@@ -42,6 +42,7 @@ def _settings(tmp_path: Path, **overrides: object) -> Settings:
         "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "artifact_root": tmp_path / "mlruns",
         "database_url": f"sqlite:///{tmp_path / 'service.db'}",
+        "enabled_models": ["lstm"],
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
@@ -71,7 +72,19 @@ def test_only_models_without_a_production_version_need_training(tmp_path: Path) 
 
     missing = missing_production_models(settings, client=client)
 
-    assert missing == [("BTC", "gru"), ("ETH", "lstm"), ("XMR", "lstm"), ("XMR", "gru")]
+    # The first enabled type of every pair first: what a request without `?model=` serves.
+    assert missing == [("ETH", "lstm"), ("XMR", "lstm"), ("BTC", "gru"), ("XMR", "gru")]
+
+
+def test_a_tabular_bootstrap_learns_every_candle_and_a_network_its_budget(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path, **TINY)
+
+    assert bootstrap_params(settings, "lstm") == {"epochs": 2, "max_rows": 600}
+    # The blend's verdict walks forward over the full history: a budget cut would blind it.
+    assert bootstrap_params(settings, "blend") == {}
+    assert Settings(_env_file=None).enabled_models[0] == "blend"
 
 
 def test_nothing_needs_training_once_every_slot_has_production(tmp_path: Path) -> None:
@@ -251,6 +264,7 @@ def test_up_trains_what_is_missing_then_serves_and_trains_nothing_the_second_tim
         "ML_LSTM_LAYERS": "1",
         "ML_BOOTSTRAP_EPOCHS": "1",
         "ML_BOOTSTRAP_MAX_ROWS": "600",
+        "ML_ENABLED_MODELS": "lstm",
     }
     first = _Up(env)
     try:

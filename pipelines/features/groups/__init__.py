@@ -1,4 +1,4 @@
-"""The feature groups, in the column order of the feature matrix.
+"""The feature groups of each feature set, in the column order of its feature matrix.
 
 Adding, removing or reordering a group changes the feature names, and so the spec version.
 """
@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from pipelines.features.catalog import FeatureGroup
 from pipelines.features.groups.calendar import calendar
+from pipelines.features.groups.higher_timeframe import higher_timeframes
 from pipelines.features.groups.momentum import cci, rsi, stochastic, williams_r
 from pipelines.features.groups.price import candle_shape, realised_volatility, returns
+from pipelines.features.groups.raw import raw_candles
 from pipelines.features.groups.trend import (
     adx,
     ema_distance,
@@ -40,3 +42,10 @@ GROUPS: tuple[FeatureGroup, ...] = (
     natr,
     calendar,
 )
+
+# Keyed by the names of `pipelines.features.params.FEATURE_SETS` (a test keeps them equal).
+FEATURE_SET_GROUPS: dict[str, tuple[FeatureGroup, ...]] = {
+    "default": GROUPS,
+    "extended": (*GROUPS, higher_timeframes),
+    "raw": (raw_candles,),
+}

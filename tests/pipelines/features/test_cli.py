@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.features.compute import compute_features
-from pipelines.features.spec import default_spec
+from pipelines.features.spec import default_spec, feature_spec
 from pipelines.settings import PROJECT_ROOT, get_settings
 from tbml.cli import app
 
@@ -76,3 +76,22 @@ def test_pair_without_candles_fails_saying_where_it_looked(
     assert result.exit_code != 0
     assert "no candles for SOL" in result.stderr
     assert "SOL-USDT_1h.csv" in result.stderr
+
+
+def test_features_of_a_named_set_print_its_columns_and_version(cli_env: None) -> None:
+    result = CliRunner().invoke(app, ["features", "XMR", "--feature-set", "extended"])
+
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    spec = feature_spec("extended")
+    assert "feature set: extended" in lines
+    assert f"spec version: {spec.version}" in lines
+    assert f"warm-up: {spec.warmup} candles" in lines
+    assert sum(line.startswith("  tf1d_") for line in lines) == 5
+
+
+def test_an_unknown_feature_set_fails_with_the_allowed_ones(cli_env: None) -> None:
+    result = CliRunner().invoke(app, ["features", "BTC", "--feature-set", "fancy"])
+
+    assert result.exit_code == 2
+    assert "unknown feature set 'fancy': expected one of default, extended, raw" in result.stderr

@@ -11,7 +11,12 @@ import pytest
 
 from pipelines.features.compute import InvalidCandlesError, compute_features
 from pipelines.features.params import FeatureParams
-from pipelines.features.spec import FeatureSpecMismatchError, default_spec, feature_defs
+from pipelines.features.spec import (
+    FeatureSpecMismatchError,
+    default_spec,
+    feature_defs,
+    feature_spec,
+)
 
 PAIRS = ("BTC", "ETH", "XMR", "RVN")
 Candles = Callable[[str], pd.DataFrame]
@@ -171,3 +176,45 @@ def test_features_of_other_params_follow_their_spec(candles: Candles) -> None:
     assert "rsi_14" in features.columns
     assert "rsi_5" not in features.columns
     assert not np.isnan(features.to_numpy()[spec.warmup :]).any()
+
+
+SetFeatures = Callable[[str, str, str], pd.DataFrame]
+
+
+@pytest.mark.parametrize("name", ["extended", "raw"])
+@pytest.mark.parametrize("pair", ["BTC", "XMR"])
+@pytest.mark.parametrize("cut", [30, 395, 5_000, 12_346, 23_985])
+def test_prefix_features_of_the_named_sets_equal_whole_series_features(
+    name: str, pair: str, cut: int, candles: Candles, set_features: SetFeatures
+) -> None:
+    spec = feature_spec(name)
+    prefix = compute_features(candles(pair).iloc[:cut], spec=spec)
+    whole = set_features(pair, name, "1h").iloc[:cut]
+    np.testing.assert_array_equal(prefix.to_numpy(), whole.to_numpy())
+
+
+@pytest.mark.parametrize("name", ["extended", "raw"])
+def test_changing_a_future_candle_leaves_earlier_features_of_the_named_sets_unchanged(
+    name: str, candles: Candles
+) -> None:
+    spec = feature_spec(name)
+    series = candles("ETH").iloc[:3_000].copy()
+    before = compute_features(series, spec=spec)
+    series.iloc[2_011:, :4] *= 1.5  # from a row in the middle of a day on
+    series.iloc[2_011:, 4] *= 3.0
+    after = compute_features(series, spec=spec)
+    np.testing.assert_array_equal(after.iloc[:2_011].to_numpy(), before.iloc[:2_011].to_numpy())
+    assert not np.allclose(after.iloc[2_011:].to_numpy(), before.iloc[2_011:].to_numpy())
+
+
+@pytest.mark.parametrize("name", ["extended", "raw"])
+@pytest.mark.parametrize("pair", ["ETH", "RVN"])
+def test_named_sets_are_finite_after_their_warmup_and_follow_their_spec(
+    name: str, pair: str, candles: Candles, set_features: SetFeatures
+) -> None:
+    spec = feature_spec(name)
+    features = set_features(pair, name, "1h")
+    assert tuple(features.columns) == spec.names
+    assert features.index.equals(candles(pair).index)
+    assert np.isfinite(features.to_numpy()[spec.warmup :]).all()
+    assert not np.isinf(features.to_numpy()).any()
