@@ -12,6 +12,7 @@ BENCHMARKS: tuple[str, ...] = (
     "bench.queue_ops",
     "bench.train_overhead",
     "bench.predict_latency",
+    "bench.model_types",
     "bench.replicas",
     "bench.registry_cost",
     "bench.live_loop",

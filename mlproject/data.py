@@ -194,7 +194,11 @@ def sample_times(dataset: Dataset, rows: range) -> pd.DatetimeIndex:
 
 def _check(dataset: Dataset, split: Split, *, usable: int) -> None:
     parts = {"train": split.train, "validation": split.val, "test": split.test}
-    sizes = {name: len(decided_rows(dataset, part)) for name, part in parts.items()}
+    first = dataset.samples.start  # a part reaching before the first sample holds no more
+    sizes = {
+        name: len(decided_rows(dataset, range(max(part.start, first), max(part.stop, first))))
+        for name, part in parts.items()
+    }
     small = {name: size for name, size in sizes.items() if size < MIN_PART_ROWS}
     if split.test.start < dataset.samples.start or small:
         available = len(dataset.candles) - dataset.first_row

@@ -3,7 +3,9 @@ and one LightGBM trained on every configured pair (`pooled`).
 
 They fit on the scaled features of each sample's last step, the same samples, splits and scaler
 a network of the same pair gets, and they export as a head (`pipelines.heads`) the service
-serves without TensorFlow. Each fit returns a `TabularModel` (its head) and a `FitResult`
+serves without TensorFlow or LightGBM (a booster is converted to ONNX as soon as it is fitted,
+so the scores, the verdict and the served model read the same probabilities). Each fit returns
+a `TabularModel` (its head) and a `FitResult`
 (boosting rounds in place of epochs), so a training, its refit and every evaluation fold treat
 them as they treat a network.
 
@@ -64,6 +66,8 @@ BOOSTER_PARAMS: dict[str, Any] = {
     "num_threads": 1,
     "verbosity": -1,
 }
+# The ai.onnx opset of a converted booster (onnxruntime's TreeEnsembleClassifier reads it).
+ONNX_OPSET = 15
 # Blend weights of the LightGBM member tried on the validation rows (the rest is logistic).
 BLEND_GRID = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
 
@@ -165,6 +169,22 @@ def fit_booster(
     )
 
 
+def to_onnx(booster: Any) -> bytes:
+    """The booster converted to ONNX (onnxmltools), as served: probabilities as a plain
+    (n, 2) tensor named `PROBABILITIES`."""
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    width = int(booster.num_feature())
+    model = convert_lightgbm(
+        booster,
+        initial_types=[("rows", FloatTensorType([None, width]))],
+        target_opset=ONNX_OPSET,
+        zipmap=False,
+    )
+    return bytes(model.SerializeToString())
+
+
 def _trimmed(booster: Any, rounds: int) -> Any:
     """The booster with only its first `rounds` trees (what early stopping kept)."""
     import lightgbm as lgb
@@ -196,7 +216,7 @@ def fit_lightgbm(
         y_val=None if val is None else val.y,
         rounds=rounds,
     )
-    boosted = LightGBMHead(model_text=booster.model_to_string(), lags=LAGS)
+    boosted = LightGBMHead(onnx_model=to_onnx(booster), lags=LAGS)
     return TabularModel(head=boosted, rounds=fit.best_epoch + 1), fit
 
 
@@ -339,7 +359,7 @@ def fit_pooled(
         categorical=categorical,
     )
     head = LightGBMHead(
-        model_text=booster.model_to_string(),
+        onnx_model=to_onnx(booster),
         lags=LAGS,
         pair_index=pool.pairs.index(pool.pair),
         pairs=pool.pairs,

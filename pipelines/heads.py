@@ -4,9 +4,11 @@ A network's bundle holds `model.onnx`; the other model types (`pipelines.setting
 hold `head.json`, which describes a head and names any file it reads:
 
 - `logistic`: coefficients and intercept over the last `lags` steps' features.
-- `lightgbm`: a LightGBM booster (`lightgbm.txt`, LightGBM's own text format, read by
-  LightGBM's small C runtime, no TensorFlow) over the last `lags` steps' features, plus a
-  categorical pair column when it was trained on several pairs (`pair_index`).
+- `lightgbm`: a LightGBM booster converted to ONNX (`lightgbm.onnx`, run by onnxruntime like
+  a network: measured against LightGBM's own runtime, it answers the same probabilities within
+  3e-7, a batch in a third of the time, and spares the service importing LightGBM, SciPy and
+  scikit-learn, 2.4 s and 80 MiB; docs/benchmarks.md) over the last `lags` steps' features,
+  plus a categorical pair column when it was trained on several pairs (`pair_index`).
 - `blend`: a weighted mean of member heads' probabilities (weights chosen on validation rows).
 
 Every head reads (n, sequence_length, n_features) windows scaled with the bundle's scaler and
@@ -25,8 +27,9 @@ from typing import Any, Protocol
 import numpy as np
 
 HEAD_FILE = "head.json"
-LIGHTGBM_FILE = "lightgbm.txt"
-POOLED_FILE = "lightgbm-pooled.txt"  # a pooled booster beside a pair's own in one blend
+LIGHTGBM_FILE = "lightgbm.onnx"
+POOLED_FILE = "lightgbm-pooled.onnx"  # a pooled booster beside a pair's own in one blend
+PROBABILITIES = "probabilities"  # the converted booster's output of (p(down), p(up))
 # Every file a head may read: a fixed list, so a reader of the registry knows what to fetch.
 HEAD_DATA_FILES: tuple[str, ...] = (LIGHTGBM_FILE, POOLED_FILE)
 HEAD_KINDS: tuple[str, ...] = ("logistic", "lightgbm", "blend")
@@ -98,9 +101,10 @@ class LogisticHead:
 
 @dataclass(eq=False)
 class LightGBMHead:
-    """A LightGBM booster over `tabular_rows(windows, lags)` (and a constant pair column)."""
+    """A LightGBM booster, as ONNX, over `tabular_rows(windows, lags)` (and a constant pair
+    column)."""
 
-    model_text: str
+    onnx_model: bytes
     lags: int = 1
     # Trained on several pairs: the pair column's value for this bundle's pair, and the pairs
     # in the order their codes were given.
@@ -108,7 +112,7 @@ class LightGBMHead:
     pairs: tuple[str, ...] = ()
     file: str = LIGHTGBM_FILE
     kind: str = field(default="lightgbm", init=False)
-    _booster: Any = field(default=None, init=False, repr=False)
+    _session: Any = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -119,13 +123,17 @@ class LightGBMHead:
                 f"pair_index {self.pair_index} is not one of the {len(self.pairs)} pairs"
             )
 
-    def booster(self) -> Any:
+    def session(self) -> Any:
         with self._lock:
-            if self._booster is None:
-                import lightgbm
+            if self._session is None:
+                import onnxruntime as ort
 
-                self._booster = lightgbm.Booster(model_str=self.model_text)
-            return self._booster
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = 1
+                self._session = ort.InferenceSession(
+                    self.onnx_model, sess_options=options, providers=["CPUExecutionProvider"]
+                )
+            return self._session
 
     def inputs(self, windows: np.ndarray) -> np.ndarray:
         """The booster's input rows: the lagged features, then the pair column if any."""
@@ -136,16 +144,17 @@ class LightGBMHead:
 
     def proba(self, windows: np.ndarray) -> np.ndarray:
         rows = self.inputs(windows)
-        booster = self.booster()
-        if rows.shape[1] != booster.num_feature():
-            raise HeadError(
-                f"{rows.shape[1]} input columns for a booster of {booster.num_feature()}"
-            )
+        session = self.session()
+        entry = session.get_inputs()[0]
+        width = entry.shape[1]
+        if isinstance(width, int) and rows.shape[1] != width:
+            raise HeadError(f"{rows.shape[1]} input columns for a booster of {width}")
         if not len(rows):
             return np.zeros(0)
-        with self._lock:  # one prediction at a time per booster
-            out = booster.predict(rows, num_threads=1)
-        return np.asarray(out, dtype=np.float64).reshape(-1)
+        (out,) = session.run(
+            [PROBABILITIES], {entry.name: np.ascontiguousarray(rows, dtype=np.float32)}
+        )
+        return np.asarray(out, dtype=np.float64)[:, 1]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -218,7 +227,7 @@ def head_from_dict(data: dict[str, Any], *, directory: Path) -> Head:
                 raise HeadError(f"the lightgbm head's file {file} is missing")
             index = data.get("pair_index")
             return LightGBMHead(
-                model_text=path.read_text(),
+                onnx_model=path.read_bytes(),
                 lags=int(data.get("lags", 1)),
                 pair_index=None if index is None else int(index),
                 pairs=tuple(str(p) for p in data.get("pairs", ())),
@@ -239,7 +248,7 @@ def save_head(head: Head, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for member in _walk(head):
         if isinstance(member, LightGBMHead):
-            (directory / member.file).write_text(member.model_text)
+            (directory / member.file).write_bytes(member.onnx_model)
     path = directory / HEAD_FILE
     path.write_text(json.dumps(head.to_dict(), indent=2, allow_nan=False) + "\n")
     return path

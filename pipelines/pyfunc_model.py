@@ -73,7 +73,6 @@ _REQUIREMENTS = (
     ("pandas", "pandas"),
     ("TA-Lib", "ta-lib"),
     ("cloudpickle", "cloudpickle"),
-    ("lightgbm", "lightgbm"),
 )
 
 

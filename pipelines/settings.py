@@ -146,10 +146,11 @@ class Settings(BaseSettings):
         "default", validation_alias="ML_FEATURE_SET"
     )
     # The model types served (one per pair and type, each bootstrapped and retrained); the first
-    # answers a request that names none. The blend is what the evaluation supports; the LSTM is
-    # still trained and registered for every pair (docs/evaluation.md).
+    # answers a request that names none. LightGBM is what the walk-forward evaluation chose
+    # (pooled over pairs, on the earlier folds) and confirmed (on the newest); the LSTM is still
+    # trained and registered for every pair (docs/evaluation.md).
     enabled_models: Annotated[list[ModelType], NoDecode] = Field(
-        default_factory=lambda: list[ModelType](["blend", "lstm"]),
+        default_factory=lambda: list[ModelType](["lightgbm", "lstm"]),
         validation_alias="ML_ENABLED_MODELS",
     )
     lstm_units: int = Field(50, validation_alias="ML_LSTM_UNITS", **_bounds("units"))

@@ -18,6 +18,10 @@ from pipelines.settings import PROJECT_ROOT, Settings
 
 # Quiet TensorFlow's C++ logging in any test that imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The tests train and serve the LSTM unless they say otherwise, here and in every service or
+# training they start as a child process; the served default (LightGBM first) has tests of its
+# own that clear this (tests/service/test_bootstrap.py).
+os.environ.setdefault("ML_ENABLED_MODELS", "lstm")
 
 BUNDLED = PROJECT_ROOT / "data" / "ohlcv"
 # The PostgreSQL test server (trust auth); tests create databases of their own there.

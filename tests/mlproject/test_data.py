@@ -223,3 +223,12 @@ def test_too_few_candles_give_an_error_with_the_counts(btc_candles: pd.DataFrame
     )
     with pytest.raises(NotEnoughDataError, match=r"not enough candles: 150 usable candles give"):
         time_split(small, val_fraction=0.15, test_fraction=0.15)
+
+
+def test_folds_reaching_before_the_first_sample_are_refused_as_too_few_candles(
+    dataset: Dataset,
+) -> None:
+    samples = len(dataset.samples)
+
+    with pytest.raises(NotEnoughDataError, match="not enough candles"):
+        walk_forward_splits(dataset, folds=3, test_size=samples // 2, val_fraction=0.15)

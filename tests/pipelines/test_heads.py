@@ -12,6 +12,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+from mlproject.tabular import to_onnx
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import default_spec
 from pipelines.heads import (
@@ -36,15 +37,18 @@ def _windows(rows: int, steps: int = 3, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(rows, steps, FEATURES)).astype(np.float32)
 
 
-def _booster(extra_column: bool = False) -> str:
+def _booster(extra_column: bool = False) -> lgb.Booster:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(600, FEATURES + int(extra_column)))
     if extra_column:
         x[:, -1] = rng.integers(0, 3, size=600)
-    y = (x[:, 0] + 0.3 * rng.normal(size=600) > 0).astype(float)
+    lift = 1.5 * (x[:, -1] == 2) if extra_column else 0.0  # the pair code matters
+    y = (x[:, 0] + lift + 0.3 * rng.normal(size=600) > 0).astype(float)
     params = {"objective": "binary", "num_leaves": 4, "verbosity": -1, "num_threads": 1}
-    booster = lgb.train(params, lgb.Dataset(x, label=y), num_boost_round=20)
-    return str(booster.model_to_string())
+    categorical = [FEATURES] if extra_column else "auto"
+    return lgb.train(
+        params, lgb.Dataset(x, label=y, categorical_feature=categorical), num_boost_round=20
+    )
 
 
 def test_tabular_rows_put_the_last_steps_side_by_side_newest_first() -> None:
@@ -69,21 +73,23 @@ def test_logistic_head_reads_only_the_last_step() -> None:
 
 
 def test_lightgbm_head_gives_the_boosters_own_probabilities_and_its_pair_code() -> None:
-    text = _booster(extra_column=True)
-    booster = lgb.Booster(model_str=text)
+    booster = _booster(extra_column=True)
+    onnx_model = to_onnx(booster)
     windows = _windows(50)
-    head = LightGBMHead(model_text=text, pair_index=2, pairs=("BTC", "ETH", "XMR"))
+    head = LightGBMHead(onnx_model=onnx_model, pair_index=2, pairs=("BTC", "ETH", "XMR"))
 
     rows = np.column_stack([windows[:, -1, :], np.full(50, 2.0)])
-    np.testing.assert_allclose(head.proba(windows), booster.predict(rows), rtol=1e-12)
-    other = LightGBMHead(model_text=text, pair_index=0, pairs=("BTC", "ETH", "XMR"))
+    # The ONNX conversion reads float32 rows: LightGBM's own answer within float precision.
+    np.testing.assert_allclose(head.proba(windows), booster.predict(rows), atol=1e-6)
+    other = LightGBMHead(onnx_model=onnx_model, pair_index=0, pairs=("BTC", "ETH", "XMR"))
+    assert np.abs(other.proba(windows) - head.proba(windows)).max() > 1e-3  # the code counts
     assert head.inputs(windows)[:, -1].tolist() == [2.0] * 50
     assert other.inputs(windows)[:, -1].tolist() == [0.0] * 50
 
 
 def test_a_blend_is_the_weighted_mean_of_its_members() -> None:
     linear = LogisticHead(coef=np.array([0.5, 0.0, 0.0, 0.0]), intercept=0.0)
-    boosted = LightGBMHead(model_text=_booster())
+    boosted = LightGBMHead(onnx_model=to_onnx(_booster()))
     blend = BlendHead(members=(boosted, linear), weights=(0.3, 0.7))
     windows = _windows(40)
 
@@ -102,9 +108,12 @@ def test_blend_weights_must_be_a_distribution(weights: tuple[float, ...], words:
 
 
 def test_every_head_survives_a_save_and_load(tmp_path: Path) -> None:
-    boosted = LightGBMHead(model_text=_booster())
+    boosted = LightGBMHead(onnx_model=to_onnx(_booster()))
     pooled = LightGBMHead(
-        model_text=_booster(extra_column=True), pair_index=1, pairs=("BTC", "ETH"), file=POOLED_FILE
+        onnx_model=to_onnx(_booster(extra_column=True)),
+        pair_index=1,
+        pairs=("BTC", "ETH", "XMR"),
+        file=POOLED_FILE,
     )
     linear = LogisticHead(coef=np.array([0.1, 0.2, -0.3, 0.4]), intercept=-0.1)
     blend = BlendHead(members=(boosted, pooled, linear), weights=(0.5, 0.25, 0.25))
@@ -123,8 +132,8 @@ def test_every_head_survives_a_save_and_load(tmp_path: Path) -> None:
     ("description", "words"),
     [
         ({"kind": "forest"}, "unknown head kind 'forest'"),
-        ({"kind": "lightgbm", "file": "../../etc/passwd"}, "reads one of lightgbm.txt"),
-        ({"kind": "lightgbm"}, "file lightgbm.txt is missing"),
+        ({"kind": "lightgbm", "file": "../../etc/passwd"}, "reads one of lightgbm.onnx"),
+        ({"kind": "lightgbm"}, "file lightgbm.onnx is missing"),
         ({"kind": "logistic", "coef": [1.0, "x"], "intercept": 0}, "invalid logistic head"),
         ({"kind": "logistic", "coef": [float("inf")], "intercept": 0}, "finite"),
         ({"kind": "blend", "members": [], "weights": []}, "one weight per member"),
@@ -138,12 +147,22 @@ def test_a_bad_head_description_is_refused_with_its_reason(
         load_head(tmp_path)
 
 
-def _head_bundle(tmp_path: Path) -> Path:
+def _head_bundle(tmp_path: Path, *, boosted: bool = False) -> Path:
     spec = default_spec()
     n = len(spec.names)
     rng = np.random.default_rng(0)
     scaler = FeatureScaler.fit(rng.normal(1.0, 3.0, size=(300, n)), names=spec.names)
-    head = LogisticHead(coef=rng.normal(size=n) * 0.1, intercept=0.05)
+    head: LogisticHead | BlendHead = LogisticHead(coef=rng.normal(size=n) * 0.1, intercept=0.05)
+    if boosted:
+        x = rng.normal(size=(400, n))
+        booster = lgb.train(
+            {"objective": "binary", "num_leaves": 4, "verbosity": -1, "num_threads": 1},
+            lgb.Dataset(x, label=(x[:, 0] > 0).astype(float)),
+            num_boost_round=10,
+        )
+        head = BlendHead(
+            members=(LightGBMHead(onnx_model=to_onnx(booster)), head), weights=(0.5, 0.5)
+        )
     metadata = {"pair": "BTC", "model_type": "logistic", "sequence_length": 6, "horizon": 1}
     directory = tmp_path / "bundle"
     ModelBundle(
@@ -173,12 +192,14 @@ def test_a_bundle_without_onnx_or_head_is_refused(tmp_path: Path) -> None:
         ModelBundle.load(directory)
 
 
-def test_a_head_bundle_predicts_without_tensorflow(tmp_path: Path) -> None:
-    directory = _head_bundle(tmp_path)
+def test_a_head_bundle_predicts_without_tensorflow_or_lightgbm(tmp_path: Path) -> None:
+    directory = _head_bundle(tmp_path, boosted=True)
     code = f"""
 import sys
 sys.modules["tensorflow"] = None
 sys.modules["keras"] = None
+sys.modules["lightgbm"] = None
+sys.modules["sklearn"] = None
 from pathlib import Path
 import numpy as np
 from pipelines.modelbundle import ModelBundle

@@ -346,6 +346,7 @@ def serve_in_child(settings: Settings, *, python: str) -> subprocess.CompletedPr
             "MLFLOW_TRACKING_URI": settings.tracking_uri,
             "ML_ARTIFACT_ROOT": str(settings.artifact_root),
             "ML_DATABASE_URL": settings.database_url,
+            "ML_ENABLED_MODELS": ",".join(settings.enabled_models),
         }
     )
     return subprocess.run(

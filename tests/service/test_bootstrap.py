@@ -77,14 +77,15 @@ def test_only_models_without_a_production_version_need_training(tmp_path: Path) 
 
 
 def test_a_tabular_bootstrap_learns_every_candle_and_a_network_its_budget(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("ML_ENABLED_MODELS", raising=False)
     settings = _settings(tmp_path, **TINY)
 
     assert bootstrap_params(settings, "lstm") == {"epochs": 2, "max_rows": 600}
-    # The blend's verdict walks forward over the full history: a budget cut would blind it.
-    assert bootstrap_params(settings, "blend") == {}
-    assert Settings(_env_file=None).enabled_models[0] == "blend"
+    # A tabular verdict walks forward over the full history: a budget cut would blind it.
+    assert bootstrap_params(settings, "lightgbm") == {}
+    assert Settings(_env_file=None).enabled_models == ["lightgbm", "lstm"]
 
 
 def test_nothing_needs_training_once_every_slot_has_production(tmp_path: Path) -> None:

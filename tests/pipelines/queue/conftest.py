@@ -38,6 +38,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "artifact_root": tmp_path / "mlruns",
         "database_url": f"sqlite:///{tmp_path / 'service.db'}",
+        "enabled_models": ["lstm"],
         **FAST,
         **overrides,
     }
