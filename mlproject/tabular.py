@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -366,7 +366,3 @@ def fit_pooled(
         file=POOLED_FILE,
     )
     return TabularModel(head=head, rounds=fit.best_epoch + 1), fit
-
-
-def with_history(fit: FitResult, **history: list[float]) -> FitResult:
-    return replace(fit, history={**fit.history, **history})

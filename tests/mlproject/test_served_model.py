@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,8 @@ from pipelines.lifecycle.registry import set_production
 from pipelines.modelbundle import ModelBundle, download_bundle
 from pipelines.pyfunc_model import example_candles, log_candle_model, predict_newest
 from pipelines.settings import Settings
-from tests.conftest import BUNDLED, free_port
+from tests.conftest import BUNDLED
+from tests.mlproject.conftest import mlflow_models_serve
 from tests.service.conftest import live_server, make_settings
 
 pytestmark = pytest.mark.slow
@@ -180,38 +179,10 @@ def test_mlflow_models_predict_answers_a_json_file_of_candles(
 
 @pytest.fixture(scope="module")
 def mlflow_serve(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp_path = tmp_path_factory.mktemp("mlflow-serve")
-    port = free_port()
-    log = (tmp_path / "serve.log").open("wb")
-    argv = [str(MLFLOW), "models", "serve", "-m", URI, "--env-manager", "local"]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    process = subprocess.Popen(
-        argv,
-        env=served.env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/ping", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
-            time.sleep(0.2)
+    with mlflow_models_serve(
+        URI, env=served.env, cwd=tmp_path_factory.mktemp("mlflow-serve")
+    ) as url:
         yield url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=60)
-        log.close()
 
 
 def test_mlflow_models_serve_answers_candles_posted_to_invocations(

@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +30,8 @@ from pipelines.features.compute import compute_features
 from pipelines.modelbundle import download_bundle
 from pipelines.pyfunc_model import example_candles
 from pipelines.settings import PROJECT_ROOT, TABULAR_TYPES, Settings
-from tests.conftest import BUNDLED, free_port
+from tests.conftest import BUNDLED
+from tests.mlproject.conftest import mlflow_models_serve
 from tests.service.conftest import live_server, make_settings
 
 pytestmark = pytest.mark.slow
@@ -128,14 +125,16 @@ def test_the_service_serves_each_type_and_they_differ(
 
 
 @pytest.fixture(scope="module")
-def served_by_mlflow(trained: Trained) -> Iterator[dict[str, float]]:
+def served_by_mlflow(trained: Trained) -> dict[str, float]:
     candles = CandleStore(bundled_dir=BUNDLED, data_dir=trained.settings.data_dir).load("BTC")
     payload = {
         "dataframe_split": example_candles(candles, rows=ROWS).to_dict(orient="split", index=False)
     }
     answers: dict[str, float] = {}
     for kind in TABULAR_TYPES:
-        with _mlflow_serve(trained, f"models:/BTC-{kind}@production") as url:
+        with mlflow_models_serve(
+            f"models:/BTC-{kind}@production", env=trained.env, cwd=trained.root
+        ) as url:
             response = httpx.post(f"{url}/invocations", json=payload, timeout=60)
             assert response.status_code == 200, response.text
             (row,) = response.json()["predictions"]
@@ -150,42 +149,6 @@ def test_mlflow_models_serve_answers_the_services_probability(
         prediction = body["prediction"]
         assert isinstance(prediction, dict)
         assert served_by_mlflow[kind] == pytest.approx(float(prediction["prediction"]), abs=1e-6)
-
-
-@contextmanager
-def _mlflow_serve(trained: Trained, uri: str) -> Iterator[str]:
-    port = free_port()
-    log_path = trained.root / f"serve-{port}.log"
-    log = log_path.open("wb")
-    argv = [str(MLFLOW), "models", "serve", "-m", uri, "--env-manager", "local"]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    process = subprocess.Popen(
-        argv,
-        env=trained.env,
-        cwd=trained.root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/ping", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                raise AssertionError(log_path.read_text()[-3000:])
-            time.sleep(0.2)
-        yield url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=60)
-        log.close()
 
 
 def test_a_pooled_model_trains_and_serves_when_pairs_lack_candles(tmp_path: Path) -> None:
