@@ -49,6 +49,7 @@ from mlproject.evaluate import (
 )
 from pipelines.lifecycle.intervals import PairedVerdict, paired_interval
 from pipelines.lifecycle.scores import log_losses
+from pipelines.settings import NETWORK_TYPES
 
 POOLED = "pooled"
 REFERENCE = "logistic"  # the baseline a choice must be confirmed against
@@ -583,7 +584,7 @@ def hours_table(architectures: list[ArchitectureReport], pairs: list[str]) -> st
             cells.append(
                 "—"
                 if series is None
-                else f"{a.test_hours(p):,} ({len(a.windows(p))} folds; {series.y.size:,} scored)"
+                else f"{a.test_hours(p):,} ({_folds(len(a.windows(p)))}; {series.y.size:,} scored)"
             )
         lines.append(f"| {a.model_type} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -704,9 +705,13 @@ def _made_line(a: ArchitectureReport) -> str:
     return (
         f"- **{a.model_type}**: `{_command(a)}`; pairs {', '.join(plan['pairs'])}; "
         f"{plan['folds']} fold{'' if plan['folds'] == 1 else 's'} of {plan['test_size']:,} "
-        "hourly test rows, the last ending at the newest candle; at most "
-        f"{plan['epochs']} epochs (patience {plan['patience']}); "
-        f"seeds {', '.join(map(str, plan['seeds']))}"
+        "hourly test rows, the last ending at the newest candle; "
+        + (
+            f"at most {plan['epochs']} epochs (patience {plan['patience']}); "
+            if a.model_type in NETWORK_TYPES
+            else "boosting early-stopped on the validation rows; "
+        )
+        + f"seeds {', '.join(map(str, plan['seeds']))}"
         + (f"; newest {plan['max_rows']:,} candles only" if plan["max_rows"] else "")
         + f"; {a.elapsed_seconds / 60:.1f} min; {len(finished)} pair x seed walk-forwards; "
         f"{state}. {calibration_line(a.reports)}"
@@ -821,3 +826,7 @@ def combine_reports(
         ]
     lines.append("")
     return "\n".join(lines)
+
+
+def _folds(count: int) -> str:
+    return f"{count} fold{'' if count == 1 else 's'}"

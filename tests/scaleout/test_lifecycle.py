@@ -39,6 +39,8 @@ def _environment(root: Path, *, exchange_url: str, port: int) -> dict[str, str]:
         **env,
         "PORT": str(port),
         "ML_PAIRS": "BTC",
+        # The LSTM's lifecycle: one served model type, so each candle is pushed once.
+        "ML_ENABLED_MODELS": "lstm",
         "ML_DATA_DIR": str(root / "data"),
         "ML_BUNDLED_DATA_DIR": str(root / "ohlcv"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",

@@ -252,7 +252,16 @@ def test_pairs_and_model_types_are_enums_from_the_settings(tmp_path: Any) -> Non
                 assert _enum(param["schema"]) == ["BTC", "SOL"], (method, path)
                 seen.add("pair")
             if param["name"] in ("model", "model_type"):
-                assert _enum(param["schema"]) == ["lstm", "gru", "cnn", "transformer"], path
+                assert _enum(param["schema"]) == [
+                    "lstm",
+                    "gru",
+                    "cnn",
+                    "transformer",
+                    "lightgbm",
+                    "logistic",
+                    "blend",
+                    "pooled",
+                ], path
                 seen.add(param["name"])
     assert seen == {"pair", "model", "model_type"}
     body = document["components"]["schemas"]["ClearCooldownsBody"]["properties"]
