@@ -123,28 +123,16 @@ def fit_and_score(
     # k seeds: one graph whose output is their mean probability (one ONNX file to serve).
     model = members[0] if len(members) == 1 else average_models(members)
     fit = replace(fits[0], fit_seconds=sum(f.fit_seconds for f in fits))
-    calibrator, report = choose_calibrator(
-        predict(model, x_val), y_val.astype(np.int8), mode=settings.calibration
-    )
-    raw_proba = predict(model, x_test)
-    scores = score(
-        y=y_test.astype(np.int8),
-        model_proba=calibrator.apply(raw_proba),
-        baseline_predictions=fit_baselines(dataset, split, scaler, seed=config.seed),
-        returns=next_returns(dataset, split.test),
+    return _calibrated_and_scored(
+        dataset,
+        split,
+        config=config,
         settings=settings,
-        required=required_baselines(config.model_type),
-    )
-    return FoldResult(
-        split=split,
         model=model,
         scaler=scaler,
         fit=fit,
-        x_test=x_test,
-        scores=scores,
-        raw_proba=raw_proba,
-        calibrator=calibrator,
-        calibration=report,
+        val=(x_val, y_val),
+        test=(x_test, y_test),
         member_epochs=tuple(f.best_epoch + 1 for f in fits),
     )
 
@@ -227,15 +215,46 @@ def _fit_and_score_tabular(
     )
     x_val, y_val = tabular.short_windows(dataset, scaler, split.val), labels(dataset, split.val)
     x_test, y_test = tabular.short_windows(dataset, scaler, split.test), labels(dataset, split.test)
-    calibrator, report = choose_calibrator(
-        model.predict(x_val), y_val.astype(np.int8), mode=settings.calibration
+    return _calibrated_and_scored(
+        dataset,
+        split,
+        config=config,
+        settings=settings,
+        model=model,
+        scaler=scaler,
+        fit=fit,
+        val=(x_val, y_val),
+        test=(x_test, y_test),
+        lightgbm=_booster_proba(model, x_test),
     )
-    raw_proba = model.predict(x_test)
+
+
+def _calibrated_and_scored(
+    dataset: Dataset,
+    split: Split,
+    *,
+    config: TrainConfig,
+    settings: Settings,
+    model: Model,
+    scaler: FeatureScaler,
+    fit: FitResult,
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    lightgbm: np.ndarray | None = None,
+    member_epochs: tuple[int, ...] = (),
+) -> FoldResult:
+    """A fitted model's calibrator chosen on the validation windows `val`, and its calibrated
+    test probabilities scored beside the baselines (`lightgbm`: see `fit_baselines`)."""
+    (x_val, y_val), (x_test, y_test) = val, test
+    calibrator, report = choose_calibrator(
+        predict(model, x_val), y_val.astype(np.int8), mode=settings.calibration
+    )
+    raw_proba = predict(model, x_test)
     scores = score(
         y=y_test.astype(np.int8),
         model_proba=calibrator.apply(raw_proba),
         baseline_predictions=fit_baselines(
-            dataset, split, scaler, seed=config.seed, lightgbm=_booster_proba(model, x_test)
+            dataset, split, scaler, seed=config.seed, lightgbm=lightgbm
         ),
         returns=next_returns(dataset, split.test),
         settings=settings,
@@ -251,6 +270,7 @@ def _fit_and_score_tabular(
         raw_proba=raw_proba,
         calibrator=calibrator,
         calibration=report,
+        member_epochs=member_epochs,
     )
 
 

@@ -649,30 +649,20 @@ def _log_artifacts(
         )
         mlflow.log_artifacts(str(root / "plots"), "plots")
         verdicts.log_artifacts(test_index, scores)
-        calibrator = result.calibrator if refit is None else refit.calibrator
+        exported: dict[str, Any] = {
+            "directory": root / "bundle",
+            "scaler": scaler,
+            "spec": dataset.spec,
+            "metadata": metadata,
+            "check_windows": check,
+            "calibrator": result.calibrator if refit is None else refit.calibrator,
+            "baseline": baseline,
+        }
         if isinstance(model, TabularModel):
-            bundle, diff = export_head_bundle(
-                model,
-                directory=root / "bundle",
-                scaler=scaler,
-                spec=dataset.spec,
-                metadata=metadata,
-                check_windows=check,
-                calibrator=calibrator,
-                baseline=baseline,
-            )
+            bundle, diff = export_head_bundle(model, **exported)
             mlflow.log_metric("export_max_abs_diff", diff)
         else:
-            bundle, diff = export_bundle(
-                model,
-                directory=root / "bundle",
-                scaler=scaler,
-                spec=dataset.spec,
-                metadata=metadata,
-                check_windows=check,
-                calibrator=calibrator,
-                baseline=baseline,
-            )
+            bundle, diff = export_bundle(model, **exported)
             mlflow.log_metric("onnx_max_abs_diff", diff)
             # The Keras model, for fine-tuning; the registered model is the pyfunc below.
             model.save(root / KERAS_MODEL_FILE)
