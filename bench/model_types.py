@@ -216,6 +216,7 @@ def served_latency(
     docstring); a type whose slot has no production version is left out."""
     from pipelines.candles.store import CandleStore
     from pipelines.features.compute import latest_features
+    from pipelines.features.references import store_loader, with_references
     from pipelines.modelbundle import ModelBundle
     from service.caches import TTLCache
     from service.model_cache import ModelCache
@@ -243,8 +244,14 @@ def served_latency(
         if served is None:
             continue
         directory = served.bundle.directory
+        attached = with_references(
+            candles,
+            pair=pair,
+            spec=served.bundle.spec,
+            load=store_loader(store, settings.timeframe),
+        )
         rows = latest_features(
-            candles, rows=served.bundle.sequence_length, spec=served.bundle.spec
+            attached, rows=served.bundle.sequence_length, spec=served.bundle.spec
         ).to_numpy(dtype=np.float64)
         window = rows[np.newaxis, :, :]
 

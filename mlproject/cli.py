@@ -178,6 +178,15 @@ def evaluate(
         typer.Option(help="Several seeds, e.g. 42,43,44: every metric as mean ± sd over them."),
     ] = None,
     max_rows: Annotated[int, typer.Option(help="Newest candles used (0 = all).")] = 0,
+    feature_set: Annotated[
+        str | None,
+        typer.Option(
+            "--feature-set",
+            help="default, extended, raw or cross; auto (the default): ML_FEATURE_SET, else "
+            "the type's evaluated set. A set other than default names the report "
+            "walk_forward_<type>-<set>.",
+        ),
+    ] = None,
     budget_minutes: Annotated[
         float,
         typer.Option(
@@ -269,6 +278,11 @@ def evaluate(
             settings,
             pairs=pairs,
             model_type=check_model_type(model_type),
+            feature_set=(
+                settings.feature_set_for(model_type)
+                if feature_set in (None, "", "auto")
+                else feature_set
+            ),
             # 0 means "the setting" (the MLproject entry point's defaults).
             folds=folds or None,
             test_size=test_size or None,
@@ -330,8 +344,10 @@ def promote(
     from mlflow.exceptions import MlflowException
 
     from mlproject.gate import apply_gate
+    from mlproject.loading import settings_references
     from mlproject.tracking import client_for
     from pipelines.candles.store import CandleStore
+    from pipelines.features.references import attach_references, store_loader
     from pipelines.modelbundle import BundleError
 
     settings = get_settings()
@@ -339,7 +355,13 @@ def promote(
     try:
         model_version = client.get_model_version(name, version)
         pair = str(model_version.tags.get("pair") or name.split("-", 1)[0])
-        candles = CandleStore.from_settings(settings).load(pair, settings.timeframe)
+        store = CandleStore.from_settings(settings)
+        candles = attach_references(
+            store.load(pair, settings.timeframe),
+            pair=pair,
+            references=settings_references(settings),
+            load=store_loader(store, settings.timeframe),
+        )
         decision = apply_gate(
             client, name=name, version=version, candles=candles, settings=settings, force=force
         )

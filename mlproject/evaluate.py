@@ -42,6 +42,7 @@ from mlproject.data import Dataset, Split, decided_rows, walk_forward_splits
 from mlproject.metrics import classification_metrics, metric_intervals
 from mlproject.scoring import MODEL, Scores, VerdictRule, judge, required_baselines, score
 from mlproject.tracking import active_run
+from pipelines.features.params import DEFAULT_SET, FEATURE_SETS
 from pipelines.lifecycle.scores import log_loss
 from pipelines.pairs import check_pair
 from pipelines.settings import NETWORK_TYPES, Settings
@@ -58,6 +59,7 @@ DEFAULT_BUDGET_MINUTES = 90.0
 # resumed only by a plan that agrees on all of these.
 RESUME_FIELDS: tuple[str, ...] = (
     "model_type",
+    "feature_set",
     "folds",
     "test_size",
     "epochs",
@@ -81,6 +83,8 @@ class EvaluationPlan:
 
     pairs: tuple[str, ...]
     model_type: str = "lstm"
+    # The features every fold computes (pipelines.features.spec.FEATURE_SETS).
+    feature_set: str = DEFAULT_SET
     folds: int = DEFAULT_FOLDS
     test_size: int = 2000
     epochs: int = 100
@@ -94,10 +98,21 @@ class EvaluationPlan:
             raise ValueError("an evaluation needs at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must differ, got {','.join(map(str, self.seeds))}")
+        if self.feature_set not in FEATURE_SETS:
+            raise ValueError(
+                f"unknown feature set {self.feature_set!r}: expected one of "
+                f"{', '.join(FEATURE_SETS)}"
+            )
         if not self.budget_minutes >= 0:
             raise ValueError(
                 f"budget_minutes must be >= 0 (0: no limit), got {self.budget_minutes!r}"
             )
+
+    @property
+    def label(self) -> str:
+        """The model type, and its feature set unless the default: `lightgbm`,
+        `lightgbm-cross`; the report's name and its line on the evaluation page."""
+        return report_label(self.model_type, self.feature_set)
 
     @property
     def seed(self) -> int:
@@ -135,6 +150,13 @@ class EvaluationPlan:
             patience=given.pop("patience", settings.early_stopping_patience),
             **given,
         )
+
+
+def report_label(model_type: str, feature_set: str | None) -> str:
+    """`lightgbm` for the default features, `lightgbm-cross` for another set."""
+    if not feature_set or feature_set == DEFAULT_SET:
+        return model_type
+    return f"{model_type}-{feature_set}"
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -272,7 +294,9 @@ def pair_data(pair: str, *, plan: EvaluationPlan, settings: Settings) -> PairDat
     """Load `pair`'s candles and features and cut the plan's folds."""
     from mlproject.train import load_dataset
 
-    config = TrainConfig.from_settings(settings, pair=pair, model_type=plan.model_type)
+    config = TrainConfig.from_settings(
+        settings, pair=pair, model_type=plan.model_type, feature_set=plan.feature_set
+    )
     dataset = load_dataset(config, settings=settings, max_rows=plan.max_rows)
     splits = walk_forward_splits(
         dataset,
@@ -292,7 +316,12 @@ def run_fold(
 
     pair, fold, seed = key
     config = TrainConfig.from_settings(
-        settings, pair=pair, model_type=plan.model_type, epochs=plan.epochs, seed=seed
+        settings,
+        pair=pair,
+        model_type=plan.model_type,
+        feature_set=plan.feature_set,
+        epochs=plan.epochs,
+        seed=seed,
     )
     fold_settings = settings.model_copy(update={"early_stopping_patience": plan.patience})
     split = data.splits[int(fold) - 1]
@@ -651,6 +680,7 @@ def load_progress(path: Path, *, plan: EvaluationPlan, settings: Settings) -> Pr
             f"{path} was written before reports kept their rows and cannot be resumed: {fresh}"
         )
     before = document["plan"]
+    before = {"feature_set": DEFAULT_SET, **before}  # reports from before feature sets
     differ = [
         f"{name} {before.get(name)!r} (now {getattr(plan, name)!r})"
         for name in RESUME_FIELDS
@@ -714,7 +744,7 @@ def evaluate(
     pair got.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / f"walk_forward_{plan.model_type}.md"
+    path = output_dir / f"walk_forward_{plan.label}.md"
     progress = (
         Progress()
         if fresh
@@ -726,13 +756,14 @@ def evaluate(
     with active_run(
         settings,
         experiment=settings.evaluation_experiment_name,
-        run_name=f"walk-forward-{plan.model_type}",
+        run_name=f"walk-forward-{plan.label}",
     ):
         if not _resumed():
             mlflow.log_params(
                 {
                     "pairs": ",".join(plan.pairs),
                     "model_type": plan.model_type,
+                    "feature_set": plan.feature_set,
                     "folds": plan.folds,
                     "test_size": plan.test_size,
                     "epochs": plan.epochs,

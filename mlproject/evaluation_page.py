@@ -40,6 +40,7 @@ from mlproject.evaluate import (
     fold_reports,
     folds_got_text,
     record_rows,
+    report_label,
     seed_sd,
     seed_table,
     span,
@@ -47,6 +48,7 @@ from mlproject.evaluate import (
     summary_table,
     verdict_table,
 )
+from pipelines.features.params import DEFAULT_SET
 from pipelines.lifecycle.intervals import PairedVerdict, paired_interval
 from pipelines.lifecycle.scores import log_losses
 from pipelines.settings import NETWORK_TYPES
@@ -170,7 +172,9 @@ def load_report(path: Path) -> ArchitectureReport:
         raise ReportError(f"{path}: no rows for {missing[0]} (and {len(missing) - 1} more)")
     return ArchitectureReport(
         path=path,
-        model_type=str(document["plan"]["model_type"]),
+        model_type=report_label(
+            str(document["plan"]["model_type"]), document["plan"].get("feature_set")
+        ),
         plan=document["plan"],
         complete=bool(document.get("complete", False)),
         elapsed_seconds=float(document.get("elapsed_seconds") or 0.0),
@@ -594,13 +598,16 @@ def _command(a: ArchitectureReport) -> str:
     plan = a.plan
     pairs = plan["pairs"]
     target = pairs[0] if len(pairs) == 1 else "--all"
+    features = plan.get("feature_set") or DEFAULT_SET
     command = (
-        f"tbml evaluate {target} --model-type {a.model_type} --folds {plan['folds']} "
+        f"tbml evaluate {target} --model-type {plan['model_type']} --folds {plan['folds']} "
         f"--test-size {plan['test_size']} --epochs {plan['epochs']} "
         f"--seeds {','.join(map(str, plan['seeds']))}"
     )
     if plan["max_rows"]:
         command += f" --max-rows {plan['max_rows']}"
+    if features != DEFAULT_SET:
+        command += f" --feature-set {features}"
     return command
 
 
@@ -708,7 +715,7 @@ def _made_line(a: ArchitectureReport) -> str:
         "hourly test rows, the last ending at the newest candle; "
         + (
             f"at most {plan['epochs']} epochs (patience {plan['patience']}); "
-            if a.model_type in NETWORK_TYPES
+            if plan["model_type"] in NETWORK_TYPES
             else "boosting early-stopped on the validation rows; "
         )
         + f"seeds {', '.join(map(str, plan['seeds']))}"

@@ -12,7 +12,8 @@ from mlproject.config import TrainConfig
 from mlproject.data import Dataset, NotEnoughDataError, build_dataset
 from mlproject.tabular import Pool
 from pipelines.candles.store import CandlesNotFoundError, CandleStore
-from pipelines.features.spec import feature_spec
+from pipelines.features.references import attach_references, cross_references, store_loader
+from pipelines.features.spec import FeatureSpec, feature_spec
 from pipelines.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,15 +30,38 @@ def candle_store(config: TrainConfig, *, settings: Settings) -> CandleStore:
 
 
 def load_candles(config: TrainConfig, *, settings: Settings) -> pd.DataFrame:
-    """The pair's candles: bundled files plus those ingested under `data_dir`."""
-    return candle_store(config, settings=settings).load(config.pair, settings.timeframe)
+    """The pair's candles: bundled files plus those ingested under `data_dir`, with the closes
+    of the configured cross-pair references attached (`ref_close_<PAIR>`) whatever the feature
+    set, so the gate can score a production model of either kind on them."""
+    store = candle_store(config, settings=settings)
+    candles = store.load(config.pair, settings.timeframe)
+    return attach_references(
+        candles,
+        pair=config.pair,
+        references=settings_references(settings),
+        load=store_loader(store, settings.timeframe),
+    )
+
+
+def settings_references(settings: Settings) -> tuple[str, ...]:
+    """The cross-pair references the settings configure: ML_CROSS_ANCHOR, then ML_PAIRS."""
+    return cross_references(settings.cross_anchor, settings.pairs)
+
+
+def training_spec(config: TrainConfig, *, settings: Settings) -> FeatureSpec:
+    """The feature spec a training of `config` computes."""
+    return feature_spec(
+        config.feature_set or settings.feature_set_for(config.model_type),
+        timeframe=settings.timeframe,
+        references=settings_references(settings),
+    )
 
 
 def load_dataset(config: TrainConfig, *, settings: Settings, max_rows: int = 0) -> Dataset:
     """The pair's candles with the features `config` trains on (`max_rows`: see build_dataset)."""
     return build_dataset(
         load_candles(config, settings=settings),
-        spec=feature_spec(config.feature_set or settings.feature_set, timeframe=settings.timeframe),
+        spec=training_spec(config, settings=settings),
         sequence_length=config.sequence_length,
         horizon=config.horizon,
         max_rows=max_rows,

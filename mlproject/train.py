@@ -475,7 +475,7 @@ def _log_params(
     values = {
         **config.params(),
         "data_dir": str(config.data_dir or settings.data_dir),
-        "feature_set": config.feature_set or settings.feature_set,
+        "feature_set": config.feature_set or settings.feature_set_for(config.model_type),
     }
     params = {
         key: (str(value).lower() if isinstance(value, bool) else value)

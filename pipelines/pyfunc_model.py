@@ -12,9 +12,11 @@ Contract (docs/model-format.md): the input DataFrame is ONE candle history of th
 pair, oldest first, columns `timestamp` (ISO 8601 text, or epoch milliseconds), `open`, `high`,
 `low`, `close`, `volume`; the output is one row for its newest candle: `candle_time`,
 `probability` (of "up", full precision) and the service's `prediction`, `confidence`,
-`direction`, `signal`, `modelType`, plus `unproven`. At least `spec.warmup + sequence_length`
-candles are needed; with `spec.lookback + sequence_length` or more the probability equals the
-service's exactly (the service reads that many).
+`direction`, `signal`, `modelType`, plus `unproven`. A model of the `cross` feature set also
+reads a `ref_close_<PAIR>` column per reference pair (the spec's `reference_pairs`): that
+pair's close as of each row's time, empty (NaN) before its first candle. At least
+`spec.warmup + sequence_length` candles are needed; with `spec.lookback + sequence_length` or
+more the probability equals the service's exactly (the service reads that many).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import pandas as pd
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
 from pipelines.features.compute import CANDLE_COLUMNS, latest_features
+from pipelines.features.groups.cross import reference_column
+from pipelines.features.spec import reference_pairs
 from pipelines.heads import HEAD_DATA_FILES, HEAD_FILE
 from pipelines.modelbundle import (
     BASELINE_FILE,
@@ -113,31 +117,39 @@ def exact_candles(bundle: ModelBundle) -> int:
     return bundle.spec.lookback + bundle.sequence_length
 
 
-def candle_frame(model_input: pd.DataFrame) -> pd.DataFrame:
-    """The input's candles indexed by a UTC DatetimeIndex, as the feature code takes them."""
+def input_columns(bundle: ModelBundle | None) -> tuple[str, ...]:
+    """The input columns a bundle reads: the candles', then its reference closes (if any)."""
+    refs = () if bundle is None else reference_pairs(bundle.spec)
+    return (*INPUT_COLUMNS, *(reference_column(ref) for ref in refs))
+
+
+def candle_frame(model_input: pd.DataFrame, bundle: ModelBundle | None = None) -> pd.DataFrame:
+    """The input's candles indexed by a UTC DatetimeIndex, as the feature code takes them
+    (with the reference closes `bundle` reads)."""
+    expected = input_columns(bundle)
     if not isinstance(model_input, pd.DataFrame):
         raise BundleError(
-            f"the input must be a DataFrame of candles with columns {', '.join(INPUT_COLUMNS)}, "
+            f"the input must be a DataFrame of candles with columns {', '.join(expected)}, "
             f"got {type(model_input).__name__}"
         )
-    missing = [c for c in INPUT_COLUMNS if c not in model_input.columns]
+    missing = [c for c in expected if c not in model_input.columns]
     if missing:
         raise BundleError(
-            f"the candles lack column(s) {', '.join(missing)}; expected {', '.join(INPUT_COLUMNS)}"
+            f"the candles lack column(s) {', '.join(missing)}; expected {', '.join(expected)}"
         )
     stamps = model_input[TIMESTAMP_COLUMN]
     if pd.api.types.is_numeric_dtype(stamps):
         index = pd.DatetimeIndex(pd.to_datetime(stamps, unit="ms", utc=True))
     else:
         index = pd.DatetimeIndex(pd.to_datetime(stamps, utc=True, format="ISO8601"))
-    frame = model_input.loc[:, list(CANDLE_COLUMNS)].astype(np.float64)
+    frame = model_input.loc[:, list(expected[1:])].astype(np.float64)
     frame.index = index.rename(TIMESTAMP_COLUMN)
     return frame
 
 
 def predict_newest(bundle: ModelBundle, model_input: pd.DataFrame) -> pd.DataFrame:
     """One row for the newest candle of `model_input`: its probability of "up" and signal."""
-    candles = candle_frame(model_input)
+    candles = candle_frame(model_input, bundle)
     length = bundle.sequence_length
     needed = minimum_candles(bundle)
     rows = (
@@ -172,10 +184,14 @@ def predict_newest(bundle: ModelBundle, model_input: pd.DataFrame) -> pd.DataFra
     return pd.DataFrame([row])
 
 
-def example_candles(candles: pd.DataFrame, *, rows: int) -> pd.DataFrame:
-    """The newest `rows` candles of a DatetimeIndex frame in the model's input shape."""
+def example_candles(
+    candles: pd.DataFrame, *, rows: int, bundle: ModelBundle | None = None
+) -> pd.DataFrame:
+    """The newest `rows` candles of a DatetimeIndex frame in the model's input shape (with the
+    reference closes `bundle` reads, which `candles` must hold)."""
     tail = candles.iloc[-rows:]
-    frame = tail.loc[:, list(CANDLE_COLUMNS)].astype(np.float64).reset_index(drop=True)
+    columns = list(input_columns(bundle)[1:])
+    frame = tail.loc[:, columns].astype(np.float64).reset_index(drop=True)
     stamps = pd.DatetimeIndex(tail.index).tz_convert("UTC")
     frame.insert(0, TIMESTAMP_COLUMN, [s.strftime("%Y-%m-%dT%H:%M:%SZ") for s in stamps])
     # Object-typed column names: MLflow compares them with a `range` when it saves an input
@@ -206,7 +222,7 @@ def log_candle_model(directory: Path, *, candles: pd.DataFrame) -> ModelInfo:
     from mlflow.models import infer_signature
 
     bundle = ModelBundle.load(directory)
-    example = example_candles(candles, rows=min(len(candles), exact_candles(bundle)))
+    example = example_candles(candles, rows=min(len(candles), exact_candles(bundle)), bundle=bundle)
     signature = infer_signature(example, predict_newest(bundle, example))
     with _staged_code() as code:
         return mlflow.pyfunc.log_model(

@@ -26,6 +26,10 @@ NETWORK_TYPES: tuple[str, ...] = ("lstm", "gru", "cnn", "transformer")
 # logistic regression, their blend, and one LightGBM trained on every configured pair.
 TABULAR_TYPES: tuple[str, ...] = ("lightgbm", "logistic", "blend", "pooled")
 MODEL_TYPES: tuple[str, ...] = (*NETWORK_TYPES, *TABULAR_TYPES)
+# The feature set each model type trains on when ML_FEATURE_SET is unset: what the walk-forward
+# evaluation chose on its earlier folds and confirmed on the newest (docs/evaluation.md); a type
+# not listed, or not evaluated with another set, computes `default`.
+EVALUATED_FEATURE_SETS: dict[str, str] = {"lightgbm": "cross"}
 ModelType = Literal["lstm", "gru", "cnn", "transformer", "lightgbm", "logistic", "blend", "pooled"]
 DEFAULT_RETRAIN_INTERVAL_HOURS = 24.0
 
@@ -139,11 +143,17 @@ class Settings(BaseSettings):
     # probabilities (one ONNX graph): the seed spread of one network reaches 0.02 nats of log
     # loss; k seeds cost k fits.
     network_seeds: int = Field(1, ge=1, le=10, validation_alias="ML_NETWORK_SEEDS")
-    # The features a training computes (pipelines.features.spec.FEATURE_SETS): the engineered
-    # `default`, `extended` (plus closed 4h and 1d candles' features) or `raw` (each candle's
-    # log returns and volume, for a network that reads the price sequence itself).
-    feature_set: Literal["default", "extended", "raw"] = Field(
-        "default", validation_alias="ML_FEATURE_SET"
+    # The features every training computes (pipelines.features.spec.FEATURE_SETS): the
+    # engineered `default`, `extended` (plus closed 4h and 1d candles' features), `raw` (each
+    # candle's log returns and volume, for a network that reads the price sequence itself) or
+    # `cross` (default plus the anchor pair's and the market's returns: ML_CROSS_ANCHOR first,
+    # then the other configured pairs). Unset: each model type's evaluated set
+    # (EVALUATED_FEATURE_SETS; `feature_set_for`).
+    feature_set: Literal["default", "extended", "raw", "cross"] | None = Field(
+        None, validation_alias="ML_FEATURE_SET"
+    )
+    cross_anchor: str = Field(
+        "BTC", pattern=r"^[A-Z0-9]{1,20}$", validation_alias="ML_CROSS_ANCHOR"
     )
     # The model types served (one per pair and type, each bootstrapped and retrained); the first
     # answers a request that names none. LightGBM is what the walk-forward evaluation chose
@@ -243,6 +253,16 @@ class Settings(BaseSettings):
     # Probability calibration on the validation rows (`pipelines.calibration`): none,
     # temperature or platt; one asked for is kept only when it helps on held validation rows.
     calibration: CalibrationMode = Field("none", validation_alias="ML_CALIBRATION")
+
+    @field_validator("feature_set", mode="before")
+    @classmethod
+    def _unset_feature_set(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def feature_set_for(self, model_type: str) -> str:
+        """The features a training of `model_type` computes: ML_FEATURE_SET when set, else the
+        set the walk-forward evaluation chose for the type (EVALUATED_FEATURE_SETS)."""
+        return self.feature_set or EVALUATED_FEATURE_SETS.get(model_type, "default")
 
     @field_validator("calibration", mode="before")
     @classmethod

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.candles.store import CandleStore
+from pipelines.candles.store import CandlesNotFoundError, CandleStore
 from pipelines.candles.timeframes import timeframe_delta
 from pipelines.features.compute import latest_features
-from pipelines.features.spec import FeatureSpec
+from pipelines.features.references import store_loader, with_references
+from pipelines.features.spec import FeatureSpec, reference_pairs
 from pipelines.lifecycle.staleness import candle_stale, model_age_hours, model_stale
 from pipelines.settings import Settings
 from pipelines.signals import describe_probability
@@ -104,6 +105,10 @@ def _utc_time(value: object) -> pd.Timestamp | None:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
+# The newest candle of each reference pair a model reads: (pair, _newest or None).
+Marks = tuple[tuple[str, "tuple[int, int] | None"], ...]
+
+
 def _newest(candles: pd.DataFrame) -> tuple[int, int]:
     # The newest candle's open time (ns) and the row count: a new candle changes both.
     return int(candles.index[-1].value), len(candles)
@@ -132,6 +137,7 @@ class Predictor:
         # makes its key stale, however long ago it was computed (it cannot change meanwhile).
         self._latest: dict[tuple[str, str], tuple[tuple[Any, ...], dict[str, Any], float]] = {}
         self.store = store
+        self._reference_loader = store_loader(store, settings.timeframe)
         self.models = models
         self.prediction_cache = prediction_cache
         self.feature_cache = feature_cache
@@ -156,7 +162,10 @@ class Predictor:
             return None
         label = self._label(model_type, ensemble, alias)
         served = self._served(pair, model_type, ensemble, alias)
-        key = self._key(pair, label, served, candles)
+        marks = self._marks(pair, served, load=False)
+        if marks is None:
+            return None
+        key = self._key(pair, label, served, candles, marks)
         hit = self.prediction_cache.get(key, count_miss=False)
         if hit is not None:
             return self.fresh({**hit.value, "cached": True, "cacheAge": hit.age_ms})
@@ -184,7 +193,7 @@ class Predictor:
         candles = self.store.load(pair, self.settings.timeframe)
         label = self._label(model_type, ensemble, alias)
         served = self._served(pair, model_type, ensemble, alias)
-        key = self._key(pair, label, served, candles)
+        key = self._key(pair, label, served, candles, self._loaded_marks(pair, served))
         hit = self.prediction_cache.get(key, count_miss=False)
         if hit is None:
             pinned = self._pinned(pair, label, key)
@@ -376,18 +385,46 @@ class Predictor:
 
     @staticmethod
     def _key(
-        pair: str, label: str, served: list[ServedModel], candles: pd.DataFrame
+        pair: str, label: str, served: list[ServedModel], candles: pd.DataFrame, marks: Marks
     ) -> tuple[Any, ...]:
         # Everything that makes an answer stale: the models' versions (and how far live candles
-        # validated them: a model's age is part of the answer) and the newest candle.
+        # validated them: a model's age is part of the answer), the newest candle and the
+        # newest candle of each reference pair a cross-pair model reads.
         versions = tuple((m.model_type, m.version, m.validated_through_ms) for m in served)
-        return (pair, label, versions, _newest(candles))
+        return (pair, label, versions, _newest(candles), marks)
 
     @staticmethod
-    def _window_key(pair: str, served: ServedModel, candles: pd.DataFrame) -> tuple[Any, ...]:
+    def _window_key(
+        pair: str, served: ServedModel, candles: pd.DataFrame, marks: Marks
+    ) -> tuple[Any, ...]:
         # Models that share a feature set and window length share the window.
         bundle = served.bundle
-        return (pair, bundle.spec.version, bundle.sequence_length, _newest(candles))
+        return (pair, bundle.spec.version, bundle.sequence_length, _newest(candles), marks)
+
+    def _marks(self, pair: str, served: list[ServedModel], *, load: bool) -> Marks | None:
+        """The newest candle of every other pair the served models' features read (an empty
+        tuple for models of one pair). Without `load`, None when one is not in the store's
+        memory (the caller must not read a file); with it, the file is read (None: no file)."""
+        refs = sorted({r for m in served for r in reference_pairs(m.bundle.spec)} - {pair})
+        marks: list[tuple[str, tuple[int, int] | None]] = []
+        for ref in refs:
+            frame = self.store.peek(ref, self.settings.timeframe)
+            if frame is None:
+                if not load:
+                    return None
+                try:
+                    frame = self.store.load(ref, self.settings.timeframe)
+                except CandlesNotFoundError:
+                    marks.append((ref, None))
+                    continue
+            marks.append((ref, _newest(frame)))
+        return tuple(marks)
+
+    def _loaded_marks(self, pair: str, served: list[ServedModel]) -> Marks:
+        marks = self._marks(pair, served, load=True)
+        if marks is None:  # pragma: no cover - loading never answers None
+            raise AssertionError("reference marks were not loaded")
+        return marks
 
     def _cached_windows(
         self, pair: str, served: list[ServedModel], candles: pd.DataFrame
@@ -395,8 +432,11 @@ class Predictor:
         """Every model's newest window if all are cached, else None (nothing counted)."""
         windows = []
         for model in served:
+            marks = self._marks(pair, [model], load=False)
+            if marks is None:
+                return None
             hit = self.feature_cache.get(
-                self._window_key(pair, model, candles), count_hit=False, count_miss=False
+                self._window_key(pair, model, candles, marks), count_hit=False, count_miss=False
             )
             if hit is None:
                 return None
@@ -408,12 +448,17 @@ class Predictor:
     ) -> np.ndarray:
         spec: FeatureSpec = served.bundle.spec
         length = served.bundle.sequence_length
-        key = self._window_key(pair, served, candles)
+        key = None
         if use_cache:
+            key = self._window_key(pair, served, candles, self._loaded_marks(pair, [served]))
             hit = self.feature_cache.get(key)
             if hit is not None:
                 return hit.value
-        rows = latest_features(candles, rows=length, spec=spec).to_numpy(dtype=np.float64)
+        window_candles = candles.iloc[-(spec.lookback + length) :]
+        window_candles = with_references(
+            window_candles, pair=pair, spec=spec, load=self._reference_loader
+        )
+        rows = latest_features(window_candles, rows=length, spec=spec).to_numpy(dtype=np.float64)
         if len(rows) < length or not np.isfinite(rows).all():
             raise InsufficientCandlesError(
                 f"{len(candles)} candles give no complete window of {length} feature rows: "
@@ -421,7 +466,7 @@ class Predictor:
                 f"({spec.warmup} warm-up + {length} window)"
             )
         window = rows[np.newaxis, :, :]
-        if use_cache:
+        if key is not None:
             self.feature_cache.put(key, window)
         return window
 

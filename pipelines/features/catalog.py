@@ -46,6 +46,9 @@ class Inputs:
     volume: Array
     # Seconds since the epoch (UTC) of each candle's open time.
     epoch_seconds: Array = field(repr=False)
+    # Other pairs' closes at each row's time (`ref_close_<PAIR>` columns), NaN before a pair's
+    # first candle; only the cross-pair features read them.
+    references: dict[str, Array] = field(default_factory=dict, repr=False)
 
     @cached_property
     def log_close(self) -> Array:

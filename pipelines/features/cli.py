@@ -15,12 +15,13 @@ def features(
     ] = None,
     feature_set: Annotated[
         str,
-        typer.Option("--feature-set", "-s", help="Feature set: default, extended or raw."),
+        typer.Option("--feature-set", "-s", help="Feature set: default, extended, raw or cross."),
     ] = "default",
 ) -> None:
     """Print the latest feature row of PAIR, the warm-up length and the spec version."""
     from pipelines.candles.store import CandlesNotFoundError, CandleStore
     from pipelines.features.compute import InvalidCandlesError, latest_features
+    from pipelines.features.references import cross_references, store_loader, with_references
     from pipelines.features.spec import feature_spec
     from pipelines.pairs import InvalidNameError, check_pair
     from pipelines.settings import get_settings
@@ -28,9 +29,16 @@ def features(
     settings = get_settings()
     try:
         symbol = check_pair(pair, settings.pairs)
-        candles = CandleStore.from_settings(settings).load(symbol, timeframe or settings.timeframe)
-        spec = feature_spec(feature_set, timeframe=timeframe or settings.timeframe)
-        row = latest_features(candles, rows=1, spec=spec)
+        store = CandleStore.from_settings(settings)
+        frame = timeframe or settings.timeframe
+        candles = store.load(symbol, frame)
+        spec = feature_spec(
+            feature_set,
+            timeframe=frame,
+            references=cross_references(settings.cross_anchor, settings.pairs),
+        )
+        attached = with_references(candles, pair=symbol, spec=spec, load=store_loader(store, frame))
+        row = latest_features(attached, rows=1, spec=spec)
     except (InvalidNameError, CandlesNotFoundError, InvalidCandlesError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc

@@ -14,6 +14,7 @@ import pandas as pd
 
 from pipelines.features.catalog import Inputs, InvalidCandlesError, epoch_seconds
 from pipelines.features.groups import FEATURE_SET_GROUPS
+from pipelines.features.groups.cross import REFERENCE_PREFIX
 from pipelines.features.params import FeatureParams
 from pipelines.features.spec import FeatureSpec, resolve_spec
 
@@ -107,6 +108,18 @@ def _inputs(candles: pd.DataFrame) -> Inputs:
         raise InvalidCandlesError(
             "candles must be sorted by time, oldest first, without duplicate timestamps"
         )
+    references: dict[str, np.ndarray] = {}
+    for column in candles.columns:
+        if isinstance(column, str) and column.startswith(REFERENCE_PREFIX):
+            values = np.ascontiguousarray(candles[column].to_numpy(dtype=np.float64))
+            wrong = ~np.isnan(values) & ~(np.isfinite(values) & (values > 0))
+            if wrong.any():
+                first = int(np.flatnonzero(wrong)[0])
+                raise InvalidCandlesError(
+                    f"{column} at {candles.index[first]} is {values[first]!r}: a reference "
+                    "close must be finite and > 0, or NaN before that pair's first candle"
+                )
+            references[column.removeprefix(REFERENCE_PREFIX)] = values
     return Inputs(
         open=arrays["open"],
         high=arrays["high"],
@@ -114,4 +127,5 @@ def _inputs(candles: pd.DataFrame) -> Inputs:
         close=arrays["close"],
         volume=arrays["volume"],
         epoch_seconds=epoch_seconds(candles.index),
+        references=references,
     )

@@ -231,12 +231,45 @@ The `raw` set is for networks that read the price and volume sequence rather tha
 | # | name | warm-up | definition |
 |---:|---|---:|---|
 {raw_table}
+
+## Cross-pair features (cross)
+
+The `cross` set is the default set followed by {cross_count} features of other pairs' candles:
+the anchor pair's returns, the market's (the mean over the reference pairs, the anchor
+included) and the pair's own returns against the market's, over {cross_horizons} candles. The
+reference pairs are a parameter of the spec (`reference_pairs`, from
+`feature_spec("cross", references=...)`): the training takes `ML_CROSS_ANCHOR` (default BTC)
+and then `ML_PAIRS`, and the model keeps them, so a served model reads the pairs it learnt on.
+
+**As of the row's time.** The features read each reference pair's close from a
+`ref_close_<PAIR>` column beside the candles, which
+`pipelines.features.references.attach_references` fills with that pair's last close at or
+before the row's open time: its candle of the same hour when it is in the store, an older one
+otherwise. Every path that computes a cross model's features attaches them the same way, from
+the same candle store: the training's dataset, the gate's scoring, the service's prediction
+window (whose cache key holds each reference's newest candle, so a reference candle that
+arrives after the pair's own recomputes the answer) and `POST` candles; the pyfunc model, which
+has no store, takes the columns in its input (docs/model-format.md). No reference candle that
+opened after the row is read, so no row reads a later candle (tested like the other sets).
+
+**Missing candles.** A reference without both closes of a horizon (before its first candle, or
+a pair without candles at all) adds no move: the anchor's return is 0 there and the market
+averages the pairs that have one (0 when none has), so a pair still trains and serves while
+another lacks candles.
+
+| # | name | warm-up | definition (anchor BTC, market BTC, ETH, XMR, RVN) |
+|---:|---|---:|---|
+{cross_table}
 """
+
+# The reference pairs the docs show for the cross set (the bundled pairs, BTC the anchor).
+_DOC_REFERENCES = ("BTC", "ETH", "XMR", "RVN")
 
 _SET_TEXT = {
     "default": "the engineered features above",
     "extended": "default + features of closed 4h and 1d candles",
     "raw": "each candle's log prices against the previous close, and its relative volume",
+    "cross": "default + the anchor pair's and the market's returns, and the pair's against them",
 }
 
 
@@ -256,7 +289,7 @@ def _sets() -> str:
     rows = []
     for name in FEATURE_SETS:
         for timeframe in ("15m", "1h", "4h") if name == "extended" else ("1h",):
-            spec = feature_spec(name, timeframe=timeframe)
+            spec = feature_spec(name, timeframe=timeframe, references=_DOC_REFERENCES)
             label = f"`{name}` ({timeframe} candles)" if name == "extended" else f"`{name}`"
             rows.append(
                 f"| {label} | {_SET_TEXT[name]} | {len(spec.names)} | {spec.warmup} | "
@@ -265,6 +298,8 @@ def _sets() -> str:
     extended = FeatureParams.from_dict(feature_spec("extended").params)
     raw = FeatureParams.from_dict(feature_spec("raw").params)
     extra = FEATURE_SET_GROUPS["extended"][len(GROUPS) :]
+    cross = FeatureParams.from_dict(feature_spec("cross", references=_DOC_REFERENCES).params)
+    cross_extra = FEATURE_SET_GROUPS["cross"][len(GROUPS) :]
     return _SETS.format(
         rows="\n".join(rows),
         per=len(extra[0].features(extended)) // len(extended.higher_timeframes),
@@ -274,6 +309,9 @@ def _sets() -> str:
         raw_count=len(feature_spec("raw").names),
         raw_warmup=feature_spec("raw").warmup,
         raw_table=_short_table(FEATURE_SET_GROUPS["raw"], raw),
+        cross_count=len(cross_extra[0].features(cross)),
+        cross_horizons=", ".join(str(h) for h in cross.cross_horizons),
+        cross_table=_short_table(cross_extra, cross),
     )
 
 

@@ -8,18 +8,22 @@ before there were several sets, with the same parameters and so the same version
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from pipelines.candles.timeframes import timeframe_delta
 
 # The named feature sets, in the order the docs list them.
-FEATURE_SETS: tuple[str, ...] = ("default", "extended", "raw")
+FEATURE_SETS: tuple[str, ...] = ("default", "extended", "raw", "cross")
 DEFAULT_SET = "default"
 # The parameters that only one set reads; every other field (but `feature_set`) is read by the
 # engineered groups of `default` and `extended`.
 _EXTENDED_ONLY = ("base_timeframe", "higher_timeframes", "higher_period")
 _RAW_ONLY = ("raw_volume_period",)
+_CROSS_ONLY = ("reference_pairs", "cross_horizons")
+# A reference pair's code becomes part of a column name (`ref_close_<PAIR>`).
+_PAIR_CODE = re.compile(r"^[A-Z0-9]{1,20}$")
 _DAY_SECONDS = 86_400
 
 
@@ -45,7 +49,9 @@ class FeatureParams:
 
     `feature_set` names the set (`FEATURE_SETS`). `extended` adds features of the candles of
     `higher_timeframes`, aggregated from candles of `base_timeframe`, with windows of
-    `higher_period` higher-timeframe candles; `raw` reads only `raw_volume_period`.
+    `higher_period` higher-timeframe candles; `raw` reads only `raw_volume_period`. `cross`
+    adds the returns of `reference_pairs` over `cross_horizons` candles (the first pair is the
+    anchor; all of them make the market), read from `ref_close_<PAIR>` columns of the candles.
     """
 
     periods: tuple[int, ...] = (5, 10, 20)
@@ -66,6 +72,8 @@ class FeatureParams:
     higher_timeframes: tuple[str, ...] = ("4h", "1d")
     higher_period: int = 14
     raw_volume_period: int = 20
+    reference_pairs: tuple[str, ...] = ("BTC",)
+    cross_horizons: tuple[int, ...] = (1, 5, 20)
 
     def __post_init__(self) -> None:
         if self.feature_set not in FEATURE_SETS:
@@ -105,6 +113,29 @@ class FeatureParams:
         _require_int("raw_volume_period", self.raw_volume_period, minimum=2)
         if self.feature_set == "extended":
             self._check_timeframes()
+        if self.feature_set == "cross":
+            self._check_references()
+
+    def _check_references(self) -> None:
+        pairs = self.reference_pairs
+        if not pairs or len(set(pairs)) != len(pairs):
+            raise InvalidFeatureParamsError(
+                "reference_pairs must be a non-empty list of distinct pair codes, "
+                f"got {list(pairs)}"
+            )
+        for pair in pairs:
+            if not isinstance(pair, str) or not _PAIR_CODE.match(pair):
+                raise InvalidFeatureParamsError(
+                    f"reference pair {pair!r} is not a pair code: 1 to 20 capital letters or digits"
+                )
+        horizons = self.cross_horizons
+        if not horizons or len(set(horizons)) != len(horizons):
+            raise InvalidFeatureParamsError(
+                "cross_horizons must be a non-empty list of distinct integers, "
+                f"got {list(horizons)}"
+            )
+        for value in horizons:
+            _require_int("cross_horizons", value, minimum=1)
 
     def _check_timeframes(self) -> None:
         base = timeframe_seconds(self.base_timeframe)
@@ -175,11 +206,15 @@ class FeatureParams:
 
 def _set_keys(feature_set: str) -> tuple[str, ...]:
     names = [f.name for f in fields(FeatureParams)]
-    engineered = [n for n in names if n not in {"feature_set", *_EXTENDED_ONLY, *_RAW_ONLY}]
+    engineered = [
+        n for n in names if n not in {"feature_set", *_EXTENDED_ONLY, *_RAW_ONLY, *_CROSS_ONLY}
+    ]
     if feature_set == DEFAULT_SET:
         return tuple(engineered)
     if feature_set == "extended":
         return ("feature_set", *engineered, *_EXTENDED_ONLY)
+    if feature_set == "cross":
+        return ("feature_set", *engineered, *_CROSS_ONLY)
     return ("feature_set", *_RAW_ONLY)
 
 

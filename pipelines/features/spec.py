@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -43,6 +44,7 @@ __all__ = [
     "feature_set_of",
     "feature_spec",
     "memory_period",
+    "reference_pairs",
     "resolve_spec",
 ]
 
@@ -151,7 +153,9 @@ def default_spec() -> FeatureSpec:
     return build_spec(FeatureParams())
 
 
-def feature_spec(name: str, *, timeframe: str = "1h") -> FeatureSpec:
+def feature_spec(
+    name: str, *, timeframe: str = "1h", references: Sequence[str] = ()
+) -> FeatureSpec:
     """The spec of the named feature set, for candles of `timeframe`.
 
     Args:
@@ -161,6 +165,8 @@ def feature_spec(name: str, *, timeframe: str = "1h") -> FeatureSpec:
         timeframe: the candles' timeframe, such as `1h` or `15m`. Only `extended` reads it:
             it keeps the higher timeframes longer than this one (a `4h` base keeps only `1d`)
             and refuses a timeframe that leaves none or that does not divide one.
+        references: for `cross` only, the pairs whose returns become features, the anchor
+            first (`cross_references(settings)` gives the configured ones); required there.
 
     Raises:
         InvalidFeatureParamsError: an unknown name or an unusable timeframe; the message names
@@ -174,6 +180,12 @@ def feature_spec(name: str, *, timeframe: str = "1h") -> FeatureSpec:
         return default_spec()
     if name == "raw":
         return build_spec(FeatureParams(feature_set="raw"))
+    if name == "cross":
+        if not references:
+            raise InvalidFeatureParamsError(
+                "the cross feature set needs its reference pairs (the anchor first), got none"
+            )
+        return build_spec(FeatureParams(feature_set="cross", reference_pairs=tuple(references)))
     base = timeframe_seconds(timeframe)
     higher = tuple(h for h in FeatureParams.higher_timeframes if timeframe_seconds(h) > base)
     if not higher:
@@ -184,6 +196,13 @@ def feature_spec(name: str, *, timeframe: str = "1h") -> FeatureSpec:
     return build_spec(
         FeatureParams(feature_set="extended", base_timeframe=timeframe, higher_timeframes=higher)
     )
+
+
+def reference_pairs(spec: FeatureSpec) -> tuple[str, ...]:
+    """The pairs whose closes `spec` reads beside the candles (none but for `cross`)."""
+    if feature_set_of(spec) != "cross":
+        return ()
+    return tuple(str(pair) for pair in spec.params.get("reference_pairs", ()))
 
 
 def feature_set_of(spec: FeatureSpec) -> str:
@@ -244,6 +263,8 @@ def _running_spec(trained: FeatureSpec) -> FeatureSpec:
     try:
         if name == "extended":
             return feature_spec(name, timeframe=str(trained.params.get("base_timeframe")))
+        if name == "cross":
+            return feature_spec(name, references=tuple(trained.params.get("reference_pairs", ())))
         return feature_spec(name)
     except InvalidFeatureParamsError as exc:
         raise FeatureSpecMismatchError(

@@ -384,3 +384,44 @@ def test_a_run_its_budget_stops_resumes_without_fitting_a_fold_again(
     assert reports[2].rows == reports[0].rows + reports[1].rows
     with pytest.raises(ResumeError, match=r"test_size 50 \(now 60\); pass --fresh"):
         evaluate(replace(plan, test_size=60), settings=small, output_dir=out)
+
+
+@pytest.mark.slow
+def test_a_feature_set_is_evaluated_under_its_own_name_and_the_page_tells_how(
+    settings: Settings, tmp_path: Path
+) -> None:
+    plan = EvaluationPlan.from_settings(
+        settings,
+        pairs=["ETH"],
+        model_type="lightgbm",
+        feature_set="cross",
+        folds=2,
+        test_size=50,
+        max_rows=900,
+    )
+    assert plan.label == "lightgbm-cross"
+    out = tmp_path / "reports"
+
+    _, path = evaluate(plan, settings=settings, output_dir=out)
+
+    assert path.name == "walk_forward_lightgbm-cross.md"
+    document = json.loads(path.with_suffix(".json").read_text())
+    assert document["plan"]["feature_set"] == "cross"
+    page = combine_reports([path.with_suffix(".json")])
+    assert "**lightgbm-cross**" in page
+    assert "--model-type lightgbm --folds 2" in page
+    assert "--feature-set cross" in page
+    # A report of the default features is another evaluation: it does not resume this one.
+    default = replace(plan, feature_set="default")
+    assert default.label == "lightgbm"
+    with pytest.raises(ValueError, match="unknown feature set 'fancy': expected one of default"):
+        replace(plan, feature_set="fancy")
+    # A report written before plans named their feature set resumes as the default set.
+    old = json.loads(path.with_suffix(".json").read_text())
+    del old["plan"]["feature_set"]
+    old["plan"]["model_type"] = "lightgbm"
+    (out / "walk_forward_lightgbm.json").write_text(json.dumps(old))
+    with pytest.raises(ResumeError) as refused:
+        evaluate(replace(default, test_size=60), settings=settings, output_dir=out)
+    assert "test_size 50 (now 60)" in str(refused.value)
+    assert "(now 'default')" not in str(refused.value)

@@ -27,6 +27,8 @@ from mlproject.config import TrainConfig
 from mlproject.train import train
 from pipelines.candles.store import CandleStore
 from pipelines.features.compute import compute_features
+from pipelines.features.references import store_loader, with_references
+from pipelines.features.spec import feature_set_of
 from pipelines.modelbundle import download_bundle
 from pipelines.pyfunc_model import example_candles
 from pipelines.settings import PROJECT_ROOT, TABULAR_TYPES, Settings
@@ -101,6 +103,8 @@ def test_every_tabular_type_is_registered_and_promoted_by_the_entry_point(
         assert bundle.head is not None
         assert not (bundle.directory / "model.onnx").exists()
         assert bundle.metadata["model_type"] == kind
+        # Unless ML_FEATURE_SET says otherwise, each type trains on its evaluated feature set.
+        assert feature_set_of(bundle.spec) == ("cross" if kind == "lightgbm" else "default")
     run = client.search_runs(
         [client.get_experiment_by_name("tabular-served").experiment_id],  # type: ignore[union-attr]
         filter_string="tags.model_type = 'blend'",
@@ -126,12 +130,19 @@ def test_the_service_serves_each_type_and_they_differ(
 
 @pytest.fixture(scope="module")
 def served_by_mlflow(trained: Trained) -> dict[str, float]:
-    candles = CandleStore(bundled_dir=BUNDLED, data_dir=trained.settings.data_dir).load("BTC")
-    payload = {
-        "dataframe_split": example_candles(candles, rows=ROWS).to_dict(orient="split", index=False)
-    }
+    store = CandleStore(bundled_dir=BUNDLED, data_dir=trained.settings.data_dir)
+    client = MlflowClient(trained.settings.tracking_uri)
     answers: dict[str, float] = {}
     for kind in TABULAR_TYPES:
+        bundle = download_bundle(
+            client, name=f"BTC-{kind}", version="1", dst=trained.root / f"served-{kind}"
+        )
+        # A cross-feature model (lightgbm's evaluated set) also reads the other pairs' closes.
+        candles = with_references(
+            store.load("BTC"), pair="BTC", spec=bundle.spec, load=store_loader(store, "1h")
+        )
+        frame = example_candles(candles, rows=ROWS, bundle=bundle)
+        payload = {"dataframe_split": frame.to_dict(orient="split", index=False)}
         with mlflow_models_serve(
             f"models:/BTC-{kind}@production", env=trained.env, cwd=trained.root
         ) as url:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pipelines.features.catalog import FeatureGroup
 from pipelines.features.groups.calendar import calendar
+from pipelines.features.groups.cross import cross_pair
 from pipelines.features.groups.higher_timeframe import higher_timeframes
 from pipelines.features.groups.momentum import cci, rsi, stochastic, williams_r
 from pipelines.features.groups.price import candle_shape, realised_volatility, returns
@@ -48,4 +49,5 @@ FEATURE_SET_GROUPS: dict[str, tuple[FeatureGroup, ...]] = {
     "default": GROUPS,
     "extended": (*GROUPS, higher_timeframes),
     "raw": (raw_candles,),
+    "cross": (*GROUPS, cross_pair),
 }

@@ -140,7 +140,7 @@ def test_default_set_keeps_its_names_version_and_params() -> None:
 
 
 def test_feature_sets_are_named_and_each_has_its_groups() -> None:
-    assert FEATURE_SETS == ("default", "extended", "raw")
+    assert FEATURE_SETS == ("default", "extended", "raw", "cross")
     assert tuple(FEATURE_SET_GROUPS) == FEATURE_SETS
 
 
