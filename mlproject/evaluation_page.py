@@ -24,30 +24,32 @@ from typing import Any
 
 import numpy as np
 
-from mlproject.evaluate import (
-    ENSEMBLE_WORDS,
-    INTERVAL_WORDS,
-    MODEL,
+from mlproject.evaluate import report_label
+from mlproject.evaluation_records import (
     FoldReport,
     FoldRows,
     Key,
     SeedSummary,
-    calibration_line,
     concatenated,
-    difference,
     ensemble,
-    figure,
     fold_reports,
-    folds_got_text,
     record_rows,
-    report_label,
+    summaries_of,
+)
+from mlproject.evaluation_text import (
+    ENSEMBLE_WORDS,
+    INTERVAL_WORDS,
+    calibration_line,
+    difference,
+    figure,
+    folds_got_text,
     seed_sd,
     seed_table,
     span,
-    summaries_of,
     summary_table,
     verdict_table,
 )
+from mlproject.scoring import MODEL
 from pipelines.features.params import DEFAULT_SET
 from pipelines.lifecycle.intervals import PairedVerdict, paired_interval
 from pipelines.lifecycle.scores import log_losses

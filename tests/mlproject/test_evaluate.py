@@ -18,24 +18,21 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from mlproject.baselines import Prediction
-from mlproject.evaluate import (
+from mlproject.evaluate import EvaluationPlan, ResumeError, evaluate, report_document
+from mlproject.evaluation_page import combine_reports
+from mlproject.evaluation_records import (
     PREDICTORS,
-    EvaluationPlan,
     FoldReport,
     FoldRows,
-    ResumeError,
     ensemble,
-    evaluate,
     fold_report,
     kept,
     record_rows,
-    render_markdown,
-    report_document,
     rows_record,
     summaries_of,
     summarise,
 )
-from mlproject.evaluation_page import combine_reports
+from mlproject.evaluation_text import render_markdown
 from mlproject.scoring import score
 from pipelines.lifecycle.intervals import paired_interval
 from pipelines.lifecycle.scores import log_loss, log_losses

@@ -17,16 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mlproject.baselines import Prediction
-from mlproject.evaluate import (
-    EvaluationPlan,
-    FoldReport,
-    FoldRows,
-    Key,
-    Progress,
-    fold_report,
-    kept,
-    progress_document,
-)
+from mlproject.evaluate import EvaluationPlan, Progress, progress_document
 from mlproject.evaluation_page import (
     POOLED,
     Forecaster,
@@ -37,6 +28,7 @@ from mlproject.evaluation_page import (
     pooled_over_pairs,
     select,
 )
+from mlproject.evaluation_records import FoldReport, FoldRows, Key, fold_report, kept
 from mlproject.scoring import score
 from pipelines.lifecycle.intervals import paired_interval
 from pipelines.lifecycle.scores import log_losses
