@@ -153,7 +153,7 @@ class Settings(BaseSettings):
         None, validation_alias="ML_FEATURE_SET"
     )
     cross_anchor: str = Field(
-        "BTC", pattern=r"^[A-Z0-9]{1,20}$", validation_alias="ML_CROSS_ANCHOR"
+        "BTC", pattern=r"^[A-Z0-9]{2,12}$", validation_alias="ML_CROSS_ANCHOR"
     )
     # The model types served (one per pair and type, each bootstrapped and retrained); the first
     # answers a request that names none. LightGBM is what the walk-forward evaluation chose
@@ -253,6 +253,17 @@ class Settings(BaseSettings):
     # Probability calibration on the validation rows (`pipelines.calibration`): none,
     # temperature or platt; one asked for is kept only when it helps on held validation rows.
     calibration: CalibrationMode = Field("none", validation_alias="ML_CALIBRATION")
+
+    @field_validator("cross_anchor", mode="before")
+    @classmethod
+    def _anchor_symbol(cls, value: object) -> object:
+        # `btc` and `BTC/USDT` name BTC, as a pair does everywhere else.
+        if isinstance(value, str):
+            text = value.strip().upper()
+            for sep in ("/", "-", "_"):
+                text = text.split(sep, 1)[0]
+            return text
+        return value
 
     @field_validator("feature_set", mode="before")
     @classmethod

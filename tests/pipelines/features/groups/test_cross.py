@@ -229,5 +229,6 @@ def test_each_type_trains_on_its_evaluated_set_unless_ml_feature_set_says_otherw
     assert forced.feature_set_for("lightgbm") == forced.feature_set_for("lstm") == "raw"
     with pytest.raises(ValidationError, match="'default', 'extended', 'raw' or 'cross'"):
         Settings(_env_file=None, feature_set="fancy")
-    with pytest.raises(ValidationError, match="ML_CROSS_ANCHOR|cross_anchor"):
-        Settings(_env_file=None, cross_anchor="btc/usdt")
+    assert Settings(_env_file=None, cross_anchor=" eth/usdt").cross_anchor == "ETH"
+    with pytest.raises(ValidationError, match=r"ML_CROSS_ANCHOR|cross_anchor"):
+        Settings(_env_file=None, cross_anchor="BT C")
