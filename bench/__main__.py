@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
-import sys
 import time
 
 # Each module exposes `run() -> str` (a markdown table) and runs alone with `python -m`.
@@ -22,7 +22,17 @@ BENCHMARKS: tuple[str, ...] = (
 )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Run every benchmark in bench/ in order (what `make bench` does) and print "
+        "its markdown table: each times our code beside a named peer, in the same run, as "
+        "ratios. Each takes its settings from its environment variables.",
+        epilog="Benchmarks, in order: "
+        + ", ".join(BENCHMARKS)
+        + ". Run one alone with `python -m bench.<name>` (`--help` for its options).",
+    )
+    parser.parse_args(argv)
     for name in BENCHMARKS:
         started = time.perf_counter()
         module = importlib.import_module(name)
@@ -32,4 +42,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -9,11 +9,12 @@ Two cases, both on a pair's full bundled history (BTC by default, `BENCH_PAIR` t
 The `ta` side builds the same 69 named columns: ta's indicator classes where ta has one, pandas
 for the rest (returns, realised volatility, candle shape, volume ratio, calendar). Parabolic SAR
 is a per-row Python loop in ta and dominates its time, so each case is also shown without it.
-Run alone with `python -m bench.features`.
+Run alone with `python -m bench.features` (`--help` for the options).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
@@ -134,9 +135,11 @@ def _ms(value: float) -> str:
     return f"{value:,.2f} ms" if value < 10 else f"{value:,.0f} ms"
 
 
-def run() -> str:
-    """Time both sides in this run and return the markdown table with its notes."""
-    pair = os.environ.get("BENCH_PAIR", "BTC")
+def run(*, pair: str | None = None) -> str:
+    """Time both sides in this run and return the markdown table with its notes (`pair`
+    defaults to `BENCH_PAIR`, else BTC)."""
+    if pair is None:
+        pair = os.environ.get("BENCH_PAIR", "BTC")
     candles = CandleStore.from_settings(get_settings()).load(pair)
     spec = default_spec()
     recent = candles.iloc[-(spec.lookback + ROWS) :]
@@ -188,5 +191,22 @@ def run() -> str:
     return "\n".join(lines)
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.features",
+        description="Time of the feature pipeline (TA-Lib) against the pure-pandas `ta` library "
+        "computing the same indicators, on a pair's full bundled history (what training does) "
+        "and on its newest 60 rows (what the prediction service does), as ratios.",
+    )
+    parser.add_argument(
+        "--pair",
+        default=os.environ.get("BENCH_PAIR", "BTC"),
+        help="bundled pair whose history is read (BENCH_PAIR; default %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    print(run(pair=args.pair))
+    return 0
+
+
 if __name__ == "__main__":
-    print(run())
+    raise SystemExit(main())

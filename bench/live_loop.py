@@ -19,11 +19,12 @@ For each of `BENCH_LIVE_CANDLES` candles (after a warm-up), times on this machin
   connection, and one request to the HTTP floor (a FastAPI app answering a constant, as
   `bench.predict_latency` runs it) on its own keep-alive connection, in alternating order.
 
-Run alone with `python -m bench.live_loop`.
+Run alone with `python -m bench.live_loop` (`--help` for the options).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -450,8 +451,35 @@ def run() -> str:
     return _report(out, (before, os.getloadavg()[0]))
 
 
+def main(argv: list[str] | None = None) -> int:
+    global CANDLES, INTERVAL_S  # the options replace the module defaults
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--train"]:  # the training child, run by `_bench`: not an option
+        print(json.dumps(train_tiny(args[1])))
+        return 0
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.live_loop",
+        description="The live loop's latency, from a candle closing at a replay exchange to its "
+        "prediction on a WebSocket (the feed's part and the watcher's), and the request right "
+        "after each message against the HTTP floor (a FastAPI app answering a constant).",
+    )
+    parser.add_argument(
+        "--candles",
+        type=int,
+        default=CANDLES,
+        help="candles measured, after a warm-up (BENCH_LIVE_CANDLES; default %(default)s)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=INTERVAL_S,
+        help="seconds of wall time per replayed candle (BENCH_LIVE_INTERVAL; default %(default)s)",
+    )
+    options = parser.parse_args(args)
+    CANDLES, INTERVAL_S = options.candles, options.interval
+    print(run())
+    return 0
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--train"]:
-        print(json.dumps(train_tiny(sys.argv[2])))
-    else:
-        print(run())
+    raise SystemExit(main())

@@ -27,11 +27,12 @@ concurrent keep-alive connections for requests per second. Also: the
 service's RSS with the four pairs loaded, `mlflow models serve`'s RSS, and the time from
 spawning `tbml serve` to its first real (non-fallback) prediction, cold (bundles downloaded from
 the registry) and on restart (the local model copy). Run alone with
-`python -m bench.predict_latency`.
+`python -m bench.predict_latency` (`--help` for the options).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import json
@@ -609,10 +610,73 @@ def run() -> str:
     return _report(out, (before, os.getloadavg()[0]))
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--train"]:
+def main(argv: list[str] | None = None) -> int:
+    # The options replace the module defaults.
+    global TRAIN_ROWS, ROUNDS, REQUESTS, MAX_SECONDS, CLIENTS, RPS_SECONDS
+    args = sys.argv[1:] if argv is None else argv
+    # The children this bench (and bench.live_loop) runs: not options, and not in --help.
+    if args[:1] == ["--train"]:
         print(json.dumps(train_models()))
-    elif sys.argv[1:2] == ["--floor"]:
-        serve_floor(int(sys.argv[2]))
-    else:
-        print(run())
+        return 0
+    if args[:1] == ["--floor"]:
+        serve_floor(int(args[1]))
+        return 0
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.predict_latency",
+        description="Prediction latency (p50, p99) and requests per second of this service "
+        "(cached, uncached, cold) against `mlflow models serve` of the same registered version "
+        "and the HTTP floor (a FastAPI app answering a constant), with the servers' memory and "
+        "the service's time to its first prediction.",
+    )
+    parser.add_argument(
+        "--train-rows",
+        type=int,
+        default=TRAIN_ROWS,
+        help="newest candles each tiny model trains on "
+        "(BENCH_LATENCY_TRAIN_ROWS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=ROUNDS,
+        help="rounds over all servers (BENCH_LATENCY_ROUNDS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=REQUESTS,
+        help="sequential requests per round and server, at most "
+        "(BENCH_LATENCY_REQUESTS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=MAX_SECONDS,
+        help=f"seconds after which a slow server's series ends (with at least {MIN_REQUESTS} "
+        "requests) (BENCH_LATENCY_MAX_SECONDS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=CLIENTS,
+        help="concurrent keep-alive connections for requests per second "
+        "(BENCH_LATENCY_CLIENTS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--rps-seconds",
+        type=float,
+        default=RPS_SECONDS,
+        help="seconds of each requests-per-second window "
+        "(BENCH_LATENCY_RPS_SECONDS; default %(default)s)",
+    )
+    options = parser.parse_args(args)
+    if options.train_rows != TRAIN_ROWS:  # the training child reads it from the environment
+        os.environ["BENCH_LATENCY_TRAIN_ROWS"] = str(options.train_rows)
+    TRAIN_ROWS, ROUNDS, REQUESTS = options.train_rows, options.rounds, options.requests
+    MAX_SECONDS, CLIENTS, RPS_SECONDS = options.max_seconds, options.clients, options.rps_seconds
+    print(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,11 +11,13 @@ training:
 
 SQLite (the default store) always; PostgreSQL too when a server answers at
 ML_BENCH_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test), in a
-database created and dropped here. Run alone with `python -m bench.queue_ops`.
+database created and dropped here. Run alone with `python -m bench.queue_ops` (`--help` for the
+options).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import tempfile
@@ -197,5 +199,36 @@ def run() -> str:
     return header + "\n" + "\n".join(rows) + "\n" + skipped
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    global HISTORY, ROUNDS, POSTGRES_URL  # the options replace the module defaults
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.queue_ops",
+        description="Latency (p50, p99) of the training queue's enqueue, status and cancel on a "
+        "service database with a history of ended jobs, against the original service's claim "
+        f"of < {CLAIM_MS:.0f} ms per queue operation; on SQLite, and on PostgreSQL when a "
+        "server answers.",
+    )
+    parser.add_argument(
+        "--history", type=int, default=HISTORY, help="ended jobs seeded (default %(default)s)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=ROUNDS,
+        help=f"measured rounds of each operation, after {WARMUP} warm-up ones "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=POSTGRES_URL,
+        help="PostgreSQL server to measure too, skipped when none answers (default: "
+        "ML_BENCH_POSTGRES_URL, else postgresql+psycopg://postgres@127.0.0.1:5432/test)",
+    )
+    args = parser.parse_args(argv)
+    HISTORY, ROUNDS, POSTGRES_URL = args.history, args.rounds, args.postgres_url
     print(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,11 +6,13 @@ interpreter imports that module (the baseline: SQLAlchemy, numpy, pandas are the
 creates the reader (`MlflowReader` on the SQLite store, `RestReader` on the server) and makes
 its first `production("BTC-lstm")` call; it reports the seconds and the RSS growth of that
 first call, which for `MlflowReader` includes `import mlflow`. `BENCH_REGISTRY_REPEAT` fresh
-interpreters per reader; the table shows the median. Run alone: `python -m bench.registry_cost`.
+interpreters per reader; the table shows the median. Run alone: `python -m bench.registry_cost`
+(`--help` for the options).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -132,5 +134,26 @@ def run() -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    global REPEAT  # the option replaces the module default
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.registry_cost",
+        description="Seconds and memory of the serving side's first registry read in a fresh "
+        "interpreter: MLflow's client on the SQLite store (MlflowReader) against the REST API "
+        "of `mlflow server` on it (RestReader).",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=REPEAT,
+        help="fresh interpreters per reader, median shown "
+        "(BENCH_REGISTRY_REPEAT; default %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    REPEAT = args.repeat
     print(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

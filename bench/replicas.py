@@ -19,11 +19,13 @@ count; the rounds alternate which side goes first and the median is reported.
   window and queues a prediction-history row (written to the service database).
 
 CPU time of the replicas and of this process (the client) during the measured window is shown
-in cores, to say what the ratio is limited by. Run alone with `python -m bench.replicas`.
+in cores, to say what the ratio is limited by. Run alone with `python -m bench.replicas` (`--help`
+for the options).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -330,5 +332,44 @@ def run() -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    global CLIENTS, SECONDS, ROUNDS, POSTGRES_URL  # the options replace the module defaults
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.replicas",
+        description="Prediction throughput (requests/s) of two `tbml serve` replicas against one, "
+        "under the same client load, cached and uncached, with the CPU the replicas and the "
+        "client used.",
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=CLIENTS,
+        help="keep-alive connections of the client (BENCH_REPLICAS_CLIENTS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=SECONDS,
+        help="measured window of each round (BENCH_REPLICAS_SECONDS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=ROUNDS,
+        help="rounds of each side, median shown (BENCH_REPLICAS_ROUNDS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=POSTGRES_URL,
+        help="PostgreSQL server for the service database, else SQLite (default: "
+        "ML_BENCH_POSTGRES_URL, else postgresql+psycopg://postgres@127.0.0.1:5432/test)",
+    )
+    args = parser.parse_args(argv)
+    CLIENTS, SECONDS, ROUNDS = args.clients, args.seconds, args.rounds
+    POSTGRES_URL = args.postgres_url
     print(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

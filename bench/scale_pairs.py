@@ -26,11 +26,12 @@ version 1 is a copy of P001's (same logged model as source and run, same tags) w
   every 50 ms); for `FEED_CANDLES` candles, the time from the replay's release until every
   pair's ingested file holds the candle (a thread here `stat`s the files every 5 ms).
 
-Run alone with `python -m bench.scale_pairs`.
+Run alone with `python -m bench.scale_pairs` (`--help` for the options).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -472,10 +473,86 @@ def run() -> str:
     return _report(out, (before, os.getloadavg()[0]))
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    """`--sizes`: comma-separated pair counts, each 1..999."""
+    try:
+        sizes = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+    if not sizes or not all(1 <= n <= 999 for n in sizes):
+        raise argparse.ArgumentTypeError(f"pair counts must be 1..999, got {text!r}")
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    # The options replace the module defaults.
+    global SIZES, CACHED_REQUESTS, NEW_CANDLES, REFRESHES, FEED_CANDLES, INTERVAL_PER_PAIR_S
+    args = sys.argv[1:] if argv is None else argv
+    # The children this bench runs (`run_child`): not options, and not in --help.
+    if args[:1] == ["--prepare"]:
+        print(json.dumps(prepare_registry(pair_names(int(args[1])))))
+        return 0
+    if args[:1] == ["--refresh"]:
+        print(json.dumps(time_refresh(pair_names(int(args[1])), args[2])))
+        return 0
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.scale_pairs",
+        description="The service as the number of pairs grows (4, 25, 100 by default), one tiny "
+        "LSTM served per pair: memory, start to a real prediction of every pair, registry "
+        "refresh, cached requests and the first after a new candle, and the feed cycle, each "
+        "as a ratio to the first size, against the aims of at most 2x its memory at the "
+        "largest and at most linear growth.",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=",".join(map(str, SIZES)),
+        help="comma-separated pair counts (BENCH_SCALE_SIZES; default %(default)s)",
+    )
+    parser.add_argument(
+        "--cached-requests",
+        type=int,
+        default=CACHED_REQUESTS,
+        help=f"cached `GET /api/predictions` timed, at most (within {CACHED_MAX_S:g} s) "
+        "(BENCH_SCALE_REQUESTS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--new-candles",
+        type=int,
+        default=NEW_CANDLES,
+        help="new candles written, each followed by a timed request "
+        "(BENCH_SCALE_NEW_CANDLES; default %(default)s)",
+    )
+    parser.add_argument(
+        "--steady-refreshes",
+        type=int,
+        default=REFRESHES,
+        help="steady registry refreshes timed after the first "
+        "(BENCH_SCALE_REFRESHES; default %(default)s)",
+    )
+    parser.add_argument(
+        "--feed-candles",
+        type=int,
+        default=FEED_CANDLES,
+        help="replayed candles measured through the feed "
+        "(BENCH_SCALE_FEED_CANDLES; default %(default)s)",
+    )
+    parser.add_argument(
+        "--interval-per-pair",
+        type=float,
+        default=INTERVAL_PER_PAIR_S,
+        help=f"seconds per replayed candle and pair, at least {MIN_INTERVAL_S:g} s a candle "
+        "(BENCH_SCALE_INTERVAL_PER_PAIR; default %(default)s)",
+    )
+    options = parser.parse_args(args)
+    if options.steady_refreshes != REFRESHES:  # the `--refresh` child reads it from the env
+        os.environ["BENCH_SCALE_REFRESHES"] = str(options.steady_refreshes)
+    SIZES, CACHED_REQUESTS = options.sizes, options.cached_requests
+    NEW_CANDLES, REFRESHES = options.new_candles, options.steady_refreshes
+    FEED_CANDLES, INTERVAL_PER_PAIR_S = options.feed_candles, options.interval_per_pair
+    print(run())
+    return 0
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--prepare"]:
-        print(json.dumps(prepare_registry(pair_names(int(sys.argv[2])))))
-    elif sys.argv[1:2] == ["--refresh"]:
-        print(json.dumps(time_refresh(pair_names(int(sys.argv[2])), sys.argv[3])))
-    else:
-        print(run())
+    raise SystemExit(main())

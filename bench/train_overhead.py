@@ -13,11 +13,12 @@ so that peak memory (max RSS of the process tree) is its own.
 - bare: `model.fit(x, y, validation_data=..., epochs, batch_size)` with no callbacks, seeds
   or determinism, on arrays built by the same code.
 
-Run alone with `python -m bench.train_overhead`.
+Run alone with `python -m bench.train_overhead` (`--help` for the options).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -211,8 +212,49 @@ def run() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    if sys.argv[1:] == ["--bare"]:
+def main(argv: list[str] | None = None) -> int:
+    global PAIR, EPOCHS, ROWS, ROUNDS  # the options replace the module defaults
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--bare"]:  # the bare side's child, run by `_bare`: not an option
         print(json.dumps(bare_fit()))
-    else:
-        print(run())
+        return 0
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.train_overhead",
+        description="What the platform adds to training: `mlflow run -e train` against a bare "
+        "Keras `fit` of the same model on the same arrays, each in its own process: time per "
+        "epoch, the whole process and peak memory, as ratios.",
+    )
+    parser.add_argument(
+        "--pair", default=PAIR, help="bundled pair to train on (BENCH_PAIR; default %(default)s)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=EPOCHS, help="epochs (BENCH_EPOCHS; default %(default)s)"
+    )
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=ROWS,
+        help="newest candles to use, 0 for all (BENCH_TRAIN_ROWS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=ROUNDS,
+        help="rounds of both sides, medians shown (BENCH_ROUNDS; default %(default)s)",
+    )
+    options = parser.parse_args(args)
+    # The bare side's child reads the pair, epochs and rows from the environment at import.
+    for name, value, default in (
+        ("BENCH_PAIR", options.pair, PAIR),
+        ("BENCH_EPOCHS", options.epochs, EPOCHS),
+        ("BENCH_TRAIN_ROWS", options.rows, ROWS),
+    ):
+        if value != default:
+            os.environ[name] = str(value)
+    PAIR, EPOCHS, ROWS, ROUNDS = options.pair, options.epochs, options.rows, options.rounds
+    print(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
