@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pipelines.redact import redact
-from pipelines.settings import PROJECT_ROOT, TABULAR_TYPES, Settings
+from pipelines.settings import NETWORK_TYPES, PROJECT_ROOT, TABULAR_TYPES, Settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -290,8 +290,14 @@ def _shown(path: Path) -> str:
 class _Reporter:
     """Prints a line per epoch and per stage; on a terminal also a ticking elapsed time."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, *, network: bool = True) -> None:
         self.label = label
+        # What the child does before its first epoch: a network also starts TensorFlow.
+        self.starting = (
+            "loading candles, features, starting TensorFlow"
+            if network
+            else "loading candles, features, fitting"
+        )
         self.stage = ""
         self.epochs_shown = 0
         self.live = sys.stderr.isatty()
@@ -304,7 +310,7 @@ class _Reporter:
             self.line(f"{self.label}  queued{behind}  {clock}")
             changed = True
         if progress.stage == "starting" and self.stage in ("", "queued"):
-            self.line(f"{self.label}  loading candles, features, starting TensorFlow  {clock}")
+            self.line(f"{self.label}  {self.starting}  {clock}")
             changed = True
         # A poll may find several new epochs (or the end of the fit) at once: show each.
         for number, metrics in enumerate(progress.history, start=1):
@@ -374,7 +380,7 @@ def _train_missing(settings: Settings, missing: list[tuple[str, str]]) -> list[T
             zip(missing, job_ids, strict=True), start=1
         ):
             label = f"[{index}/{len(missing)}] {registered_model_name(pair, model_type)}"
-            reporter = _Reporter(label)
+            reporter = _Reporter(label, network=model_type in NETWORK_TYPES)
             try:
                 result = watch_job(settings, queue, job_id, on_progress=reporter)
             except KeyboardInterrupt:
