@@ -53,7 +53,7 @@ from mlproject.scoring import MODEL
 from pipelines.features.params import DEFAULT_SET
 from pipelines.lifecycle.intervals import PairedVerdict, paired_interval
 from pipelines.lifecycle.scores import log_losses
-from pipelines.settings import NETWORK_TYPES
+from pipelines.settings import EVALUATED_FEATURE_SETS, NETWORK_TYPES
 
 POOLED = "pooled"
 REFERENCE = "logistic"  # the baseline a choice must be confirmed against
@@ -608,7 +608,9 @@ def _command(a: ArchitectureReport) -> str:
     )
     if plan["max_rows"]:
         command += f" --max-rows {plan['max_rows']}"
-    if features != DEFAULT_SET:
+    # Named whenever it is not what the command would choose by itself (the type's evaluated
+    # set, or the default).
+    if features != DEFAULT_SET or plan["model_type"] in EVALUATED_FEATURE_SETS:
         command += f" --feature-set {features}"
     return command
 
