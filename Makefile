@@ -13,9 +13,13 @@ PAIR ?= BTC
 CHROMIUM ?= /usr/bin/chromium
 UI_PORT ?= 5000
 DEMO_INTERVAL ?= 3
+BACKTEST_PAIRS ?= BTC
+BACKTEST_MODEL ?= lightgbm
+BACKTEST_START ?= 2023-01-01
+BACKTEST_END ?= 2023-12-30
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install browser run demo test test-fast lint audit format bench ui train migrate lock clean
+.PHONY: help install browser run demo backtest test test-fast lint audit format bench ui train migrate lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,6 +48,10 @@ run: install ## Set up everything, train the bundled pairs if the registry is em
 
 demo: install ## The whole loop offline: a replay exchange releases a real candle every DEMO_INTERVAL s
 	$(VENV)/bin/tbml demo --interval $(DEMO_INTERVAL)
+
+backtest: install ## Replay the lifecycle over past candles with fees (BACKTEST_PAIRS=BTC, _START, _END, _MODEL)
+	$(VENV)/bin/tbml backtest --pairs $(BACKTEST_PAIRS) --model-type $(BACKTEST_MODEL) \
+		--start $(BACKTEST_START) --end $(BACKTEST_END)
 
 train: install ## Train one pair fully, register it, apply the promotion gate (PAIR=BTC)
 	$(VENV)/bin/tbml train --pair $(PAIR)

@@ -19,6 +19,7 @@ BENCHMARKS: tuple[str, ...] = (
     "bench.scale_pairs",
     "bench.drift_alarms",
     "bench.verdict_coverage",
+    "bench.magnitude",
 )
 
 

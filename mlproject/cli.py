@@ -371,7 +371,7 @@ def promote(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `train`, `evaluate` and `promote` to `tbml`."""
+    """Add `train`, `evaluate`, `promote` and `backtest` to `tbml`."""
     app.command(
         "train",
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
@@ -379,6 +379,9 @@ def register(app: typer.Typer) -> None:
     )(train)
     app.command("evaluate")(evaluate)
     app.command("promote")(promote)
+    from mlproject.backtest_cli import backtest
+
+    app.command("backtest")(backtest)
 
 
 def _standalone() -> typer.Typer:

@@ -37,6 +37,9 @@ class TrainConfig:
     data_dir: Path | None = None
     # pipelines.features.spec.FEATURE_SETS; None = the settings' (ML_FEATURE_SET).
     feature_set: str | None = None
+    # The newest candle the training may read (ISO 8601 UTC, as `tbml backtest` trains "as of"
+    # an hour); None = every candle the store holds.
+    until: str | None = None
     register: bool = True
     promote: bool = True
 
@@ -48,6 +51,8 @@ class TrainConfig:
                 f"unknown feature set {self.feature_set!r}: allowed feature sets are "
                 f"{', '.join(FEATURE_SETS)}"
             )
+        if self.until is not None:
+            object.__setattr__(self, "until", _utc_text(self.until))
         for name, param in PARAMS.items():
             try:
                 object.__setattr__(self, name, param.check(getattr(self, name)))
@@ -77,4 +82,22 @@ class TrainConfig:
         values = asdict(self)
         values["data_dir"] = str(self.data_dir) if self.data_dir is not None else ""
         values["feature_set"] = self.feature_set or ""
+        values["until"] = self.until or ""
         return values
+
+
+def _utc_text(value: object) -> str:
+    """`value` (a time) as ISO 8601 UTC text; the error names the value and the form allowed."""
+    import pandas as pd
+
+    try:
+        moment = pd.Timestamp(value)  # type: ignore[arg-type]
+        valid = not pd.isna(moment)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(
+            f"until must be a time such as 2023-06-01T00:00Z (ISO 8601), got {value!r}"
+        )
+    moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
+    return str(moment.isoformat())

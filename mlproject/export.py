@@ -1,6 +1,7 @@
 """The bundle of a training: a Keras model exported to ONNX (checked against Keras) or a tabular
 model's head (checked against the fitted model), both before anything is logged, and the
-logistic baseline that ships beside it."""
+logistic baseline and the magnitude head (`mlproject.magnitude_fit.fit_head`) that ship beside
+it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pipelines.calibration import Calibrator
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import FeatureSpec
 from pipelines.heads import HEAD_FILE
+from pipelines.magnitude import MagnitudeHead
 from pipelines.modelbundle import MODEL_FILE, LogisticBaseline, ModelBundle
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ def export_bundle(
     check_windows: np.ndarray,
     calibrator: Calibrator | None = None,
     baseline: LogisticBaseline | None = None,
+    magnitude: MagnitudeHead | None = None,
 ) -> tuple[ModelBundle, float]:
     """Export `model` to `directory/model.onnx`, save the bundle there, compare outputs.
 
@@ -62,6 +65,7 @@ def export_bundle(
             The check compares the uncalibrated outputs: the calibrator is the same numpy
             code whichever model feeds it.
         baseline: the logistic baseline shipped in the bundle (`logistic_baseline`).
+        magnitude: the magnitude head shipped in the bundle.
 
     Returns:
         The bundle and the largest absolute difference between the two on `check_windows`.
@@ -76,6 +80,7 @@ def export_bundle(
         metadata=dict(metadata),
         calibrator=calibrator if calibrator is not None else Calibrator(),
         baseline=baseline,
+        magnitude=magnitude,
     )
     bundle.save(directory)
     keras_out = np.asarray(model.predict(check_windows, batch_size=1024, verbose=0)).reshape(-1)
@@ -100,6 +105,7 @@ def export_head_bundle(
     check_windows: np.ndarray,
     calibrator: Calibrator | None = None,
     baseline: LogisticBaseline | None = None,
+    magnitude: MagnitudeHead | None = None,
 ) -> tuple[ModelBundle, float]:
     """Save a tabular model's bundle (`head.json` and its files) to `directory`, reload it and
     compare: the reloaded head must give the fitted model's outputs on `check_windows` (scaled,
@@ -117,6 +123,7 @@ def export_head_bundle(
         metadata=dict(metadata),
         calibrator=calibrator if calibrator is not None else Calibrator(),
         baseline=baseline,
+        magnitude=magnitude,
     ).save(directory)
     bundle = ModelBundle.load(directory)
     assert bundle.head is not None  # head.json was just written

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -172,6 +173,44 @@ def gate_tags(decision: GateDecision) -> dict[str, str]:
     return tags
 
 
+def judge(
+    *,
+    version: str,
+    challenger: ModelBundle,
+    production: tuple[str, ModelBundle] | None,
+    candles: pd.DataFrame,
+    settings: Settings,
+) -> GateDecision:
+    """The gate's decision for bundles already loaded, applying nothing: what `apply_gate` would
+    decide for `challenger` (registered as `version`) against `production` (its version and
+    bundle; None without one). `tbml backtest` gates its in-memory versions with it."""
+    current = None if production is None else production[0]
+    inputs = _inputs(version=version, current=current, settings=settings, force=False)
+    gathered = _score(
+        inputs,
+        challenger,
+        incumbent=None if production is None else (lambda: production[1]),
+        candles=candles,
+        metric=settings.promotion_metric,
+        label=f"version {version}",
+    )
+    return _decision(decide(gathered.inputs), gathered, metric=settings.promotion_metric)
+
+
+def _inputs(*, version: str, current: str | None, settings: Settings, force: bool) -> GateInputs:
+    loss: Loss = "brier" if settings.promotion_metric == "brier" else "log_loss"
+    return GateInputs(
+        version=version,
+        production=current,
+        challenger_proof=UNPROVEN,
+        force=force,
+        min_rows=settings.gate_min_rows,
+        margin=settings.promotion_margin,
+        mode=settings.promotion_mode,
+        loss=loss,
+    )
+
+
 def _gather(
     client: MlflowClient,
     *,
@@ -183,18 +222,8 @@ def _gather(
     force: bool,
 ) -> _Gathered:
     """Everything `decide` reads: both bundles scored where they can be, and the settings."""
-    loss: Loss = "brier" if settings.promotion_metric == "brier" else "log_loss"
     current = production_version(client, name=name)
-    inputs = GateInputs(
-        version=version,
-        production=current,
-        challenger_proof=UNPROVEN,
-        force=force,
-        min_rows=settings.gate_min_rows,
-        margin=settings.promotion_margin,
-        mode=settings.promotion_mode,
-        loss=loss,
-    )
+    inputs = _inputs(version=version, current=current, settings=settings, force=force)
     try:
         challenger = download_bundle(client, name=name, version=version, dst=workdir / "new")
     except Exception as exc:
@@ -202,8 +231,35 @@ def _gather(
             raise  # the operator is told, and nothing unloadable becomes production
         problem = f"its bundle cannot be downloaded or loaded ({describe_error(exc)})"
         return _Gathered(replace(inputs, challenger_problem=problem), note="")
+
+    def incumbent() -> ModelBundle:
+        assert current is not None
+        return _load_incumbent(client, name=name, version=current, dst=workdir / "current")
+
+    return _score(
+        inputs,
+        challenger,
+        incumbent=incumbent,
+        candles=candles,
+        metric=settings.promotion_metric,
+        label=f"{name} version {version}",
+    )
+
+
+def _score(
+    inputs: GateInputs,
+    challenger: ModelBundle,
+    *,
+    incumbent: Callable[[], ModelBundle] | None,
+    candles: pd.DataFrame,
+    metric: str,
+    label: str,
+) -> _Gathered:
+    """Both bundles scored where they can be: the challenger on its own test window, production
+    (loaded by `incumbent`, None without one) on the rows of it unseen by both."""
+    current = inputs.production
     proof = proof_of(challenger.metadata)
-    note = _baseline_note(challenger, settings.promotion_metric, proof)
+    note = _baseline_note(challenger, metric, proof)
     inputs = replace(inputs, challenger_proof=proof, challenger_horizon=challenger.horizon)
     try:
         ensure_compatible(challenger.spec)
@@ -213,35 +269,35 @@ def _gather(
     try:
         own = _score_own_window(challenger, candles)
     except Exception as exc:
-        logger.warning("%s version %s cannot be scored", name, version, exc_info=True)
+        logger.warning("%s cannot be scored", label, exc_info=True)
         problem = f"it cannot be scored on its own test window ({describe_error(exc)})"
         return _Gathered(replace(inputs, challenger_problem=problem), note=note)
     inputs = replace(inputs, window_rows=len(own.timestamps))
-    if current is None:
+    if current is None or incumbent is None:
         return _Gathered(inputs, note=note)
     try:
-        incumbent = _load_incumbent(client, name=name, version=current, dst=workdir / "current")
+        old_bundle = incumbent()
     except Exception as exc:
         logger.warning("production version %s cannot be scored", current, exc_info=exc)
         return _Gathered(replace(inputs, production_problem=describe_error(exc)), note=note)
-    learnt = (_fit_end(challenger), _fit_end(incumbent))
+    learnt = (_fit_end(challenger), _fit_end(old_bundle))
     rows = unseen_rows(own.timestamps, learnt_through=learnt)
     inputs = replace(
         inputs,
-        production_proof=proof_of(incumbent.metadata),
-        production_horizon=incumbent.horizon,
+        production_proof=proof_of(old_bundle.metadata),
+        production_horizon=old_bundle.horizon,
         seen_until=max((t for t in learnt if t is not None), default=None),
         differences=np.empty(0),
     )
-    if rows.empty or incumbent.horizon != challenger.horizon:
+    if rows.empty or old_bundle.horizon != challenger.horizon:
         return _Gathered(inputs, note=note)
     try:
-        old = score_bundle(incumbent, candles=candles, timestamps=rows, horizon=incumbent.horizon)
+        old = score_bundle(old_bundle, candles=candles, timestamps=rows, horizon=old_bundle.horizon)
     except Exception as exc:
         logger.warning("production version %s cannot be scored", current, exc_info=exc)
         return _Gathered(replace(inputs, production_problem=describe_error(exc)), note=note)
     new = _subset(own, rows)
-    differences = _row_losses(loss, new) - _row_losses(loss, old)
+    differences = _row_losses(inputs.loss, new) - _row_losses(inputs.loss, old)
     return _Gathered(replace(inputs, differences=differences), note=note, new=new, old=old)
 
 

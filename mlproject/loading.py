@@ -34,13 +34,20 @@ def load_candles(config: TrainConfig, *, settings: Settings) -> pd.DataFrame:
     of the configured cross-pair references attached (`ref_close_<PAIR>`) whatever the feature
     set, so the gate can score a production model of either kind on them."""
     store = candle_store(config, settings=settings)
-    candles = store.load(config.pair, settings.timeframe)
+    candles = known_by(store.load(config.pair, settings.timeframe), config.until)
     return attach_references(
         candles,
         pair=config.pair,
         references=settings_references(settings),
         load=store_loader(store, settings.timeframe),
     )
+
+
+def known_by(candles: pd.DataFrame, until: str | None) -> pd.DataFrame:
+    """The candles at or before `until` (all of them for None): what was known at that hour."""
+    if until is None:
+        return candles
+    return candles.loc[candles.index <= pd.Timestamp(until)]
 
 
 def settings_references(settings: Settings) -> tuple[str, ...]:

@@ -63,6 +63,7 @@ from mlproject.fold import (
 from mlproject.gate import GateDecision, apply_gate
 from mlproject.importance import log_importance, permutation_importance
 from mlproject.loading import candle_store, load_dataset, load_pool
+from mlproject.magnitude_fit import fit_head, score_splits
 from mlproject.scoring import MODEL, Scores
 from mlproject.summary import run_summary
 from mlproject.tabular import Pool, TabularModel, short_windows
@@ -80,6 +81,7 @@ from pipelines.calibration import (
     reliability_curve,
 )
 from pipelines.features.scaler import FeatureScaler
+from pipelines.magnitude import round_trip_threshold
 from pipelines.pairs import check_pair
 from pipelines.pyfunc_model import log_candle_model
 from pipelines.settings import TABULAR_TYPES, Settings
@@ -128,6 +130,8 @@ class TrainingOutcome:
     promotion: str
     reason: str
     decision: GateDecision | None
+    model_uri: str | None = None  # the run's logged pyfunc model (models:/m-...)
+    model_id: str | None = None
 
 
 def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
@@ -169,6 +173,12 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
             }
         )
         metadata = _metadata(config, dataset, split, result, settings, run_id, name)
+        # The magnitude head beside p(up): judged on the verdict's splits, shipped in the bundle.
+        move = score_splits(
+            dataset, splits, threshold=round_trip_threshold(settings.trading_fee), seed=config.seed
+        )
+        mlflow.log_metrics(move.metrics())
+        metadata["magnitude"] = move.metadata()
         refit = None
         if parts is not None:
             refit = _refit(dataset, config=config, held_out=result, parts=parts, pool=pool)
@@ -190,6 +200,7 @@ def train(config: TrainConfig, *, settings: Settings) -> TrainingOutcome:
             refit=refit is not None,
             feature_set_version=dataset.spec.version,
         )
+        outcome = dataclasses.replace(outcome, model_uri=model_uri, model_id=model_id)
         mlflow.set_tags(
             {
                 k: v
@@ -576,6 +587,9 @@ def _metadata(
         "trading": {k: b.metrics for k, b in scores.trading.items()},
         "buy_threshold": settings.buy_threshold,
         "sell_threshold": settings.sell_threshold,
+        # The magnitude gate of the signal (`pipelines.pyfunc_model.signal_rules` reads both).
+        "move_gate": settings.move_gate,
+        "move_threshold": settings.move_threshold,
         "trading_fee": settings.trading_fee,
         "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in config.params().items()},
         "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
@@ -618,6 +632,13 @@ def _log_artifacts(
     baseline = logistic_baseline(
         dataset, split.train if refit is None else refit.rows, scaler, seed=config.seed
     )
+    magnitude = fit_head(
+        dataset,
+        split.train if refit is None else refit.rows,
+        scaler,
+        threshold=float(metadata["magnitude"]["threshold"]),
+        seed=config.seed,
+    )
     test_index = sample_times(dataset, split.test)  # the scored rows: ties left out
     with tempfile.TemporaryDirectory(prefix="tbml-run-") as tmp:
         root = Path(tmp)
@@ -657,6 +678,7 @@ def _log_artifacts(
             "check_windows": check,
             "calibrator": result.calibrator if refit is None else refit.calibrator,
             "baseline": baseline,
+            "magnitude": magnitude,
         }
         if isinstance(model, TabularModel):
             bundle, diff = export_head_bundle(model, **exported)

@@ -20,6 +20,10 @@ through its bundle). Layout:
                         names, coefficients and intercept of a logistic regression on the
                         scaled features of each window's last step; optional (older versions
                         have none), scored in shadow beside every live prediction
+    magnitude.json      the magnitude head (`pipelines.magnitude.MagnitudeHead`): P(the move over
+                        the horizon clears the round-trip fee), a logistic regression on a HAR
+                        inside each raw window and a few scaled last-step features; optional
+                        (older versions have none, or a head on the scaled last step alone)
 
 Registered model names are `pipelines.tracking.registered_model_name(pair, model_type)`:
 `{PAIR}-{model_type}`, e.g. `BTC-lstm`, one registered model per pair and architecture.
@@ -43,6 +47,7 @@ from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import FeatureSpec
 from pipelines.features.windows import make_windows
 from pipelines.heads import HEAD_DATA_FILES, HEAD_FILE, Head, HeadError, load_head, save_head
+from pipelines.magnitude import MagnitudeHead
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -55,11 +60,19 @@ SPEC_FILE = "feature_spec.json"
 METADATA_FILE = "metadata.json"
 CALIBRATION_FILE = "calibration.json"
 BASELINE_FILE = "baseline.json"
+MAGNITUDE_FILE = "magnitude.json"
 # Every file a bundle may hold; all but the optional ones must be there, and one of the model
 # files (MODEL_FILE for a network, HEAD_FILE for the other types).
 REQUIRED_FILES = (SCALER_FILE, SPEC_FILE, METADATA_FILE)
 MODEL_FILES = (MODEL_FILE, HEAD_FILE)
-OPTIONAL_FILES = (MODEL_FILE, HEAD_FILE, *HEAD_DATA_FILES, CALIBRATION_FILE, BASELINE_FILE)
+OPTIONAL_FILES = (
+    MODEL_FILE,
+    HEAD_FILE,
+    *HEAD_DATA_FILES,
+    CALIBRATION_FILE,
+    BASELINE_FILE,
+    MAGNITUDE_FILE,
+)
 BUNDLE_FILES = (*REQUIRED_FILES, *OPTIONAL_FILES)
 
 
@@ -128,6 +141,7 @@ class ModelBundle:
     calibrator: Calibrator = field(default_factory=Calibrator)
     baseline: LogisticBaseline | None = None
     head: Head | None = None
+    magnitude: MagnitudeHead | None = None
     _session: Any = field(default=None, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -168,6 +182,9 @@ class ModelBundle:
         if self.baseline is not None:
             text = json.dumps(self.baseline.to_dict(), indent=2, allow_nan=False)
             (directory / BASELINE_FILE).write_text(text + "\n")
+        if self.magnitude is not None:
+            text = json.dumps(self.magnitude.to_dict(), indent=2, allow_nan=False)
+            (directory / MAGNITUDE_FILE).write_text(text + "\n")
         return directory
 
     @classmethod
@@ -200,6 +217,12 @@ class ModelBundle:
             metadata=metadata,
             calibrator=_load_calibrator(directory),
             baseline=_load_baseline(directory, names=spec.names),
+            magnitude=_load_magnitude(
+                directory,
+                names=spec.names,
+                horizon=int(metadata["horizon"]),
+                sequence_length=int(metadata["sequence_length"]),
+            ),
         )
 
     def windows(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
@@ -253,13 +276,27 @@ class ModelBundle:
         n_features): the last step, scaled with the bundle's scaler. None without a baseline."""
         if self.baseline is None:
             return None
+        return self.baseline.proba(self.scaler.transform(self._checked(windows)[:, -1, :]))
+
+    def move_proba(self, windows: np.ndarray) -> np.ndarray | None:
+        """The magnitude head's P(the move over the horizon clears its threshold) for each raw
+        window (n, sequence_length, n_features): its inputs come from the raw window and from
+        the last step scaled with the bundle's scaler. None for a bundle without a magnitude
+        head."""
+        if self.magnitude is None:
+            return None
+        data = self._checked(windows)
+        return self.magnitude.proba(data, self.scaler.transform(data[:, -1, :]))
+
+    def _checked(self, windows: np.ndarray) -> np.ndarray:
+        """Raw windows of the bundle's shape (n, sequence_length, n_features)."""
         data = np.asarray(windows)
         expected = (self.sequence_length, len(self.spec.names))
         if data.ndim != 3 or data.shape[1:] != expected:
             raise BundleError(
                 f"expected windows of shape (n, {expected[0]}, {expected[1]}), got {data.shape}"
             )
-        return self.baseline.proba(self.scaler.transform(data[:, -1, :]))
+        return data
 
     def _get_session(self) -> Any:
         with self._lock:
@@ -334,6 +371,36 @@ def _load_baseline(directory: Path, *, names: tuple[str, ...]) -> LogisticBaseli
     if baseline.names != names:
         raise BundleError(f"bundle {directory}: the baseline's features differ from the spec's")
     return baseline
+
+
+def _load_magnitude(
+    directory: Path, *, names: tuple[str, ...], horizon: int, sequence_length: int
+) -> MagnitudeHead | None:
+    """The bundle's magnitude head; None for a bundle saved before magnitude heads shipped.
+    Its features must be the spec's, its horizon the metadata's, and its spans must fit in a
+    window."""
+    path = directory / MAGNITUDE_FILE
+    if not path.is_file():
+        return None
+    try:
+        head = MagnitudeHead.from_dict(json.loads(path.read_text()))
+    except ValueError as exc:  # MagnitudeError and JSONDecodeError
+        raise BundleError(f"bundle {directory}: {MAGNITUDE_FILE} is invalid: {exc}") from exc
+    if head.names != names:
+        raise BundleError(
+            f"bundle {directory}: the features of {MAGNITUDE_FILE} differ from the spec's"
+        )
+    if head.horizon != horizon:
+        raise BundleError(
+            f"bundle {directory}: {MAGNITUDE_FILE} forecasts {head.horizon} candles ahead, the "
+            f"bundle's horizon is {horizon}"
+        )
+    if head.window_length > sequence_length:
+        raise BundleError(
+            f"bundle {directory}: {MAGNITUDE_FILE} reads {head.window_length} steps of each "
+            f"window, the bundle's windows hold {sequence_length}"
+        )
+    return head
 
 
 def _strict(value: Any) -> Any:

@@ -11,10 +11,14 @@ no settings, candle store, tracking or database module.
 Contract (docs/model-format.md): the input DataFrame is ONE candle history of the model's
 pair, oldest first, columns `timestamp` (ISO 8601 text, or epoch milliseconds), `open`, `high`,
 `low`, `close`, `volume`; the output is one row for its newest candle: `candle_time`,
-`probability` (of "up", full precision) and the service's `prediction`, `confidence`,
-`direction`, `signal`, `modelType`, plus `unproven`. A model of the `cross` feature set also
-reads a `ref_close_<PAIR>` column per reference pair (the spec's `reference_pairs`): that
-pair's close as of each row's time, empty (NaN) before its first candle. At least
+`probability` (of "up", full precision), `move` (the magnitude head's probability that the
+move over the horizon clears the round-trip fee, `pipelines.magnitude`; NaN for a version that
+ships no magnitude head) and the service's `prediction`, `confidence`, `direction`, `signal`,
+`modelType`, plus `unproven`. The signal is decided as the service decides it
+(`pipelines.lifecycle.signal.served_signal`), with the thresholds and the magnitude gate
+recorded in the metadata at training (`signal_rules`). A model of the `cross` feature set also
+reads a `ref_close_<PAIR>` column per reference pair (the spec's `reference_pairs`): that pair's
+close as of each row's time, empty (NaN) before its first candle. At least
 `spec.warmup + sequence_length` candles are needed; with `spec.lookback + sequence_length` or
 more the probability equals the service's exactly (the service reads that many).
 """
@@ -37,9 +41,11 @@ from pipelines.features.compute import CANDLE_COLUMNS, latest_features
 from pipelines.features.groups.cross import reference_column
 from pipelines.features.spec import reference_pairs
 from pipelines.heads import HEAD_DATA_FILES, HEAD_FILE
+from pipelines.lifecycle.signal import SignalRules, served_signal
 from pipelines.modelbundle import (
     BASELINE_FILE,
     CALIBRATION_FILE,
+    MAGNITUDE_FILE,
     METADATA_FILE,
     MODEL_FILE,
     SCALER_FILE,
@@ -62,6 +68,7 @@ ARTIFACT_KEYS = {
     "metadata": METADATA_FILE,
     "calibration": CALIBRATION_FILE,
     "baseline": BASELINE_FILE,
+    "magnitude": MAGNITUDE_FILE,
     "head": HEAD_FILE,
     **{f"head_{Path(file).stem.replace('-', '_')}": file for file in HEAD_DATA_FILES},
 }
@@ -148,7 +155,8 @@ def candle_frame(model_input: pd.DataFrame, bundle: ModelBundle | None = None) -
 
 
 def predict_newest(bundle: ModelBundle, model_input: pd.DataFrame) -> pd.DataFrame:
-    """One row for the newest candle of `model_input`: its probability of "up" and signal."""
+    """One row for the newest candle of `model_input`: its probability of "up" and signal, and
+    the probability that its move clears the fees (`move`, NaN without a magnitude head)."""
     candles = candle_frame(model_input, bundle)
     length = bundle.sequence_length
     needed = minimum_candles(bundle)
@@ -164,24 +172,55 @@ def predict_newest(bundle: ModelBundle, model_input: pd.DataFrame) -> pd.DataFra
             f"{exact_candles(bundle)} for exactly the service's value"
         )
     probability = float(bundle.predict_proba(rows[np.newaxis, :, :])[0])
-    metadata = bundle.metadata
-    missing = [k for k in ("buy_threshold", "sell_threshold") if k not in metadata]
-    if missing:
-        raise BundleError(f"the model's metadata lacks {', '.join(missing)}")
+    moves = bundle.move_proba(rows[np.newaxis, :, :])
+    move = float(moves[0]) if moves is not None else None
+    rules = signal_rules(bundle.metadata)
+    decided = served_signal(probability, rules=rules, unproven=not bundle.beats_baseline, move=move)
     described = describe_probability(
         probability,
-        model_type=str(metadata["model_type"]),
-        buy_threshold=float(metadata["buy_threshold"]),
-        sell_threshold=float(metadata["sell_threshold"]),
-        hold_only=not bundle.beats_baseline,
+        model_type=str(bundle.metadata["model_type"]),
+        buy_threshold=rules.buy_threshold,
+        sell_threshold=rules.sell_threshold,
+        move=move,
+        signal=decided.signal,
     )
     row = {
         "candle_time": candles.index[-1].isoformat(),
         "probability": probability,
         **described,
+        # Full precision and NaN without a head, as `probability`: set after `described`,
+        # whose own display fields come rounded.
+        "move": float("nan") if move is None else move,
         "unproven": not bundle.beats_baseline,
     }
     return pd.DataFrame([row])
+
+
+def signal_rules(metadata: dict[str, Any]) -> SignalRules:
+    """The signal rules recorded at training: the thresholds and the magnitude gate (on at 0.5,
+    `SignalRules`' defaults, for a version trained before the gate was recorded). Its other
+    rules keep their defaults: an unproven version is held, and staleness is for the service,
+    which knows the clock, to judge."""
+    missing = [k for k in ("buy_threshold", "sell_threshold") if k not in metadata]
+    if missing:
+        raise BundleError(f"the model's metadata lacks {', '.join(missing)}")
+    gate: dict[str, Any] = {}
+    if "move_gate" in metadata:
+        if not isinstance(metadata["move_gate"], bool):
+            raise BundleError(
+                f"the metadata's move_gate must be true or false, got {metadata['move_gate']!r}"
+            )
+        gate["move_gate"] = metadata["move_gate"]
+    try:
+        if "move_threshold" in metadata:
+            gate["move_threshold"] = float(metadata["move_threshold"])
+        return SignalRules(
+            buy_threshold=float(metadata["buy_threshold"]),
+            sell_threshold=float(metadata["sell_threshold"]),
+            **gate,
+        )
+    except ValueError as exc:
+        raise BundleError(f"the model's metadata holds invalid signal rules: {exc}") from exc
 
 
 def example_candles(

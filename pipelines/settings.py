@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipelines.calibration import Mode as CalibrationMode
 from pipelines.calibration import check_mode
+from pipelines.lifecycle.signal import SignalRules
 from pipelines.training_params import PARAMS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -173,6 +174,11 @@ class Settings(BaseSettings):
     max_rows: int = Field(0, validation_alias="ML_MAX_ROWS", **_bounds("max_rows"))
     buy_threshold: float = Field(0.6, gt=0.5, lt=1.0, validation_alias="ML_BUY_THRESHOLD")
     sell_threshold: float = Field(0.4, gt=0.0, lt=0.5, validation_alias="ML_SELL_THRESHOLD")
+    # BUY or SELL only when the version's magnitude forecast (the probability that the next
+    # move clears the round-trip fee, 2 x ML_TRADING_FEE) is at least ML_MOVE_THRESHOLD
+    # (pipelines.lifecycle.signal); a version without one is not held for it.
+    move_gate: bool = Field(True, validation_alias="ML_MOVE_GATE")
+    move_threshold: float = Field(0.5, ge=0.0, le=1.0, validation_alias="ML_MOVE_THRESHOLD")
 
     # --- MLflow -------------------------------------------------------------------------------
     tracking_uri: str = Field(
@@ -216,7 +222,9 @@ class Settings(BaseSettings):
         0.15, gt=0, lt=0.5, validation_alias="ML_VALIDATION_FRACTION"
     )
     # Fraction of the notional paid per position change (Binance spot taker fee: 0.1 %).
-    trading_fee: float = Field(0.001, ge=0, lt=0.1, validation_alias="ML_TRADING_FEE")
+    trading_fee: float = Field(
+        0.001, ge=0, lt=0.1, validation_alias=AliasChoices("ML_TRADING_FEE", "ML_FEE")
+    )
     # Log loss by default: a strictly proper score, so it rewards the calibrated probabilities
     # that the service turns into confidence and signals; accuracy ignores how sure a model is.
     promotion_metric: Literal["log_loss", "brier", "roc_auc", "accuracy", "balanced_accuracy"] = (
@@ -274,6 +282,17 @@ class Settings(BaseSettings):
         """The features a training of `model_type` computes: ML_FEATURE_SET when set, else the
         set the walk-forward evaluation chose for the type (EVALUATED_FEATURE_SETS)."""
         return self.feature_set or EVALUATED_FEATURE_SETS.get(model_type, "default")
+
+    def signal_rules(self) -> SignalRules:
+        """What the served signal reads (`pipelines.lifecycle.signal.served_signal`)."""
+        return SignalRules(
+            buy_threshold=self.buy_threshold,
+            sell_threshold=self.sell_threshold,
+            serve_unproven=self.serve_unproven,
+            serve_stale=self.serve_stale,
+            move_gate=self.move_gate,
+            move_threshold=self.move_threshold,
+        )
 
     @field_validator("calibration", mode="before")
     @classmethod
@@ -472,6 +491,37 @@ class Settings(BaseSettings):
     def candles_dir(self) -> Path:
         """Where ingestion writes candles; the bundled files are never written to."""
         return self.data_dir / "candles"
+
+    # --- what one client may hold of `tbml serve` (service/bounds.py; docs/service.md,
+    # "Bounded clients") ------------------------------------------------------------------------
+    # Largest WebSocket message a client may send to the read-only `/ws/predictions`, in bytes;
+    # a larger one closes the connection with code 1009 before its payload is read.
+    ws_max_frame_bytes: int = Field(
+        4096, ge=125, le=1_048_576, validation_alias="ML_WS_MAX_FRAME_BYTES"
+    )
+    # Open connections at most, HTTP and WebSocket together (lowered to fit `ulimit -n`). One
+    # more closes the oldest idle or half-sent connection; when all are busy it is answered
+    # `/livez` only (503 otherwise). Unset: 200, or ML_WS_MAX_CONNECTIONS + 100 when larger.
+    max_connections: int = Field(200, ge=2, le=1_000_000, validation_alias="ML_MAX_CONNECTIONS")
+    # Seconds a connection has to send a request's line and headers (408 and closed after).
+    header_timeout_s: float = Field(10.0, gt=0, le=300, validation_alias="ML_HEADER_TIMEOUT_S")
+    # Seconds a request's body has to arrive once its headers have (closed after).
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, validation_alias="ML_BODY_TIMEOUT_S")
+    # Seconds an idle keep-alive connection stays open between two requests.
+    keepalive_timeout_s: int = Field(5, ge=1, le=300, validation_alias="ML_KEEPALIVE_TIMEOUT_S")
+
+    @model_validator(mode="after")
+    def _connections_fit(self) -> Settings:
+        """Leave room for requests beside every stream client ML_WS_MAX_CONNECTIONS allows."""
+        if "max_connections" not in self.model_fields_set:
+            self.max_connections = max(200, self.ws_max_connections + 100)
+        elif self.max_connections <= self.ws_max_connections:
+            raise ValueError(
+                f"ML_MAX_CONNECTIONS ({self.max_connections}) must exceed ML_WS_MAX_CONNECTIONS "
+                f"({self.ws_max_connections}): each stream client holds a connection, and "
+                "requests need some too"
+            )
+        return self
 
 
 @lru_cache

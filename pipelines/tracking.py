@@ -79,6 +79,10 @@ TAG_LIVE_ROWS = "tbml.live_rows"  # realised candles both versions predicted
 TAG_LIVE_DELTA_MEAN = "tbml.live_delta_mean"  # mean per-row log loss, challenger - production
 TAG_LIVE_DELTA_LOW = "tbml.live_delta_low"  # 95 % paired interval (Newey-West)
 TAG_LIVE_DELTA_HIGH = "tbml.live_delta_high"
+# `tbml backtest` (mlproject.backtest_report): its runs, in `<ML_EXPERIMENT_NAME>-backtest`.
+BACKTEST_EXPERIMENT_SUFFIX = "-backtest"
+TAG_KIND = "tbml.kind"
+KIND_BACKTEST = "backtest"
 # The last candle (epoch ms) of the live comparison that made a version production or kept it
 # there: a version's age counts from it when it is later than its data end.
 TAG_VALIDATED_THROUGH = "tbml.validated_through"

@@ -23,6 +23,7 @@ from service.errors import install_error_handlers
 from service.live import WATCH_CHORE
 from service.metrics import BodyLimitMiddleware, LatencyMiddleware, Metrics
 from service.routes import (
+    backtest,
     dashboard,
     features,
     health,
@@ -192,7 +193,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     meters = Metrics(lambda: app.state.service)
     app.state.metrics = meters
     install_error_handlers(app)
-    for module in (health, predictions, features, training, models, storage, metrics, stream):
+    for module in (
+        health,
+        predictions,
+        features,
+        training,
+        models,
+        storage,
+        metrics,
+        stream,
+        backtest,
+    ):
         app.include_router(module.router)
     app.include_router(dashboard.router)
     app.include_router(health.probes)

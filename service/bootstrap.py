@@ -408,14 +408,10 @@ def _serve(settings: Settings) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.bounds import server_config
 
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        access_log=False,
-    )
+    # The same bounds as `tbml serve` (frames, connections, header and idle timeouts).
+    config = server_config(create_app(settings), settings, log_level="info", access_log=False)
     server = uvicorn.Server(config)
     url = f"http://{settings.host}:{settings.port}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -41,6 +42,7 @@ def serve(
 
     from pipelines.settings import get_settings
     from service.app import create_app
+    from service.bounds import server_config
 
     base = get_settings()
     updates: dict[str, object] = {"run_scheduler": scheduler and base.run_scheduler}
@@ -55,13 +57,13 @@ def serve(
         f"(docs: /docs, metrics: /metrics; MLflow UI: `make ui`)",
         err=True,
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        access_log=False,
-    )
+    # The bounds of service.bounds (connections, header and body deadlines, WebSocket message
+    # size) hold only under its protocol: every server of the API is built by `server_config`.
+    server = uvicorn.Server(server_config(create_app(settings), settings, log_level=log_level))
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        raise typer.Exit(code=3)  # uvicorn's own exit status for a failed start
 
 
 def register(app: typer.Typer) -> None:

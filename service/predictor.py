@@ -28,6 +28,15 @@ from pipelines.candles.timeframes import timeframe_delta
 from pipelines.features.compute import latest_features
 from pipelines.features.references import store_loader, with_references
 from pipelines.features.spec import FeatureSpec, reference_pairs
+from pipelines.lifecycle.signal import (
+    HOLD,
+    NO_MODEL,
+    SMALL_MOVE,
+    served_signal,
+    small_move_words,
+    stale_holds,
+)
+from pipelines.lifecycle.signal import UNPROVEN as UNPROVEN_HOLD
 from pipelines.lifecycle.staleness import candle_stale, model_age_hours, model_stale
 from pipelines.settings import Settings
 from pipelines.signals import describe_probability
@@ -253,8 +262,13 @@ class Predictor:
                 f"candle, more than {self.settings.model_max_age_hours:g} h "
                 "(ML_MODEL_MAX_AGE_HOURS)"
             )
-        if why and not self.settings.serve_stale:
-            out["prediction"] = {**out["prediction"], "signal": "HOLD"}
+        holds = stale_holds(
+            rules=self.settings.signal_rules(), stale_candle=stale, stale_model=out["modelStale"]
+        )
+        # The stale reasons come first (`served_signal`'s order), the answer's own after them.
+        out["holdReasons"] = [*holds, *body.get("holdReasons", [])]
+        if holds:
+            out["prediction"] = {**out["prediction"], "signal": HOLD}
             note = "stale: " + "; ".join(why) + "; signal held at HOLD (ML_SERVE_STALE=false)"
             out["reason"] = f"{out['reason']}; {note}" if out.get("reason") else note
         elif why:
@@ -481,18 +495,26 @@ class Predictor:
         record: bool = True,
     ) -> dict[str, Any]:
         created = now_ms()
+        rules = self.settings.signal_rules()
         probabilities: list[float] = []
+        moves: list[float] = []
         records: list[PredictionRecord] = []
         for model, window in zip(served, windows, strict=True):
             p = float(model.predict_proba(window)[0])
             probabilities.append(p)
+            found = model.bundle.move_proba(window)
+            move = None if found is None else float(found[0])
+            if move is not None:
+                moves.append(move)
             baseline = model.bundle.baseline_proba(window) if record else None
+            decided = served_signal(p, rules=rules, unproven=model.unproven, move=move)
             described = describe_probability(
                 p,
                 model_type=model.model_type,
-                buy_threshold=self.settings.buy_threshold,
-                sell_threshold=self.settings.sell_threshold,
-                hold_only=model.unproven and not self.settings.serve_unproven,
+                buy_threshold=rules.buy_threshold,
+                sell_threshold=rules.sell_threshold,
+                move=move,
+                signal=decided.signal,
             )
             records.append(
                 PredictionRecord(
@@ -511,16 +533,20 @@ class Predictor:
                 )
             )
         unproven = [m for m in served if m.unproven]
-        hold = bool(unproven) and not self.settings.serve_unproven
         ensemble = label == "ensemble"
+        mean = float(np.mean(probabilities))
+        # An ensemble's magnitude: the mean of its members' forecasts (those that have one).
+        move = float(np.mean(moves)) if moves else None
+        answer = served_signal(mean, rules=rules, unproven=bool(unproven), move=move)
         body: dict[str, Any] = {
             "pair": pair,
             "prediction": describe_probability(
-                float(np.mean(probabilities)),
+                mean,
                 model_type=label,
-                buy_threshold=self.settings.buy_threshold,
-                sell_threshold=self.settings.sell_threshold,
-                hold_only=hold,
+                buy_threshold=rules.buy_threshold,
+                sell_threshold=rules.sell_threshold,
+                move=move,
+                signal=answer.signal,
             ),
             "modelVersion": (
                 {m.model_type: m.version for m in served} if ensemble else served[0].version
@@ -529,6 +555,7 @@ class Predictor:
             "ensemble": ensemble,
             "fallback": False,
             "unproven": bool(unproven),
+            "holdReasons": list(answer.held_by),
             **self._model_age(served, newest),
         }
         if any(m.shadow for m in served):
@@ -540,11 +567,21 @@ class Predictor:
                 m.model_type: {"prediction": round(p, 6), "version": m.version}
                 for m, p in zip(served, probabilities, strict=True)
             }
+        notes = []
         if unproven:
             which = ", ".join(f"{m.model_type} {m.alias} version {m.version}" for m in unproven)
-            body["reason"] = f"{which}: {UNPROVEN_REASON}" + (
-                "; signal held at HOLD (ML_SERVE_UNPROVEN=false)" if hold else ""
+            notes.append(
+                f"{which}: {UNPROVEN_REASON}"
+                + (
+                    "; signal held at HOLD (ML_SERVE_UNPROVEN=false)"
+                    if UNPROVEN_HOLD in answer.held_by
+                    else ""
+                )
             )
+        if SMALL_MOVE in answer.held_by and move is not None:
+            notes.append(small_move_words(move, rules))
+        if notes:
+            body["reason"] = "; ".join(notes)
         if record and self._record is not None:
             try:
                 self._record(records)
@@ -589,5 +626,6 @@ class Predictor:
             "ensemble": ensemble,
             "fallback": True,
             "unproven": False,
+            "holdReasons": [NO_MODEL],
             "reason": reason,
         }

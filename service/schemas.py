@@ -176,6 +176,12 @@ class PredictionDetail(Schema):
     confidence: float
     direction: Literal["up", "down", "neutral"]
     signal: Literal["BUY", "SELL", "HOLD"]
+    move: float | None = Field(
+        None,
+        description="The magnitude forecast: the probability that the next move clears the "
+        "round-trip fee (2 x ML_TRADING_FEE); BUY and SELL are held at HOLD below "
+        "ML_MOVE_THRESHOLD while ML_MOVE_GATE is on. Null when the version has none.",
+    )
     model_type: str
 
 
@@ -215,6 +221,15 @@ class PredictionBody(Schema):
     unproven: bool
     models: dict[str, EnsembleMember] | None = Field(None, description="Ensembles only.")
     reason: str | None = Field(None, description="Why a fallback, or which model is unproven.")
+    hold_reasons: list[
+        Literal["no_model", "stale_model", "stale_candle", "unproven", "small_move"]
+    ] = Field(
+        default_factory=list,
+        description="Every reason the signal is held at HOLD whatever the thresholds say, in "
+        "this order: no_model (a fallback), stale_model, stale_candle, unproven, small_move "
+        "(the magnitude forecast `move` is below ML_MOVE_THRESHOLD). Empty for a BUY or SELL, "
+        "and for a HOLD the thresholds gave (the probability between them).",
+    )
     alias: Literal["challenger"] | None = Field(
         None, description="`?alias=challenger` only: the challenger's answer, scored in shadow."
     )
@@ -432,6 +447,27 @@ class ModelTypeStatus(Schema):
         None, description="Why the version aliased `challenger` could not be loaded, if so."
     )
     training: CanTrain
+
+
+class BacktestSummary(Schema):
+    """`GET /api/backtests/latest`: the newest finished `tbml backtest` run."""
+
+    found: bool = Field(description="False before any backtest finished in this store.")
+    experiment: str = Field(description="The MLflow experiment of backtests.")
+    run_id: str | None = None
+    name: str | None = None
+    pairs: list[str] | None = None
+    model_type: str | None = None
+    start: str | None = Field(None, description="First replayed hour (ISO 8601).")
+    end: str | None = Field(None, description="Last replayed hour (ISO 8601).")
+    finished_at: int | None = Field(None, description="When the run ended (epoch ms).")
+    metrics: dict[str, float] | None = Field(
+        None,
+        description="Headline figures over every pair: hours, signalHours, holdHours, "
+        "trainings, promotions, returnAfterFees, returnAfterFeesNoMoveGate, buyHoldReturn, "
+        "maxDrawdown, sharpe, trades, exposure (fractions, not percent).",
+    )
+    url: str | None = Field(None, description="The run in the MLflow UI (ML_MLFLOW_UI_URL).")
 
 
 class ModelStatus(Timed):

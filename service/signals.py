@@ -16,5 +16,6 @@ def neutral_prediction(model_type: str) -> dict[str, Any]:
         "confidence": 0.0,
         "direction": "neutral",
         "signal": "HOLD",
+        "move": None,
         "modelType": model_type,
     }

@@ -198,6 +198,7 @@ class ServiceState:
         from pipelines.candles.timeframes import timeframe_delta
         from pipelines.lifecycle import drift, live, retraining
         from pipelines.queue.errors import QueueError
+        from pipelines.queue.policy import last_training_end
 
         settings = self.settings
         rule = drift.DriftRule(
@@ -265,13 +266,20 @@ class ServiceState:
                 f"({state.rows} realised rows, mean difference {state.mean:+.4f} nats)"
             )
             challenger = self.models.challenger(pair, kind)
+            # The facts the retraining policy's chore gathers (and `tbml backtest`), so a drift
+            # alarm never trains on data a training already used, and ties are no gate rows.
+            closes = candles["close"]
+            if pd.DatetimeIndex(closes.index).tz is None:
+                closes = closes.tz_localize("UTC")  # a new series: the store's frame is shared
             decision = retraining.trigger(
                 retraining.Facts(
                     name=f"{pair}-{kind}",
                     newest=pd.Timestamp(candles.index[-1]),
                     production=self.production_data_end(pair, kind),
+                    last_training_end=last_training_end(settings.database_url, pair, kind),
                     challenger=None if challenger is None else challenger.version,
                     drift=why,
+                    closes=closes,
                 ),
                 retraining.Rules(
                     interval_hours=settings.retrain_interval_for(pair),

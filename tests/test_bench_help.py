@@ -177,6 +177,14 @@ OPTIONS = [
         id="scale_pairs",
     ),
     pytest.param(
+        "bench.magnitude",
+        ["--pairs", "btc,eth", "--folds", "2", "--fold-rows", "500", "--fee", "0.0005"],
+        {},
+        {},
+        {"pairs": ("BTC", "ETH"), "folds": 2, "fold_rows": 500, "fee": 0.0005},
+        id="magnitude",
+    ),
+    pytest.param(
         "bench.train_overhead",
         ["--pair", "ETH", "--epochs", "1", "--rows", "800", "--rounds", "1"],
         {"PAIR": "ETH", "EPOCHS": 1, "ROWS": 800, "ROUNDS": 1},

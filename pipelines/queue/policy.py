@@ -329,6 +329,14 @@ def registry_challenger(settings: Settings) -> ChallengerOf:
     return challenger_of
 
 
+def last_training_end(url: str, pair: str, model_type: str) -> pd.Timestamp | None:
+    """The newest data end of the slot's ended jobs (whatever their outcome), as the retraining
+    trigger's `Facts.last_training_end` reads it; None before any."""
+    with read_session(url) as session:
+        end = _trained_data_ends(session).get((pair, model_type))
+    return None if end is None else pd.Timestamp(end, unit="ms", tz="UTC")
+
+
 def _trained_data_ends(session: Session) -> dict[tuple[str, str], int]:
     """The newest `data_end` of each slot's ended jobs (whatever their outcome)."""
     rows = session.execute(

@@ -3,9 +3,11 @@
 Each message is the JSON of `GET /api/predictions/{pair}?model=<modelType>` for one served model
 of one pair. On connect the client gets the latest prediction of each of its pairs' served
 models at once, then one message per model for every new candle (or newly served version).
-The connection is read-only: what a client sends is ignored. At most `ML_WS_MAX_CONNECTIONS`
-are open; one more is closed at once with code 1013 ("try again later"). A foreign `Origin`
-is refused by the guard middleware (code 1008), as a bad `?pairs=` is here.
+The connection is read-only: what a client sends is read and dropped, one message at a time,
+and a message over ML_WS_MAX_FRAME_BYTES closes it with code 1009 before its payload is read
+(`service.bounds`). At most `ML_WS_MAX_CONNECTIONS` are open; one more is closed at once with
+code 1013 ("try again later"). A foreign `Origin` is refused by the guard middleware (code
+1008), as a bad `?pairs=` is here.
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ async def predictions_stream(websocket: WebSocket) -> None:
 
 
 async def _drain(websocket: WebSocket) -> None:
-    """Read (and ignore) what the client sends, until it disconnects."""
+    """Read and drop what the client sends, until it disconnects: nothing is kept, so a client
+    holds at most one message (ML_WS_MAX_FRAME_BYTES) of this process's memory."""
     try:
         while True:
             received = await websocket.receive()

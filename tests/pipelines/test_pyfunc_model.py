@@ -7,6 +7,7 @@ model in a fresh interpreter that has neither this project nor TensorFlow.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from pipelines.candles.store import CandleStore
 from pipelines.features.compute import latest_features
 from pipelines.features.scaler import FeatureScaler
 from pipelines.features.spec import default_spec
+from pipelines.lifecycle.signal import SignalRules, served_signal
+from pipelines.magnitude import MagnitudeHead
 from pipelines.modelbundle import BundleError, ModelBundle, download_bundle
 from pipelines.pyfunc_model import (
     PACKAGE,
@@ -247,3 +250,104 @@ def test_the_loaded_model_reports_bad_input_as_mlflow_s_invalid_parameter(
     with pytest.raises(MlflowException, match=r"at least \d+ candles are needed") as caught:
         model.predict(None, example_candles(candles, rows=10))  # type: ignore[arg-type]
     assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+@pytest.fixture
+def gated(bundle_dir: Path, candles: pd.DataFrame) -> tuple[ModelBundle, pd.DataFrame, float]:
+    """A bundle with a magnitude head (a HAR of `ret_1` inside the window), its buy threshold
+    just below the newest candle's probability; with the candles and that candle's move."""
+    plain = ModelBundle.load(bundle_dir)
+    names = plain.spec.names
+    frame = example_candles(candles, rows=exact_candles(plain))
+    rows = latest_features(candles, rows=LENGTH, spec=plain.spec).to_numpy()[np.newaxis]
+    p = float(plain.predict_proba(rows)[0])
+    head = MagnitudeHead(
+        names=names,
+        last_step=("hour_sin",),
+        window=("ret_1",),
+        spans=(1, LENGTH),
+        center=np.array([-6.0, -6.0]),
+        scale=np.array([1.0, 1.0]),
+        coef=np.array([0.2, 0.5, 0.8]),
+        intercept=0.0,
+        threshold=0.002,
+        horizon=1,
+    )
+    raw_move = head.proba(rows, plain.scaler.transform(rows[:, -1, :]))[0]
+    # Shifted so the newest move lies well below 0.5, the default ML_MOVE_THRESHOLD.
+    head = dataclasses.replace(
+        head, intercept=float(np.log(0.3 / 0.7) - np.log(raw_move / (1 - raw_move)))
+    )
+    metadata = {**plain.metadata, "buy_threshold": round(p - 0.01, 4), "sell_threshold": 0.1}
+    saved = dataclasses.replace(plain, metadata=metadata, magnitude=head).save(
+        bundle_dir.parent / "gated"
+    )
+    bundle = ModelBundle.load(saved)
+    move = bundle.move_proba(rows)
+    assert move is not None
+    assert float(bundle.predict_proba(rows)[0]) == p > metadata["buy_threshold"]
+    return bundle, frame, float(move[0])
+
+
+@pytest.mark.parametrize(
+    ("gate", "above", "signal"),
+    [
+        pytest.param({"move_gate": True}, 0.05, "HOLD", id="gate on, move below: held"),
+        pytest.param({"move_gate": False}, 0.05, "BUY", id="gate off: not held"),
+        pytest.param({"move_gate": True}, -0.05, "BUY", id="gate on, move above: not held"),
+        pytest.param({}, None, "HOLD", id="older metadata: gate on at 0.5"),
+    ],
+)
+def test_the_signal_is_held_for_a_small_move_as_the_metadata_recorded_the_gate(
+    gated: tuple[ModelBundle, pd.DataFrame, float],
+    gate: dict[str, bool],
+    above: float | None,
+    signal: str,
+) -> None:
+    bundle, frame, move = gated
+    assert 0.2 < move < 0.4  # below the default threshold, 0.5
+    metadata = {
+        k: v for k, v in bundle.metadata.items() if k not in ("move_gate", "move_threshold")
+    }
+    if above is not None:
+        metadata["move_threshold"] = move + above
+    metadata.update(gate)
+
+    answer = predict_newest(dataclasses.replace(bundle, metadata=metadata), frame).iloc[0]
+
+    assert answer["signal"] == signal
+    assert answer["move"] == move  # full precision, not the rounded display value
+    assert answer["probability"] > metadata["buy_threshold"]  # the thresholds alone say BUY
+    rules = SignalRules(
+        buy_threshold=metadata["buy_threshold"],
+        sell_threshold=metadata["sell_threshold"],
+        **{k: metadata[k] for k in ("move_gate", "move_threshold") if k in metadata},
+    )
+    assert answer["signal"] == served_signal(answer["probability"], rules=rules, move=move).signal
+
+
+def test_a_version_without_a_head_is_not_held_for_its_move(
+    gated: tuple[ModelBundle, pd.DataFrame, float],
+) -> None:
+    bundle, frame, _ = gated
+
+    answer = predict_newest(dataclasses.replace(bundle, magnitude=None), frame).iloc[0]
+
+    assert answer["signal"] == "BUY"
+    assert np.isnan(answer["move"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"move_gate": "false"}, "move_gate must be true or false, got 'false'"),
+        ({"move_threshold": 1.5}, r"invalid signal rules: the move threshold must be within"),
+    ],
+)
+def test_a_malformed_gate_in_the_metadata_is_refused_naming_it(
+    gated: tuple[ModelBundle, pd.DataFrame, float], change: dict[str, object], message: str
+) -> None:
+    bundle, frame, _ = gated
+
+    with pytest.raises(BundleError, match=message):
+        predict_newest(dataclasses.replace(bundle, metadata={**bundle.metadata, **change}), frame)

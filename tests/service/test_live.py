@@ -143,12 +143,14 @@ def test_a_slow_client_loses_its_oldest_messages_and_never_grows_without_bound()
 def _crossed(serve: Callable[..., LiveServer]) -> tuple[dict[str, float], float]:
     """Thresholds that the tiny BTC model's probability for the store's newest candle crosses
     (and that probability), so its answer is BUY or SELL and only a stale override can make it
-    HOLD."""
+    HOLD (the magnitude gate is off: its holds are tested in routes/test_predictions.py)."""
     p = float(serve().client.get("/api/predictions/BTC").json()["prediction"]["prediction"])
     assert p != 0.5
     if p > 0.5:
-        return {"buy_threshold": max(0.5000001, (0.5 + p) / 2), "sell_threshold": 0.4999999}, p
-    return {"buy_threshold": 0.5000001, "sell_threshold": min(0.4999999, (0.5 + p) / 2)}, p
+        crossed = {"buy_threshold": max(0.5000001, (0.5 + p) / 2), "sell_threshold": 0.4999999}
+    else:
+        crossed = {"buy_threshold": 0.5000001, "sell_threshold": min(0.4999999, (0.5 + p) / 2)}
+    return {**crossed, "move_gate": False}, p
 
 
 def test_a_prediction_from_an_old_candle_is_stale_and_holds_its_signal(
@@ -166,6 +168,7 @@ def test_a_prediction_from_an_old_candle_is_stale_and_holds_its_signal(
     assert body["candleAgeMs"] >= int(time.time() * 1000) - closed - 5_000
     assert body["prediction"]["prediction"] == p
     assert body["prediction"]["signal"] == "HOLD"
+    assert body["holdReasons"] == ["stale_candle"]
     assert "ML_STALE_AFTER" in body["reason"]
     # The model's data ends where the bundled candles end: not a stale model.
     assert body["modelDataEnd"] is not None
@@ -182,6 +185,7 @@ def test_serve_stale_keeps_the_models_signal(serve: Callable[..., LiveServer]) -
     body = server.client.get("/api/predictions/BTC").json()
     assert body["stale"] is True
     assert body["prediction"]["signal"] in {"BUY", "SELL"}
+    assert body["holdReasons"] == []
     assert "ML_STALE_AFTER" in body["reason"]
 
 

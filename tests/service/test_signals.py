@@ -30,6 +30,7 @@ def test_probability_gives_direction_signal_and_confidence(
         "confidence": pytest.approx(confidence),
         "direction": direction,
         "signal": signal,
+        "move": None,
         "modelType": "lstm",
     }
 
@@ -50,5 +51,20 @@ def test_neutral_prediction_is_a_coin_toss_with_hold() -> None:
         "confidence": 0.0,
         "direction": "neutral",
         "signal": "HOLD",
+        "move": None,
         "modelType": "lstm",
     }
+
+
+def test_a_decided_signal_and_the_move_are_carried() -> None:
+    described = describe_probability(
+        0.7,
+        model_type="lightgbm",
+        buy_threshold=0.6,
+        sell_threshold=0.4,
+        move=0.31234567,
+        signal="HOLD",
+    )
+
+    assert described["signal"] == "HOLD"  # the thresholds alone would say BUY
+    assert described["move"] == 0.312346

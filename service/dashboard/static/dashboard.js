@@ -714,6 +714,39 @@
     }
   }
 
+  // --- the latest backtest ----------------------------------------------------------------------
+
+  function renderBacktest(data) {
+    const box = $("backtest-summary");
+    if (!data.found) {
+      box.replaceChildren(
+        el("span", { text: "No backtest yet: " }),
+        el("code", { text: "make backtest" }),
+        el("span", { text: " replays the lifecycle over past candles and records it in MLflow." }),
+      );
+      return;
+    }
+    const m = data.metrics || {};
+    const signed = (x) => (x === undefined || x === null ? "–" : `${x >= 0 ? "+" : ""}${(100 * x).toFixed(1)} %`);
+    box.replaceChildren(
+      el("div", { class: "line", text: `${(data.pairs || []).join(", ")} ${data.modelType || ""}, ${utc(Date.parse(data.start))} – ${utc(Date.parse(data.end))}` }),
+      el("div", {
+        class: "line",
+        text: `after fees ${signed(m.returnAfterFees)} (move gate off ${signed(m.returnAfterFeesNoMoveGate)}) against buy-and-hold ${signed(m.buyHoldReturn)}; max drawdown ${signed(m.maxDrawdown === undefined ? undefined : -m.maxDrawdown)}`,
+      }),
+      el("div", {
+        class: "line",
+        text: `${m.signalHours ?? "–"} of ${m.hours ?? "–"} hours answered BUY or SELL; ${m.trainings ?? "–"} trainings, ${m.promotions ?? "–"} promotions`,
+      }),
+      el("div", { class: "line" }, el("a", { href: data.url, target: "_blank", rel: "noopener", text: `MLflow run ${String(data.runId).slice(0, 8)}` })),
+    );
+  }
+
+  async function refreshBacktest() {
+    const data = await read("/api/backtests/latest");
+    if (data) renderBacktest(data);
+  }
+
   // --- the stream ------------------------------------------------------------------------------
 
   function streamState(text, kind) {
@@ -771,6 +804,7 @@
       for (const pair of view.config.pairs) {
         work.push(loadPrediction(pair), loadHistory(pair), loadStatus(pair));
       }
+      work.push(refreshBacktest());
     }
     await Promise.all(work);
     renderPairs(); // ages and degraded flags move on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from tests.service.conftest import (
     set_production,
 )
 
-PREDICTION_KEYS = {"prediction", "confidence", "direction", "signal", "modelType"}
+# The original's five fields, and the magnitude forecast beside them.
+PREDICTION_KEYS = {"prediction", "confidence", "direction", "signal", "move", "modelType"}
 
 
 def _ms(stamp: Any) -> int:
@@ -41,6 +43,7 @@ def test_prediction_has_the_original_shape_and_names_version_and_candle(
     assert body["prediction"]["confidence"] == pytest.approx(max(p, 1 - p), abs=1e-6)
     assert body["prediction"]["direction"] == ("up" if p >= 0.5 else "down")
     assert body["prediction"]["modelType"] == "lstm"
+    assert 0.0 <= body["prediction"]["move"] <= 1.0  # every new version ships the head
     assert body["modelVersion"] == "1"
     assert body["candleTime"] == _ms(bundled_candles("BTC").index[-1])
     assert body["pair"] == "BTC"
@@ -143,8 +146,10 @@ def test_pair_without_production_model_gets_a_neutral_fallback_with_reason(
         "confidence": 0.0,
         "direction": "neutral",
         "signal": "HOLD",
+        "move": None,
         "modelType": "lstm",
     }
+    assert body["holdReasons"] == ["no_model"]
     assert body["candleTime"] == _ms(bundled_candles("XMR").index[-1])
 
 
@@ -166,8 +171,14 @@ def test_all_pairs_are_predicted_in_one_answer(shared: LiveServer) -> None:
 
 
 def _tight_thresholds(**overrides: Any) -> dict[str, Any]:
-    # Every probability but exactly 0.5 gives BUY or SELL, so HOLD can only come from the gate.
-    return {"buy_threshold": 0.5000001, "sell_threshold": 0.4999999, **overrides}
+    # Every probability but exactly 0.5 gives BUY or SELL, so HOLD can only come from the gate
+    # under test (the magnitude gate is off unless a test turns it on).
+    return {
+        "buy_threshold": 0.5000001,
+        "sell_threshold": 0.4999999,
+        "move_gate": False,
+        **overrides,
+    }
 
 
 def _variant_serving(
@@ -183,6 +194,66 @@ def _variant_serving(
     return settings, version
 
 
+def _magnitude(directory: Path, *, intercept: float) -> None:
+    """The bundle's magnitude head answering sigmoid(intercept) for every window."""
+    import json
+
+    path = directory / "magnitude.json"
+    head = json.loads(path.read_text())
+    head["coef"] = [0.0] * len(head["coef"])
+    head["intercept"] = intercept
+    path.write_text(json.dumps(head))
+    edit_json(directory / "metadata.json", beats_baseline=True)
+
+
+def _moving(
+    tmp_path: Path, trained: Trained, *, intercept: float, **overrides: Any
+) -> tuple[Any, str]:
+    settings = make_settings(tmp_path, trained, **_tight_thresholds(**overrides))
+    version = register_variant(
+        settings, tmp_path, edit=lambda d: _magnitude(d, intercept=intercept)
+    )
+    set_production(settings, "BTC-lstm", version)
+    return settings, version
+
+
+def test_a_move_unlikely_to_clear_the_fees_holds_the_signal_and_says_why(
+    serve: Callable[..., LiveServer], tmp_path: Path, trained: Trained
+) -> None:
+    settings, version = _moving(tmp_path, trained, intercept=-3.0, move_gate=True)
+    body = serve(settings).client.get("/api/predictions/BTC").json()
+
+    assert body["modelVersion"] == version
+    assert body["prediction"]["move"] == pytest.approx(1 / (1 + math.exp(3.0)), abs=1e-6)
+    assert body["prediction"]["signal"] == "HOLD"
+    assert body["holdReasons"] == ["small_move"]
+    assert "ML_MOVE_THRESHOLD 0.5" in body["reason"]
+
+
+@pytest.mark.parametrize(
+    ("intercept", "overrides"),
+    [
+        (3.0, {"move_gate": True}),  # a move likely to clear the fees
+        (-3.0, {"move_gate": False}),  # the gate turned off
+        (-3.0, {"move_gate": True, "move_threshold": 0.04}),  # a threshold below the forecast
+    ],
+)
+def test_the_signal_passes_when_the_move_clears_the_threshold_or_the_gate_is_off(
+    serve: Callable[..., LiveServer],
+    tmp_path: Path,
+    trained: Trained,
+    intercept: float,
+    overrides: dict[str, Any],
+) -> None:
+    settings, _ = _moving(tmp_path, trained, intercept=intercept, **overrides)
+    body = serve(settings).client.get("/api/predictions/BTC").json()
+
+    expected = "BUY" if body["prediction"]["prediction"] > 0.5 else "SELL"
+    assert body["prediction"]["signal"] == expected
+    assert body["holdReasons"] == []
+    assert body["prediction"]["move"] == pytest.approx(1 / (1 + math.exp(-intercept)), abs=1e-6)
+
+
 def test_unproven_version_serves_hold_with_its_probability_shown(
     serve: Callable[..., LiveServer], tmp_path: Path, trained: Trained
 ) -> None:
@@ -196,6 +267,7 @@ def test_unproven_version_serves_hold_with_its_probability_shown(
     assert body["prediction"]["direction"] in {"up", "down"}
     assert "does not beat its strongest baseline" in body["reason"]
     assert "ML_SERVE_UNPROVEN" in body["reason"]
+    assert body["holdReasons"] == ["unproven"]
 
 
 def test_operator_switch_serves_the_signals_of_an_unproven_version(
