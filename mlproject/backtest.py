@@ -210,6 +210,7 @@ class _Replayer:
         self.challenger: Version | None = None
         self.last_training_end: pd.Timestamp | None = None
         self.drift_acted: dict[str, int] = {}  # version -> the alarm (row) acted on
+        self.drift_seen: dict[str, int] = {}  # version -> the alarm (row) recorded as an event
         self.features: dict[str, np.ndarray] = {}
         self.drift_rule = drift.DriftRule(
             reference=settings.drift_reference,
@@ -374,7 +375,9 @@ class _Replayer:
         )
         want = retraining.trigger(facts, self.trigger_rules)
         if drift_reason is not None and prod is not None:
-            self._event(hour, "drift", prod.name, drift_reason)
+            if self.drift_seen.get(prod.name) != alarm:  # one event per alarm, however long
+                self.drift_seen[prod.name] = alarm  # it waits for a training to be due
+                self._event(hour, "drift", prod.name, drift_reason)
             if want.due:
                 self.drift_acted[prod.name] = alarm
         if not want.due or want.requested_by is None:

@@ -225,10 +225,11 @@ class PredictionBody(Schema):
         Literal["no_model", "stale_model", "stale_candle", "unproven", "small_move"]
     ] = Field(
         default_factory=list,
-        description="Every reason the signal is held at HOLD whatever the thresholds say, in "
-        "this order: no_model (a fallback), stale_model, stale_candle, unproven, small_move "
-        "(the magnitude forecast `move` is below ML_MOVE_THRESHOLD). Empty for a BUY or SELL, "
-        "and for a HOLD the thresholds gave (the probability between them).",
+        description="Every reason that holds the signal at HOLD whatever the thresholds say "
+        "(listed even when the probability lies between the thresholds), in this order: "
+        "no_model (a fallback), stale_model, stale_candle, unproven, small_move (the magnitude "
+        "forecast `move` is below ML_MOVE_THRESHOLD). Empty for a BUY or SELL, and for a HOLD "
+        "that only the thresholds gave.",
     )
     alias: Literal["challenger"] | None = Field(
         None, description="`?alias=challenger` only: the challenger's answer, scored in shadow."

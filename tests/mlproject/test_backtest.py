@@ -323,3 +323,18 @@ def test_bad_options_are_refused_with_what_is_allowed(
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
     assert not (tmp_path / "mlflow.db").exists() or "Traceback" not in done.stderr
+
+
+def test_a_training_as_of_an_hour_reads_no_later_candle(tmp_path: Path) -> None:
+    settings = stores_under(tmp_path)
+    as_of = TrainConfig(pair="BTC", model_type="lightgbm", until="2023-06-01T05:00:00")
+
+    candles = load_candles(as_of, settings=settings)
+
+    assert as_of.until == "2023-06-01T05:00:00+00:00"
+    assert candles.index[-1] == pd.Timestamp("2023-06-01T05:00:00Z")
+    everything = load_candles(TrainConfig(pair="BTC", model_type="lightgbm"), settings=settings)
+    assert len(everything) > len(candles)
+    assert candles["close"].equals(everything["close"].loc[: candles.index[-1]])
+    with pytest.raises(ValueError, match="until must be a time such as 2023-06-01T00:00Z"):
+        TrainConfig(pair="BTC", until="next tuesday")
