@@ -83,6 +83,8 @@ class Version:
     fate_at: pd.Timestamp | None = None
     fate_reason: str | None = None
     promoted_at: pd.Timestamp | None = None  # when the challenger policy promoted it
+    # The live scorer's figures of every candle it predicted, in shadow and serving (`live`).
+    live: live.LiveFigures | None = None
     serving: list[tuple[pd.Timestamp, pd.Timestamp | None]] = field(default_factory=list)
     proba: np.ndarray | None = None  # per replay hour (NaN before it existed)
     move: np.ndarray | None = None
@@ -271,6 +273,9 @@ class _Replayer:
         for version in (self.production, self.challenger):
             if version is not None and version.serving and version.serving[-1][1] is None:
                 version.serving[-1] = (version.serving[-1][0], self.hours[-1])
+        for version in self.versions:  # each against the naive baselines, as the service shows
+            rows = self._realised(version, n - 1)
+            version.live = None if rows is None else live.score(rows, self.candles)
         return Replay(
             pair=self.pair,
             model_type=self.model_type,

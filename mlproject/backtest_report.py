@@ -386,8 +386,9 @@ def markdown(
             "",
             f"### {replay.pair}: versions",
             "",
-            "| version | trained on data to | requested by | gate | then | proof |",
-            "|---|---|---|---|---|---|",
+            "| version | trained on data to | requested by | gate | then | proof | live rows | "
+            "live log loss | minus the best naive baseline |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for v in replay.versions:
             steps = [] if v.promoted_at is None else [f"promoted {v.promoted_at:%Y-%m-%d %H:%M}"]
@@ -396,10 +397,21 @@ def markdown(
             then = "; ".join(steps)
             lines.append(
                 f"| {v.name} | {v.trained_at:%Y-%m-%d %H:%M} | {v.requested_by} | {v.gate} | "
-                f"{then} | {'unproven' if v.unproven else 'proven'} |"
+                f"{then} | {'unproven' if v.unproven else 'proven'} | {_live_cells(v.live)} |"
             )
     lines += ["", "## Settings", "", "```json", json.dumps(used, indent=2, default=str), "```", ""]
     return "\n".join(lines)
+
+
+def _live_cells(figures: live.LiveFigures | None) -> str:
+    """Rows, log loss and the paired interval against the best naive baseline, or dashes."""
+    if figures is None:
+        return "0 | – | –"
+    versus = figures.versus_baseline
+    return (
+        f"{figures.predictions} | {figures.log_loss.value:.4f} | {versus.mean:+.4f} "
+        f"[{versus.low:+.4f}, {versus.high:+.4f}] ({figures.best_baseline})"
+    )
 
 
 def decisions_json(replays: list[Replay]) -> dict[str, Any]:

@@ -274,6 +274,9 @@ def test_each_challenger_is_decided_once_its_rows_suffice_and_by_the_interval(
         a, b, y = _paired(new.proba, old.proba, result.outcome, through=at)
         assert len(y) >= needed  # enough rows at the hour it was decided ...
         assert len(_paired(new.proba, old.proba, result.outcome, through=at - 1)[2]) < needed
+        # The report's live figures of the version: at least the rows it was decided on.
+        assert new.live is not None
+        assert new.live.predictions >= len(y)
         verdict = paired_interval(log_losses(a, y) - log_losses(b, y))
         worse = verdict.worse(0.0)
         unproven_against_proven = new.unproven and not old.unproven
@@ -338,3 +341,57 @@ def test_a_training_as_of_an_hour_reads_no_later_candle(tmp_path: Path) -> None:
     assert candles["close"].equals(everything["close"].loc[: candles.index[-1]])
     with pytest.raises(ValueError, match="until must be a time such as 2023-06-01T00:00Z"):
         TrainConfig(pair="BTC", until="next tuesday")
+
+
+def test_overall_adds_the_counts_and_splits_one_portfolio_between_the_pairs() -> None:
+    from mlproject.backtest_report import Trading, overall
+
+    def curve(equity: list[float], trades: float, exposure: float) -> Trading:
+        return Trading(np.array(equity), {"trades": trades, "exposure": exposure})
+
+    per_pair = {
+        pair: {
+            "hours": 3.0,
+            "signal_hours": signals,
+            "hold_hours": 3.0 - signals,
+            "hold_hours_band": 3.0 - signals,
+            "trainings": 2.0,
+            "admitted": 1.0,
+            "promotions": 2.0,
+            "retirements": 0.0,
+            "rejections": 0.0,
+            "drift_alarms": 0.0,
+            "trades": trades,
+            "exposure": exposure,
+            "trades_no_move_gate": trades + 1,
+            "exposure_no_move_gate": exposure,
+        }
+        for pair, signals, trades, exposure in (("BTC", 1.0, 2.0, 0.5), ("ETH", 2.0, 4.0, 1.0))
+    }
+    curves = {
+        "BTC": {
+            "answers": curve([1.1, 1.2, 1.0], 2, 0.5),
+            "answers, move gate off": curve([1.0, 0.9, 0.8], 3, 0.5),
+            "buy and hold": curve([1.0, 1.5, 2.0], 1, 1.0),
+        },
+        "ETH": {
+            "answers": curve([0.9, 0.9, 1.0], 4, 1.0),
+            "answers, move gate off": curve([1.0, 1.1, 1.2], 5, 1.0),
+            "buy and hold": curve([1.0, 0.5, 1.0], 1, 1.0),
+        },
+    }
+
+    total = overall(per_pair, curves, timeframe="1h")
+
+    assert total["hours"] == 6.0
+    assert total["signal_hours"] == 3.0
+    assert total["promotions"] == 4.0
+    assert total["trades"] == 6.0
+    assert total["trades_no_move_gate"] == 8.0
+    assert total["exposure"] == 0.75
+    # Half the capital in each pair at the start: the mean of the two equity curves.
+    assert total["return_after_fees"] == pytest.approx((1.0 + 1.0) / 2 - 1.0)
+    assert total["return_after_fees_no_move_gate"] == pytest.approx((0.8 + 1.2) / 2 - 1.0)
+    assert total["buy_hold_return"] == pytest.approx((2.0 + 1.0) / 2 - 1.0)
+    assert total["max_drawdown"] == pytest.approx(1.0 - 1.0 / 1.05)  # mean 1.0, 1.05, 1.0
+    assert total["buy_hold_max_drawdown"] == pytest.approx(0.0)
