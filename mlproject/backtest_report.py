@@ -55,12 +55,18 @@ def trading(signals: list[Signal], returns: np.ndarray, *, fee: float, timeframe
     """Spot trading of `signals` (`mlproject.trading`), with its exposure."""
     known = np.isfinite(returns)
     codes = np.array([SIGNAL_CODES.get(s.signal, 0) for s in signals], dtype=np.int8)[known]
-    positions = positions_from_signals(codes)
+    return _held(positions_from_signals(codes), returns[known], fee=fee, timeframe=timeframe)
+
+
+def buy_and_hold(returns: np.ndarray, *, fee: float, timeframe: str) -> Trading:
+    """Long from the first hour to the last: one entry fee."""
+    known = returns[np.isfinite(returns)]
+    return _held(np.ones_like(known), known, fee=fee, timeframe=timeframe)
+
+
+def _held(positions: np.ndarray, returns: np.ndarray, *, fee: float, timeframe: str) -> Trading:
     result = trade(
-        positions=positions,
-        returns=returns[known],
-        fee=fee,
-        periods_per_year=periods_per_year(timeframe),
+        positions=positions, returns=returns, fee=fee, periods_per_year=periods_per_year(timeframe)
     )
     m = result.metrics
     return Trading(
@@ -71,27 +77,6 @@ def trading(signals: list[Signal], returns: np.ndarray, *, fee: float, timeframe
             "sharpe": m["sharpe"],
             "trades": m["n_trades"],
             "exposure": float(positions.mean()) if positions.size else 0.0,
-        },
-    )
-
-
-def buy_and_hold(returns: np.ndarray, *, fee: float, timeframe: str) -> Trading:
-    known = returns[np.isfinite(returns)]
-    result = trade(
-        positions=np.ones_like(known),
-        returns=known,
-        fee=fee,
-        periods_per_year=periods_per_year(timeframe),
-    )
-    m = result.metrics
-    return Trading(
-        equity=result.equity,
-        metrics={
-            "return_after_fees": m["cumulative_return"],
-            "max_drawdown": m["max_drawdown"],
-            "sharpe": m["sharpe"],
-            "trades": m["n_trades"],
-            "exposure": 1.0,
         },
     )
 
