@@ -219,3 +219,32 @@ def test_a_failing_route_shows_a_banner_naming_it_and_the_page_recovers(
     browser_page.wait_for_selector("#banner", state="hidden", timeout=20_000)
     assert "problems" not in browser_page.inner_text("#service-status")
     screenshot(browser_page, "recovered")
+
+
+def test_the_backtest_panel_says_there_is_none_then_links_the_newest(
+    dashboard: Dashboard, page: Page
+) -> None:
+    from service.routes import backtest as route
+    from tests.service.routes.test_backtests import _record
+
+    browser_page, console = page
+    route._kept.clear()
+    open_dashboard(browser_page, dashboard)
+    browser_page.wait_for_selector("#backtest-summary:has-text('No backtest yet')")
+    assert "make backtest" in browser_page.inner_text("#backtest-summary")
+
+    # A finished backtest in the service's tracking store (written as `tbml backtest` writes
+    # its run; tests/mlproject/test_backtest.py reads a real one through the same route).
+    settings = dashboard.server.state.settings
+    run_id = _record(settings.tracking_uri, name="a year", status="FINISHED", returned=-0.139)
+    route._kept.clear()
+    open_dashboard(browser_page, dashboard)
+    browser_page.wait_for_selector("#backtest-summary a")
+    text = browser_page.inner_text("#backtest-summary")
+    assert "BTC, ETH lightgbm" in text
+    assert "after fees -13.9 %" in text
+    assert "buy-and-hold +150.0 %" in text
+    link = browser_page.locator("#backtest-summary a").get_attribute("href")
+    assert link.endswith(f"/runs/{run_id}")
+    assert console.errors == []
+    screenshot(browser_page, "backtest")
