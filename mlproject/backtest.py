@@ -37,7 +37,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,6 @@ class Version:
     promoted_at: pd.Timestamp | None = None  # when the challenger policy promoted it
     # The live scorer's figures of every candle it predicted, in shadow and serving (`live`).
     live: live.LiveFigures | None = None
-    serving: list[tuple[pd.Timestamp, pd.Timestamp | None]] = field(default_factory=list)
     proba: np.ndarray | None = None  # per replay hour (NaN before it existed)
     move: np.ndarray | None = None
     baseline: np.ndarray | None = None
@@ -270,9 +269,6 @@ class _Replayer:
             self._challenger_policy(i)
             drift_reason = self._drift(i)
             self._retraining(i, drift_reason)
-        for version in (self.production, self.challenger):
-            if version is not None and version.serving and version.serving[-1][1] is None:
-                version.serving[-1] = (version.serving[-1][0], self.hours[-1])
         for version in self.versions:  # each against the naive baselines, as the service shows
             rows = self._realised(version, n - 1)
             version.live = None if rows is None else live.score(rows, self.candles)
@@ -318,14 +314,12 @@ class _Replayer:
         )
         self.challenger = None
         if decision.action == challenger_policy.PROMOTE:
-            self._end_serving(new, hour, clear=False)
             self._end_serving(prod, hour)
             prod.fate, prod.fate_at = "replaced", hour
             new.fate, new.fate_at, new.fate_reason = "promoted", hour, decision.reason
             new.promoted_at = hour
             new.validated_through = through
             self.production = new
-            new.serving.append((hour, None))
             self._event(hour, "promoted", new.name, decision.reason)
         else:
             new.fate, new.fate_at, new.fate_reason = "retired", hour, decision.reason
@@ -445,14 +439,12 @@ class _Replayer:
                 old.fate, old.fate_at = "replaced", hour
                 self._end_serving(old, hour)
             version.since = hour
-            version.serving.append((hour, None))
             self.challenger = version
             self._event(hour, "admitted", version.name, decision.reason)
             return
         if prod is not None:
             prod.fate, prod.fate_at = "replaced", hour
             self._end_serving(prod, hour)
-        version.serving.append((hour, None))
         self.production = version
         self._event(hour, "production", version.name, decision.reason)
 
@@ -514,12 +506,11 @@ class _Replayer:
             ties=ties,
         )
 
-    def _end_serving(self, version: Version, hour: pd.Timestamp, *, clear: bool = True) -> None:
-        """Close the version's current span at `hour`; with `clear`, it predicts no later hour
-        (it neither serves nor shadows any more)."""
-        if version.serving and version.serving[-1][1] is None:
-            version.serving[-1] = (version.serving[-1][0], hour)
-        if clear and version.proba is not None:
+    def _end_serving(self, version: Version, hour: pd.Timestamp) -> None:
+        """The version neither serves nor shadows after `hour`: it predicts no later hour, and
+        its bundle (needed only to gate against it as production) is let go."""
+        version.bundle = None
+        if version.proba is not None:
             cut = int(self.hours.searchsorted(hour, side="right"))
             for values in (version.proba, version.move, version.baseline):
                 if values is not None:
